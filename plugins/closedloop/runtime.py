@@ -1,0 +1,49 @@
+"""The environment Airflow (and the libraries it runs) needs for a closedloop profile.
+
+Airflow reads its configuration from ``AIRFLOW__*`` variables when it is first imported,
+so these must be in place before anything imports ``airflow``: the CLI sets them for its
+own process and its children, the test suite for the test session.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from closedloop.core.settings import Settings
+
+from closedloop.core.settings import PROJECT_ROOT
+
+
+def airflow_environ(settings: Settings) -> dict[str, str]:
+    """``AIRFLOW__*`` and friends for running this project's DAGs on ``settings``."""
+    settings.airflow_home.mkdir(parents=True, exist_ok=True)
+    return {
+        "CLOSEDLOOP_HOME": str(settings.home),
+        "CLOSEDLOOP_PROFILE": settings.profile,
+        "CLOSEDLOOP_USECASE_FILE": str(settings.usecase_file),
+        "CLOSEDLOOP_FEATURE_REPO": str(settings.feature_repo),
+        "AIRFLOW_HOME": str(settings.airflow_home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": settings.airflow_sql_alchemy_conn,
+        # Two cores: Airflow's default of 32 parallel task processes only thrashes.
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+        "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "1",
+        "FEAST_USAGE": "False",
+        "GX_ANALYTICS_ENABLED": "False",
+    }
+
+
+def apply_airflow_environ(settings: Settings) -> dict[str, str]:
+    """Put :func:`airflow_environ` into this process's environment (before ``import
+    airflow``) and return it."""
+    env = airflow_environ(settings)
+    os.environ.update(env)
+    return env
