@@ -1,0 +1,123 @@
+"""Quarantine: a batch that failed validation leaves the landing folder, with its report.
+
+``quarantine_dir/<key>/`` holds the landed file (moved, not copied, so it is not picked up
+again), ``report.json`` (the :class:`ValidationResult`, where the file came from, and the
+Data Docs page of the validation) and, when there is one, a copy of that page
+(``data_docs.html``; it keeps its content if the GX folder is cleaned, though not its
+stylesheet).
+
+Everything is idempotent, so an Airflow retry is harmless: once the file has been moved a
+second call only rewrites the same report; a *newer* file landed at the same path since
+replaces the quarantined copy. Files are replaced with ``os.replace`` (atomic on one file
+system) and the report is written to a temporary file first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from closedloop.core.validation import ValidationResult
+
+REPORT = "report.json"
+DOCS_COPY = "data_docs.html"
+
+
+def quarantine_batch(
+    batch_path: Path, result: ValidationResult, quarantine_dir: Path, key: str
+) -> Path:
+    """Move ``batch_path`` to ``quarantine_dir/<key>/`` and write its report; return the folder.
+
+    Raises ``FileNotFoundError`` only if the file is neither at ``batch_path`` nor already
+    in quarantine.
+    """
+    batch_path = Path(batch_path)
+    folder = Path(quarantine_dir) / key
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / batch_path.name
+    previous = _read_json(folder / REPORT)
+
+    if batch_path.exists():  # first call, or a newer file has landed since
+        _move(batch_path, target)
+        quarantined_at = datetime.now(UTC).isoformat()
+    elif target.exists():  # a retry after the move
+        quarantined_at = (previous or {}).get("quarantined_at") or datetime.now(UTC).isoformat()
+    else:
+        raise FileNotFoundError(f"{batch_path} is neither landed nor quarantined in {folder}")
+
+    docs_copy = _copy_docs(result.data_docs, folder)
+    report: dict[str, Any] = result.to_dict()
+    report.update(
+        {
+            "key": key,
+            "original_path": str(batch_path),
+            "file_name": batch_path.name,
+            "quarantined_path": str(target),
+            "quarantined_at": quarantined_at,
+            "data_docs_copy": str(docs_copy) if docs_copy else None,
+            "summary": result.summary(),
+        }
+    )
+    _write_atomically(folder / REPORT, json.dumps(report, indent=2, sort_keys=True) + "\n")
+    return folder
+
+
+def load_quarantine_report(quarantine_dir: Path, key: str) -> ValidationResult | None:
+    """The result a batch was quarantined with, or None if nothing is quarantined for key."""
+    data = _read_json(Path(quarantine_dir) / key / REPORT)
+    return ValidationResult.from_dict(data) if data is not None else None
+
+
+def _move(source: Path, target: Path) -> None:
+    try:
+        os.replace(source, target)
+    except OSError:  # another file system: copy beside the target, then swap
+        tmp = _temp_beside(target)
+        try:
+            shutil.copy2(source, tmp)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        source.unlink()
+
+
+def _copy_docs(page: str | None, folder: Path) -> Path | None:
+    if not page or not Path(page).is_file():
+        return None
+    target = folder / DOCS_COPY
+    if Path(page).resolve() == target.resolve():
+        return target
+    tmp = _temp_beside(target)
+    try:
+        shutil.copyfile(page, tmp)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def _temp_beside(target: Path) -> Path:
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    return Path(name)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = _temp_beside(path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None

@@ -1,0 +1,774 @@
+"""The data-validation gate: a Great Expectations suite derived from the use case.
+
+``build_suite`` turns a :class:`~closedloop.core.usecase.UseCase` (and the data interval)
+into an expectation suite; ``validate_batch`` runs it on a landed batch and condenses GX's
+result into a small, JSON-safe :class:`ValidationResult` whose ``summary()`` names every
+failed check with examples of the offending values.
+
+The suite, per use case (nothing in it is specific to one use case):
+
+* the batch has exactly the declared columns (missing *and* unexpected ones are named);
+* the batch has at least one row;
+* per column: its pandas dtype is one of ``ACCEPTED_DTYPES`` for the declared type; no
+  nulls if ``required``; values within ``min``/``max``; values among ``categories``;
+  values unique if ``unique``;
+* the timestamp column lies within the data interval ``[start, end)`` (this catches both
+  rows of another day and rows "from the future");
+* the label is 0 or the positive class.
+
+Checks on a column that is missing, or whose dtype is wrong so that a value check cannot
+even run (e.g. a range check on text), are reported as *not evaluated*, with the reason.
+
+Two ways to run it:
+
+* ``gx_dir=None`` (unit tests, benchmarks): an ephemeral GX context, nothing written.
+* ``gx_dir=<folder>`` (the pipeline): a file context rooted there; the suite, validation
+  definition and checkpoint are added or replaced by name, the checkpoint writes the result
+  and Data Docs HTML for every validation (pass or fail), and the result names the page.
+
+Speed (see ``benchmarks/validation.py``; goal: at most 3x the same checks in pandas):
+
+* the in-memory path asks GX for the verdict only (``BOOLEAN_ONLY``) and re-runs just the
+  failed checks with ``BASIC`` details (counts, up to 20 unexpected values). ``BASIC``
+  costs another null-filter of the column per check; ``SUMMARY``/``COMPLETE`` would add
+  unexpected *index* lists on top. The file path runs once with ``BASIC`` so that Data
+  Docs show counts and examples for every check;
+* the dtype check compares dtypes, instead of GX's per-value type test on ``object``
+  columns (a Python loop, seconds per million rows);
+* pandas' Copy-on-Write is on while GX runs: GX filters nulls with
+  ``df[df[col].notnull()]`` for every check, which otherwise deep-copies the whole frame
+  each time;
+* GX's md5 fingerprint of in-memory frames (a batch marker, not a check; computed twice
+  per validation) is skipped; ``SKIP_DATA_FINGERPRINT = False`` restores it.
+
+``great_expectations`` takes seconds to import, so it is imported inside functions only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import threading
+from dataclasses import asdict, dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlparse
+
+import numpy as np
+import pandas as pd
+
+from closedloop.core.usecase import ACCEPTED_DTYPES
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    import great_expectations as gx
+
+    from closedloop.core.usecase import UseCase
+
+logger = logging.getLogger(__name__)
+
+#: Distinct offending values kept per failed check.
+MAX_EXAMPLES = 5
+#: Unexpected values GX returns per check; more than MAX_EXAMPLES so that duplicates
+#: (e.g. both rows of a duplicated id, or one unknown category repeated) still leave
+#: up to MAX_EXAMPLES *distinct* examples.
+PARTIAL_UNEXPECTED = 20
+VERDICT_FORMAT: dict[str, Any] = {"result_format": "BOOLEAN_ONLY"}
+RESULT_FORMAT: dict[str, Any] = {
+    "result_format": "BASIC",
+    "partial_unexpected_count": PARTIAL_UNEXPECTED,
+    "include_unexpected_rows": False,
+}
+#: Skip GX's md5 fingerprint of in-memory frames (a batch marker, not a check). It costs
+#: about as much as all the checks together on a 1M-row frame. The benchmark flips this to
+#: show GX's default cost too.
+SKIP_DATA_FINGERPRINT = True
+
+DATASOURCE = "closedloop"
+ASSET = "landed_batch"
+BATCH_DEFINITION = "whole_batch"
+DOCS_SITE = "local_site"
+
+# meta["closedloop"] of each expectation: which of our checks it is, in suite order.
+_META = "closedloop"
+_NUMERIC_DTYPES = {"int8", "int16", "int32", "int64", "Int64", "float32", "float64", "Float64"}
+
+
+# -- the result ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FailedCheck:
+    """One check of the suite that did not pass."""
+
+    expectation: str  # e.g. "expect_column_values_to_not_be_null"
+    column: str | None
+    description: str  # human sentence, e.g. "adr: 3 of 400 values are null"
+    unexpected_count: int | None
+    examples: list[Any]  # up to 5 distinct offending values, JSON-safe
+    #: False when the check could not run (its column is missing, or its dtype is wrong
+    #: so that e.g. a range cannot be compared); the description says why.
+    evaluated: bool = True
+
+    @property
+    def label(self) -> str:
+        return f"{self.expectation}({self.column})" if self.column else self.expectation
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    """What the gate decided about one batch."""
+
+    success: bool
+    checks_total: int
+    failed: list[FailedCheck]
+    row_count: int
+    data_docs: str | None = None  # path of the Data Docs page of this validation
+
+    def to_dict(self) -> dict[str, Any]:
+        return _json_safe(asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ValidationResult:
+        known = set(FailedCheck.__dataclass_fields__)
+        failed = [FailedCheck(**{k: v for k, v in f.items() if k in known}) for f in d["failed"]]
+        return cls(
+            success=bool(d["success"]),
+            checks_total=int(d["checks_total"]),
+            failed=failed,
+            row_count=int(d["row_count"]),
+            data_docs=d.get("data_docs"),
+        )
+
+    def summary(self) -> str:
+        if self.success:
+            return f"batch passed all {self.checks_total} checks ({self.row_count} rows)"
+        ran = [f for f in self.failed if f.evaluated]
+        skipped = [f for f in self.failed if not f.evaluated]
+        parts = [f"{f.label}: {_strip_column(f)}" for f in ran]
+        if skipped:
+            # Consequences of a failure above; name the columns, not every check.
+            by_reason: dict[str, list[str]] = {}
+            for f in skipped:
+                reason = f.description.partition(": ")[2] or f.description
+                by_reason.setdefault(reason, []).append(f.column or f.expectation)
+            for reason, columns in by_reason.items():
+                names = sorted(set(columns))
+                shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+                checks = "check" if len(columns) == 1 else "checks"
+                parts.append(f"{len(columns)} {checks} not evaluated ({reason}): {shown}")
+        return f"batch failed {len(self.failed)} of {self.checks_total} checks: " + "; ".join(parts)
+
+
+def _strip_column(check: FailedCheck) -> str:
+    prefix = f"{check.column}: "
+    text = check.description
+    return text[len(prefix) :] if check.column and text.startswith(prefix) else text
+
+
+def unreadable_result(path: Path, reason: str) -> ValidationResult:
+    """The result for a file that cannot be parsed at all: one failed check."""
+    return ValidationResult(
+        success=False,
+        checks_total=1,
+        failed=[
+            FailedCheck(
+                expectation="file_is_readable",
+                column=None,
+                description=f"{Path(path).name} cannot be read: {reason}",
+                unexpected_count=None,
+                examples=[],
+            )
+        ],
+        row_count=0,
+        data_docs=None,
+    )
+
+
+# -- JSON safety ----------------------------------------------------------------------
+
+
+def _json_safe(value: Any) -> Any:
+    """Plain JSON types from numpy/pandas scalars, timestamps (ISO strings) and containers."""
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, np.generic):
+        value = value.item()
+        if isinstance(value, bytes | np.generic):
+            return str(value)
+    if value is pd.NaT:
+        return None
+    if isinstance(value, pd.Timestamp | datetime | date):
+        return value.isoformat()
+    if isinstance(value, pd.Timedelta):
+        return value.isoformat()
+    if isinstance(value, float):
+        return None if math.isnan(value) or math.isinf(value) else value
+    if isinstance(value, int):
+        return value
+    try:
+        if pd.isna(value):
+            return None
+    except (TypeError, ValueError):
+        pass
+    return str(value)
+
+
+def _distinct_examples(values: list[Any] | None, limit: int = MAX_EXAMPLES) -> list[Any]:
+    out: list[Any] = []
+    seen: set[str] = set()
+    for v in values or []:
+        safe = _json_safe(v)
+        key = repr(safe)
+        if key not in seen:
+            seen.add(key)
+            out.append(safe)
+        if len(out) == limit:
+            break
+    return out
+
+
+# -- the suite ------------------------------------------------------------------------
+
+
+def _utc(ts: datetime) -> datetime:
+    """A plain ``datetime`` in UTC (naive means UTC; pendulum & co. become datetime)."""
+    stamp = pd.Timestamp(ts)
+    stamp = stamp.tz_localize(UTC) if stamp.tzinfo is None else stamp.tz_convert(UTC)
+    return stamp.to_pydatetime()
+
+
+@dataclass(frozen=True)
+class _Check:
+    kind: str  # columns | row_count | dtype | not_null | range | categories | unique | ...
+    column: str | None
+    seq: int
+
+
+def _gx() -> Any:
+    """Import GX (slow) and define our custom expectation, once per process."""
+    with _GX_LOCK:
+        if "ns" not in _GX_CACHE:
+            _GX_CACHE["ns"] = _load_gx()
+        return _GX_CACHE["ns"]
+
+
+_GX_LOCK = threading.Lock()
+_GX_CACHE: dict[str, Any] = {}
+
+
+def _load_gx() -> Any:
+    # GX logs routine operations (even on import); keep it to errors unless configured.
+    gx_logger = logging.getLogger("great_expectations")
+    if gx_logger.level == logging.NOTSET:
+        gx_logger.setLevel(logging.ERROR)
+
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+    from great_expectations.expectations.expectation import BatchExpectation
+
+    # ... and a few of its modules pin their own logger to INFO: let them inherit.
+    for name, child in list(logging.root.manager.loggerDict.items()):
+        if (
+            name.startswith("great_expectations.")
+            and isinstance(child, logging.Logger)
+            and logging.NOTSET < child.level < logging.WARNING
+        ):
+            child.setLevel(logging.NOTSET)
+
+    class ExpectColumnDtypeToBeInTypeList(gxe.ExpectColumnValuesToBeInTypeList):
+        """Expect the column's pandas dtype to be named in ``type_list``.
+
+        GX 1.24's ``ExpectColumnValuesToBeInTypeList`` resolves each name through numpy, so
+        pandas extension dtypes ("datetime64[ns, UTC]", "Int64", "category", "string") never
+        match, and on an ``object`` column it tests each value's Python type in a Python
+        loop (seconds per million rows). This compares ``str(dtype)`` with the names, exactly
+        as ``ACCEPTED_DTYPES`` declares them. An empty batch passes vacuously (a header-only
+        CSV reads every column as ``object``; its emptiness is the row-count check's
+        business), as GX's column-map expectations do.
+        """
+
+        metric_dependencies = ("table.column_types", "table.row_count")
+
+        def get_validation_dependencies(
+            self, execution_engine: Any = None, runtime_configuration: dict | None = None, **_: Any
+        ) -> Any:
+            # The aggregate path only (table-level metrics), never the per-value map.
+            return BatchExpectation.get_validation_dependencies(
+                self, execution_engine, runtime_configuration
+            )
+
+        def _validate(
+            self,
+            metrics: dict,
+            runtime_configuration: dict | None = None,
+            execution_engine: Any = None,
+        ) -> dict:
+            column = self.configuration.kwargs.get("column")
+            dtypes = {d["name"]: d["type"] for d in metrics.get("table.column_types") or []}
+            if column not in dtypes:
+                return {"success": False, "result": {"observed_value": None}}
+            observed = str(dtypes[column])
+            expected = list(self.type_list or [])
+            success = observed in expected or not metrics.get("table.row_count")
+            return {"success": success, "result": {"observed_value": observed}}
+
+    class _NS:
+        pass
+
+    ns = _NS()
+    ns.gx = gx
+    ns.gxe = gxe
+    ns.ExpectColumnDtypeToBeInTypeList = ExpectColumnDtypeToBeInTypeList
+    return ns
+
+
+def build_suite(
+    usecase: UseCase, interval_start: datetime, interval_end: datetime, name: str
+) -> gx.ExpectationSuite:
+    """The expectation suite of a use case's landed batches for one data interval.
+
+    Naive interval bounds are taken as UTC. Each expectation carries
+    ``meta["closedloop"] = {"check": kind, "seq": n}`` so results map back to our checks.
+    """
+    ns = _gx()
+    gxe = ns.gxe
+    start, end = _utc(interval_start), _utc(interval_end)
+    if not start < end:
+        raise ValueError(f"empty data interval [{start}, {end})")
+    expectations: list[Any] = []
+
+    def add(kind: str, column: str | None, expectation_cls: Any, **kwargs: Any) -> None:
+        meta = {_META: {"check": kind, "seq": len(expectations)}}
+        if column is not None:
+            kwargs["column"] = column
+        expectations.append(expectation_cls(meta=meta, **kwargs))
+
+    add(
+        "columns",
+        None,
+        gxe.ExpectTableColumnsToMatchSet,
+        column_set=list(usecase.columns),
+        exact_match=True,
+    )
+    add("row_count", None, gxe.ExpectTableRowCountToBeBetween, min_value=1, max_value=None)
+    label = usecase.label.column
+    ts_column = usecase.batch.timestamp_column
+    for column, spec in usecase.columns.items():
+        add(
+            "dtype",
+            column,
+            ns.ExpectColumnDtypeToBeInTypeList,
+            type_list=list(ACCEPTED_DTYPES[spec.type]),
+        )
+        if spec.required:
+            add("not_null", column, gxe.ExpectColumnValuesToNotBeNull)
+        if spec.min is not None or spec.max is not None:
+            add(
+                "range",
+                column,
+                gxe.ExpectColumnValuesToBeBetween,
+                min_value=spec.min,
+                max_value=spec.max,
+            )
+        if spec.categories:
+            add("categories", column, gxe.ExpectColumnValuesToBeInSet, value_set=spec.categories)
+        if spec.unique:
+            add("unique", column, gxe.ExpectColumnValuesToBeUnique)
+        if column == ts_column:
+            add(
+                "in_interval",
+                column,
+                gxe.ExpectColumnValuesToBeBetween,
+                min_value=start,
+                max_value=end,
+                strict_max=True,
+                description=(
+                    f"{column} lies within the data interval "
+                    f"[{start.isoformat()}, {end.isoformat()})"
+                ),
+            )
+        if column == label:
+            add(
+                "label",
+                column,
+                gxe.ExpectColumnValuesToBeInSet,
+                value_set=sorted({0, usecase.label.positive}),
+                description=f"the label {column} is 0 or {usecase.label.positive}",
+            )
+    return ns.gx.ExpectationSuite(
+        name=name,
+        expectations=expectations,
+        meta={
+            _META: {
+                "usecase": usecase.name,
+                "interval_start": start.isoformat(),
+                "interval_end": end.isoformat(),
+            }
+        },
+    )
+
+
+# -- running it -----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _fast_pandas() -> Iterator[None]:
+    """Copy-on-Write while GX runs, and no fingerprint of the frame (see module doc).
+
+    Both are process-wide settings, so runs in threads of one process take turns.
+    """
+    from great_expectations.execution_engine import pandas_execution_engine as pee
+
+    with _RUN_LOCK:
+        threshold = pee.HASH_THRESHOLD
+        if SKIP_DATA_FINGERPRINT:
+            pee.HASH_THRESHOLD = 0  # GX fingerprints frames smaller than this
+        try:
+            with pd.option_context("mode.copy_on_write", True):
+                yield
+        finally:
+            pee.HASH_THRESHOLD = threshold
+
+
+_RUN_LOCK = threading.RLock()
+
+
+def _quiet(context: Any) -> None:
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+
+
+def validate_batch(
+    df: pd.DataFrame,
+    usecase: UseCase,
+    *,
+    interval_start: datetime,
+    interval_end: datetime,
+    gx_dir: Path | None = None,
+    run_name: str = "adhoc",
+) -> ValidationResult:
+    """Run the use case's suite on a batch (as read by ``read_batch``)."""
+    ns = _gx()
+    suite_name = f"{usecase.name}_batch"
+    suite = build_suite(usecase, interval_start, interval_end, suite_name)
+    # Our view of each check, by the seq GX carries along in each result's meta.
+    checks = {
+        _seq(e): _Check(e.meta[_META]["check"], getattr(e, "column", None), i)
+        for i, e in enumerate(suite.expectations)
+    }
+    docs: str | None = None
+    with _fast_pandas():
+        if gx_dir is None:
+            success, results = _run_ephemeral(ns, df, suite)
+        else:
+            success, results, docs = _run_checkpoint(ns, df, suite, Path(gx_dir), run_name)
+    failed = _failed_checks(results, checks, df, usecase, interval_start, interval_end)
+    return ValidationResult(
+        success=success and not failed,
+        checks_total=len(checks),
+        failed=failed,
+        row_count=len(df),
+        data_docs=docs,
+    )
+
+
+def _run_ephemeral(ns: Any, df: pd.DataFrame, suite: Any) -> tuple[bool, list[Any]]:
+    """Verdict first (``BOOLEAN_ONLY``), details (counts, examples) for failures only.
+
+    GX computes a ``BASIC`` result's unexpected values by filtering the column again,
+    nulls included, for every check; on a clean batch that is pure overhead.
+    """
+    context = ns.gx.get_context(mode="ephemeral")
+    _quiet(context)
+    originals = {_seq(e): e for e in suite.expectations}
+    suite = context.suites.add(suite)
+    batch_definition = (
+        context.data_sources.add_pandas(DATASOURCE)
+        .add_dataframe_asset(ASSET)
+        .add_batch_definition_whole_dataframe(BATCH_DEFINITION)
+    )
+    batch = batch_definition.get_batch(batch_parameters={"dataframe": df})
+    verdict = batch.validate(suite, result_format=VERDICT_FORMAT)
+    results = {_seq(r.expectation_config): r for r in verdict.results}
+    redo = [seq for seq, r in results.items() if not r.success and _exception_message(r) is None]
+    if redo:
+        again = []
+        for seq in sorted(redo):
+            clone = originals[seq].copy(deep=True)
+            clone.id = None
+            again.append(clone)
+        details = context.suites.add(
+            ns.gx.ExpectationSuite(name=f"{suite.name}_details", expectations=again)
+        )
+        for r in batch.validate(details, result_format=RESULT_FORMAT).results:
+            results[_seq(r.expectation_config)] = r
+    return bool(verdict.success), list(results.values())
+
+
+def _seq(expectation_or_config: Any) -> int:
+    meta = (expectation_or_config.meta or {}).get(_META) or {}
+    return int(meta.get("seq", -1))
+
+
+@contextlib.contextmanager
+def _locked(gx_dir: Path) -> Iterator[None]:
+    """One validation at a time per GX folder (suite/checkpoint names are shared)."""
+    import fcntl
+
+    gx_dir.mkdir(parents=True, exist_ok=True)
+    with open(gx_dir / ".closedloop.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _batch_definition(context: Any) -> Any:
+    """The data source / asset / batch definition of landed frames, created if absent."""
+    try:
+        source = context.data_sources.get(DATASOURCE)
+    except LookupError:  # GX raises KeyError / LookupError for all three
+        source = context.data_sources.add_pandas(DATASOURCE)
+    try:
+        asset = source.get_asset(ASSET)
+    except LookupError:
+        asset = source.add_dataframe_asset(ASSET)
+    try:
+        return asset.get_batch_definition(BATCH_DEFINITION)
+    except LookupError:
+        return asset.add_batch_definition_whole_dataframe(BATCH_DEFINITION)
+
+
+def _run_checkpoint(
+    ns: Any, df: pd.DataFrame, suite: Any, gx_dir: Path, run_name: str
+) -> tuple[bool, list[Any], str | None]:
+    """One checkpoint run, ``BASIC`` details for every check (they go into Data Docs)."""
+    gx = ns.gx
+    from great_expectations.checkpoint import UpdateDataDocsAction
+
+    with _locked(gx_dir):
+        context = gx.get_context(mode="file", project_root_dir=str(gx_dir))
+        _quiet(context)
+        batch_definition = _batch_definition(context)
+        name = suite.name
+        definition = gx.ValidationDefinition(name=name, data=batch_definition, suite=suite)
+        checkpoint = context.checkpoints.add_or_update(
+            gx.Checkpoint(
+                name=name,
+                validation_definitions=[definition],
+                actions=[UpdateDataDocsAction(name="update_data_docs", site_names=[DOCS_SITE])],
+                result_format=RESULT_FORMAT,
+            )
+        )
+        run_id = gx.RunIdentifier(run_name=run_name, run_time=datetime.now(UTC))
+        result = checkpoint.run(batch_parameters={"dataframe": df}, run_id=run_id)
+        ((key, suite_result),) = result.run_results.items()
+        return bool(suite_result.success), list(suite_result.results), _docs_page(context, key)
+
+
+def _docs_page(context: Any, key: Any) -> str | None:
+    """Path of the Data Docs page of one validation result, if it was written."""
+    try:
+        urls = context.get_docs_sites_urls(resource_identifier=key, site_name=DOCS_SITE)
+    except Exception:  # a docs problem must not hide the verdict
+        logger.warning("cannot locate the Data Docs page of %s", key, exc_info=True)
+        return None
+    for entry in urls:
+        url = entry.get("site_url")
+        if url and url.startswith("file://"):
+            path = Path(unquote(urlparse(url).path))
+            if path.is_file():
+                return str(path)
+    return None
+
+
+# -- from GX's result to ours -----------------------------------------------------------
+
+
+def _failed_checks(
+    results: list[Any],
+    checks: dict[int, _Check],
+    df: pd.DataFrame,
+    usecase: UseCase,
+    interval_start: datetime,
+    interval_end: datetime,
+) -> list[FailedCheck]:
+    rows = len(df)
+    present = set(map(str, df.columns))
+    by_seq = {_seq(r.expectation_config): r for r in results}
+    # dtype verdicts first: value checks on a wrong-dtype column are explained by them
+    wrong_dtype: dict[str, str] = {}
+    for seq, check in checks.items():
+        r = by_seq.get(seq)
+        if check.kind == "dtype" and r is not None and not r.success and check.column in present:
+            wrong_dtype[check.column] = str((r.result or {}).get("observed_value"))
+
+    failed: list[FailedCheck] = []
+    for seq in sorted(checks, key=lambda s: checks[s].seq):
+        check = checks[seq]
+        r = by_seq.get(seq)
+        if r is not None and r.success:
+            continue
+        expectation = r.expectation_config.type if r is not None else check.kind
+        column = check.column
+        if r is None:  # GX dropped it: should not happen, but never report a pass
+            failed.append(FailedCheck(expectation, column, "no result from GX", None, [], False))
+            continue
+        result = r.result or {}
+        error = _exception_message(r)
+        if column is not None and column not in present:
+            failed.append(
+                FailedCheck(expectation, column, f"{column}: column is missing", None, [], False)
+            )
+            continue
+        if error is not None:
+            if column in wrong_dtype:
+                reason = f"{column}: column has dtype {wrong_dtype[column]}"
+            else:
+                reason = f"{column or 'batch'}: could not run ({error})"
+            failed.append(FailedCheck(expectation, column, reason, None, [], False))
+            continue
+        spec = usecase.columns.get(column) if column else None
+        failed.append(
+            _describe(
+                check,
+                expectation,
+                result,
+                rows,
+                df,
+                spec,
+                usecase,
+                _utc(interval_start),
+                _utc(interval_end),
+            )
+        )
+    return failed
+
+
+def _exception_message(r: Any) -> str | None:
+    info = r.exception_info or {}
+    if info.get("raised_exception"):
+        return str(info.get("exception_message") or "error")
+    for value in info.values():
+        if isinstance(value, dict) and value.get("raised_exception"):
+            message = str(value.get("exception_message") or "error")
+            return message.splitlines()[0][:300] if message else "error"
+    return None
+
+
+def _count(result: dict) -> int | None:
+    count = result.get("unexpected_count")
+    return int(count) if count is not None else None
+
+
+def _describe(
+    check: _Check,
+    expectation: str,
+    result: dict,
+    rows: int,
+    df: pd.DataFrame,
+    spec: Any,
+    usecase: UseCase,
+    start: datetime,
+    end: datetime,
+) -> FailedCheck:
+    column = check.column
+    count = _count(result)
+    examples = _distinct_examples(result.get("partial_unexpected_list"))
+    of = f"{count} of {rows} values" if count is not None else "some values"
+    kind = check.kind
+    if kind == "columns":
+        mismatched = ((result.get("details") or {}).get("mismatched")) or {}
+        missing = sorted(map(str, mismatched.get("missing") or []))
+        extra = sorted(map(str, mismatched.get("unexpected") or []))
+        parts = []
+        if missing:
+            parts.append("missing columns: " + ", ".join(missing))
+        if extra:
+            parts.append("unexpected columns: " + ", ".join(extra))
+        text = "; ".join(parts) or "the columns do not match the use case"
+        return FailedCheck(expectation, None, text, len(missing) + len(extra), missing + extra)
+    if kind == "row_count":
+        what = "no columns and no rows (empty file)" if len(df.columns) == 0 else "no rows"
+        return FailedCheck(expectation, None, f"the batch has {what}", 0, [])
+    if kind == "dtype":
+        observed = result.get("observed_value")
+        expected = ", ".join(ACCEPTED_DTYPES[spec.type])
+        text = f"{column}: dtype is {observed}, expected one of {expected} ({spec.type})"
+        examples, note = _dtype_examples(df[column], spec.type)
+        return FailedCheck(expectation, column, text + note, None, examples)
+    if kind == "not_null":
+        return FailedCheck(expectation, column, f"{column}: {of} are null", count, [])
+    if kind == "range":
+        lo, hi = spec.min, spec.max
+        if lo is not None and hi is not None:
+            bounds = f"outside [{_num(lo)}, {_num(hi)}]"
+        elif lo is not None:
+            bounds = f"below {_num(lo)}"
+        else:
+            bounds = f"above {_num(hi)}"
+        return FailedCheck(expectation, column, f"{column}: {of} are {bounds}", count, examples)
+    if kind == "in_interval":
+        text = (
+            f"{column}: {of} are outside the data interval [{start.isoformat()}, {end.isoformat()})"
+        )
+        side = {"before its start": [], "after its end": []}
+        for e in examples:
+            ts = pd.Timestamp(e) if isinstance(e, str) else None
+            if ts is not None and ts.tzinfo is not None:
+                side["after its end" if ts >= end else "before its start"].append(e)
+        text += "".join(f"; {k}: {', '.join(v)}" for k, v in side.items() if v)
+        return FailedCheck(expectation, column, text, count, examples)
+    if kind == "categories":
+        known = ", ".join(spec.categories)
+        text = f"{column}: {of} are not declared categories ({known}); unknown: " + ", ".join(
+            map(str, examples)
+        )
+        return FailedCheck(expectation, column, text, count, examples)
+    if kind == "label":
+        text = f"{column}: {of} are not 0 or {usecase.label.positive}"
+        return FailedCheck(expectation, column, text, count, examples)
+    if kind == "unique":
+        text = f"{column}: {of} share their value with another row; duplicated: " + ", ".join(
+            map(str, examples)
+        )
+        return FailedCheck(expectation, column, text, count, examples)
+    return FailedCheck(expectation, column, f"{column}: {of} fail", count, examples)
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def _dtype_examples(series: pd.Series, declared: str) -> tuple[list[Any], str]:
+    """Offending values of a wrong-dtype column (only computed when the check failed)."""
+    values = series.dropna()
+    accepted = set(ACCEPTED_DTYPES[declared])
+    if accepted <= _NUMERIC_DTYPES | {"Int64", "Float64"}:
+        numbers = pd.to_numeric(values, errors="coerce")
+        bad = values[numbers.isna()]
+        if len(bad):
+            examples = _distinct_examples(bad.head(1000).tolist())
+            return examples, "; values that are not numbers: " + ", ".join(map(repr, examples))
+        if declared == "int":
+            fractional = values[numbers % 1 != 0]
+            if len(fractional):
+                examples = _distinct_examples(fractional.head(1000).tolist())
+                return examples, "; values that are not whole numbers: " + ", ".join(
+                    map(str, examples)
+                )
+            if series.isna().any():
+                return [], "; missing values turn an integer column into floats"
+    return _distinct_examples(values.head(1000).tolist()), ""
