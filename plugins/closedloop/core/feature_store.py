@@ -1,0 +1,131 @@
+"""Feast, configured from closedloop's settings.
+
+closedloop does not read ``feature_store.yaml``: it builds the ``RepoConfig`` from its
+settings, so a profile switch (SQLite + file registry -> Redis + SQL registry) changes
+URLs only. Feast is imported lazily — it costs seconds and resets warning filters.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from feast import FeatureStore
+
+    from closedloop.core.settings import Settings
+
+
+def repo_config(settings: Settings) -> Any:
+    from feast.repo_config import RepoConfig
+
+    settings.feast_dir.mkdir(parents=True, exist_ok=True)
+    return RepoConfig(
+        project=settings.usecase.feast.project,
+        provider="local",
+        registry=settings.feast_registry,
+        online_store=settings.feast_online_store,
+        offline_store={"type": "file"},
+        entity_key_serialization_version=3,
+        repo_path=settings.feature_repo,
+    )
+
+
+def open_store(settings: Settings) -> FeatureStore:
+    """A ``FeatureStore`` for the settings' profile and the use case's repository."""
+    from feast import FeatureStore
+
+    return FeatureStore(config=repo_config(settings), repo_path=str(settings.feature_repo))
+
+
+def load_declarations(repo_path: Path) -> Any:
+    """Import the repository's declarations afresh (``feast apply`` does the same).
+
+    The declaration modules read the settings when imported, so modules cached from an
+    earlier call (another home folder, another profile) are dropped first. Feast names
+    each module after its path relative to the working directory, so it runs in the
+    repository (as ``feast apply`` does); the files then import each other by bare name.
+    """
+    import contextlib
+
+    from feast.repo_operations import parse_repo
+
+    repo_path = repo_path.resolve()
+    for name, module in list(sys.modules.items()):
+        origin = getattr(module, "__file__", None)
+        if origin and Path(origin).resolve().is_relative_to(repo_path):
+            del sys.modules[name]
+    if str(repo_path) not in sys.path:
+        sys.path.insert(0, str(repo_path))
+    with contextlib.chdir(repo_path):
+        return parse_repo(repo_path)
+
+
+def apply_definitions(store: FeatureStore, repo_path: Path) -> dict[str, list[str]]:
+    """Register the repository's objects and remove the ones it no longer declares."""
+    from feast.repo_operations import extract_objects_for_apply_delete
+
+    repo = load_declarations(repo_path)
+    to_apply, to_delete, _, _ = extract_objects_for_apply_delete(
+        store.project, store.registry, repo
+    )
+    store.apply(to_apply, objects_to_delete=to_delete, partial=False)
+    return {
+        "applied": sorted(o.name for o in to_apply),
+        "deleted": sorted(o.name for o in to_delete),
+        "feature_views": sorted(fv.name for fv in repo.feature_views),
+        "feature_services": sorted(fs.name for fs in repo.feature_services),
+    }
+
+
+def materialize_interval(store: FeatureStore, start: datetime, end: datetime) -> list[str]:
+    """Load every online feature view's rows stamped in ``[start, end]`` into the online
+    store. Explicit intervals, not ``materialize_incremental``: a backfill of past days
+    must load those days (see ../shared/STACK.md)."""
+    views = [fv.name for fv in store.list_feature_views() if fv.online]
+    store.materialize(start_date=start, end_date=end, feature_views=views)
+    return views
+
+
+_ROW_ID = "__closedloop_row"
+
+
+def feature_refs(store: FeatureStore, features: Any) -> list[str]:
+    """``view:feature`` references of a feature service (by object or name) or a list."""
+    if isinstance(features, str):
+        features = store.get_feature_service(features)
+    if isinstance(features, list):
+        return list(features)
+    return [
+        f"{proj.name_to_use()}:{f.name}"
+        for proj in features.feature_view_projections
+        for f in proj.features
+    ]
+
+
+def historical_features(store: FeatureStore, entity_df: Any, features: Any) -> Any:
+    """Point-in-time correct features for every row of ``entity_df``, in its order.
+
+    Written by hand on top of ``get_historical_features`` because Feast 0.67's file
+    (dask) offline store silently drops an entity row whose key has feature rows that
+    are *all* newer than the row's timestamp (or all older than the TTL): its left join
+    is followed by a timestamp filter that removes the only matching rows, and the row
+    then vanishes for every view. A missing value must stay a missing value, so each
+    view is joined separately on tagged rows and what Feast dropped comes back as nulls
+    for that view only.
+    """
+    tagged = entity_df.reset_index(drop=True).assign(**{_ROW_ID: range(len(entity_df))})
+    by_view: dict[str, list[str]] = {}
+    for ref in feature_refs(store, features):
+        by_view.setdefault(ref.split(":", 1)[0], []).append(ref)
+    out = tagged
+    for refs in by_view.values():
+        got = store.get_historical_features(entity_df=tagged, features=refs).to_df()
+        if got[_ROW_ID].duplicated().any():
+            raise RuntimeError(f"Feast returned more than one row per entity row for {refs}")
+        names = [r.split(":", 1)[1] for r in refs]
+        out = out.merge(got[[_ROW_ID, *names]], on=_ROW_ID, how="left", validate="one_to_one")
+    return out.sort_values(_ROW_ID).drop(columns=_ROW_ID).reset_index(drop=True)
