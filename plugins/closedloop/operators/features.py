@@ -1,0 +1,169 @@
+"""Operators of the feature pipeline: thin adapters from Airflow's context (the data
+interval) to ``closedloop.core.feature_pipeline`` and back (a small XCom or an error).
+
+Decisions — a batch that failed validation or cannot be read — fail the task for good
+(``AirflowFailException``): retrying cannot change them. A batch that has not landed yet
+and any infrastructure error are left to Airflow's retries.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+from closedloop.core.errors import BatchNotFoundError, DataValidationError, DecisionError
+from closedloop.core.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+
+    from airflow.sdk import Context
+
+
+class DataQualityGateFailed(AirflowFailException):
+    """The batch was rejected by the validation gate and quarantined."""
+
+
+@contextmanager
+def decisions_fail_the_task(context: Context) -> Iterator[None]:
+    """Map core errors onto Airflow's retry semantics (see the module docstring)."""
+    try:
+        yield
+    except DataValidationError as exc:
+        context["ti"].xcom_push(key="validation", value=exc.result.to_dict())
+        raise DataQualityGateFailed(str(exc)) from exc
+    except DecisionError as exc:
+        raise AirflowFailException(str(exc)) from exc
+    except BatchNotFoundError as exc:
+        raise AirflowException(str(exc)) from exc
+
+
+class _IntervalOperator(BaseOperator):
+    """Base of the steps: settings from the environment, interval from the context.
+
+    :param usecase_file: path of a use-case YAML to use instead of the configured one
+        (templated).
+    """
+
+    template_fields: Sequence[str] = ("usecase_file",)
+    ui_color = "#d7ecf7"
+
+    def __init__(self, *, usecase_file: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.usecase_file = usecase_file
+
+    def settings(self) -> Settings:
+        return load_settings(**({"usecase_file": self.usecase_file} if self.usecase_file else {}))
+
+    def execute(self, context: Context) -> Any:
+        start, end = context["data_interval_start"], context["data_interval_end"]
+        if start is None or end is None or start >= end:
+            raise AirflowFailException(
+                f"{self.task_id} needs a non-empty data interval, got [{start}, {end})"
+            )
+        # Core works on plain datetimes; Airflow hands out pendulum ones.
+        start, end = (datetime.fromisoformat(d.isoformat()) for d in (start, end))
+        with decisions_fail_the_task(context):
+            return self.run_step(self.settings(), start, end, context)
+
+    def run_step(self, settings: Settings, start: Any, end: Any, context: Context) -> Any:
+        raise NotImplementedError
+
+
+class ExtractBatchOperator(_IntervalOperator):
+    """Locate the interval's landed batch and check that it can be read."""
+
+    def run_step(self, settings, start, end, context):
+        from closedloop.core.feature_pipeline import extract
+
+        summary = extract(settings, start, end)
+        self.log.info("Batch %s: %d rows", summary["batch_path"], summary["rows"])
+        return summary
+
+
+class ValidateBatchOperator(_IntervalOperator):
+    """Run the use case's Great Expectations suite on the batch; quarantine on failure."""
+
+    def run_step(self, settings, start, end, context):
+        from closedloop.core.feature_pipeline import validate
+
+        result = validate(settings, start, end, run_name=context["run_id"])
+        self.log.info(
+            "Batch passed %d checks; Data Docs: %s", result["checks_total"], result["data_docs"]
+        )
+        return result
+
+
+class CleanBatchOperator(_IntervalOperator):
+    """Cast the validated batch to its declared types and stage it."""
+
+    def run_step(self, settings, start, end, context):
+        from closedloop.core.feature_pipeline import clean
+
+        return clean(settings, start)
+
+
+class EngineerFeaturesOperator(_IntervalOperator):
+    """Compute the interval's partition of every offline table.
+
+    :param clean_uri: the staged clean batch (templated; usually the clean task's XCom).
+    """
+
+    template_fields: Sequence[str] = (*_IntervalOperator.template_fields, "clean_uri")
+
+    def __init__(self, *, clean_uri: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.clean_uri = clean_uri
+
+    def run_step(self, settings, start, end, context):
+        from closedloop.core.feature_pipeline import engineer
+
+        return engineer(settings, start, end, self.clean_uri)
+
+
+class LoadOfflineStoreOperator(_IntervalOperator):
+    """Replace the interval's partitions in the offline store with the staged tables.
+
+    :param staged: table name -> staged Parquet URI (templated; the engineer task's XCom).
+    """
+
+    template_fields: Sequence[str] = (*_IntervalOperator.template_fields, "staged")
+
+    def __init__(self, *, staged: dict[str, str] | str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.staged = staged
+
+    def run_step(self, settings, start, end, context):
+        from closedloop.core.feature_pipeline import load_offline
+
+        rows = load_offline(settings, start, self.staged)
+        self.log.info("Offline partitions written: %s", rows)
+        return rows
+
+
+class FeastApplyOperator(_IntervalOperator):
+    """Register the Feast repository's declarations (``feast apply`` through the API)."""
+
+    def run_step(self, settings, start, end, context):
+        from closedloop.core.feature_store import apply_definitions
+        from closedloop.hooks.feast import FeastHook
+
+        hook = FeastHook(settings_overrides={"usecase_file": settings.usecase_file})
+        return apply_definitions(hook.get_conn(), settings.feature_repo)
+
+
+class FeastMaterializeOperator(_IntervalOperator):
+    """Load the interval's feature rows into the online store."""
+
+    def run_step(self, settings, start, end, context):
+        from closedloop.core.feature_store import materialize_interval
+        from closedloop.hooks.feast import FeastHook
+
+        hook = FeastHook(settings_overrides={"usecase_file": settings.usecase_file})
+        views = materialize_interval(hook.get_conn(), start, end)
+        self.log.info("Materialized %s for [%s, %s]", views, start, end)
+        return {"start": start.isoformat(), "end": end.isoformat(), "feature_views": views}
