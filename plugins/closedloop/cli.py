@@ -1,0 +1,137 @@
+"""The ``closedloop`` command.
+
+Start-up stays fast: only click and the settings are imported here; every command imports
+what it needs (Airflow, Feast, ...) when it runs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import date
+
+import click
+
+from closedloop.core.settings import load_settings
+
+
+def _date(_ctx: click.Context, _param: click.Parameter, value: str | None) -> date | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"{value!r} is not a date (YYYY-MM-DD)") from exc
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """closedloop: data lands, is validated, becomes features, trains a model, which is
+    gated, promoted, served and watched — and retrained when the world drifts."""
+
+
+@main.command()
+@click.option("--start", callback=_date, default="2026-01-01", show_default=True)
+@click.option("--days", type=click.IntRange(1, 3660), default=7, show_default=True)
+@click.option(
+    "--rows",
+    type=click.IntRange(1),
+    default=400,
+    show_default=True,
+    help="Bookings per day (on average).",
+)
+@click.option("--seed", type=int, default=7, show_default=True)
+@click.option(
+    "--drift-start",
+    callback=_date,
+    default=None,
+    help="First day of drift (YYYY-MM-DD); no drift without it.",
+)
+@click.option(
+    "--covariate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    help="Covariate-shift strength from --drift-start.",
+)
+@click.option(
+    "--concept",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    help="Concept-shift strength from --drift-start.",
+)
+@click.option("--new-category", is_flag=True, help="A new market segment appears.")
+def generate(
+    start: date,
+    days: int,
+    rows: int,
+    seed: int,
+    drift_start: date | None,
+    covariate: float,
+    concept: float,
+    new_category: bool,
+) -> None:
+    """Write synthetic daily batches of bookings into the landing folder."""
+    from closedloop.usecases.hotel.generator import DriftSpec, write_batches
+
+    settings = load_settings()
+    if (covariate or concept or new_category) and drift_start is None:
+        raise click.UsageError("drift options need --drift-start")
+    drift = (
+        DriftSpec(
+            start=drift_start, covariate=covariate, concept=concept, new_category=new_category
+        )
+        if drift_start
+        else None
+    )
+    paths = write_batches(
+        settings.landing_dir, start, days, seed=seed, n_bookings=rows, drift=drift
+    )
+    click.echo(f"wrote {len(paths)} batches to {settings.landing_dir}")
+
+
+@main.command()
+@click.option("--days", type=click.IntRange(1, 365), default=8, show_default=True)
+@click.option("--rows", type=click.IntRange(1), default=400, show_default=True)
+@click.option("--keep", is_flag=True, help="Keep existing state instead of starting clean.")
+def demo(days: int, rows: int, keep: bool) -> None:
+    """Run the loop, as far as it exists, on generated data through Airflow."""
+    from closedloop.demo import run_demo
+
+    sys.exit(run_demo(load_settings(), days=days, rows=rows, keep=keep))
+
+
+@main.command()
+def status() -> None:
+    """Show what landed where: batches, quarantine, offline partitions, online keys."""
+    from closedloop.demo import print_status
+
+    print_status(load_settings())
+
+
+@main.command("online-features")
+@click.option("--customer", required=True, help="customer_id, e.g. C000042")
+@click.option("--hotel", default=None, help="hotel, e.g. H01")
+@click.option("--booking", default=None, help="booking_id")
+def online_features(customer: str, hotel: str | None, booking: str | None) -> None:
+    """Look up the model's features in the Feast online store."""
+    from closedloop.core.feature_store import open_store
+
+    settings = load_settings()
+    store = open_store(settings)
+    service = store.get_feature_service(settings.usecase.feast.feature_service)
+    row = {"customer_id": customer, "hotel": hotel or "H01", "booking_id": booking or ""}
+    out = store.get_online_features(features=service, entity_rows=[row]).to_dict()
+    click.echo(json.dumps({k: v[0] for k, v in out.items()}, indent=2, default=str))
+
+
+@main.command("airflow-env")
+def airflow_env() -> None:
+    """Print the environment for running Airflow's own CLI on closedloop's state."""
+    from closedloop.runtime import airflow_environ
+
+    for key, value in sorted(airflow_environ(load_settings()).items()):
+        click.echo(f"export {key}={json.dumps(value)}")
+
+
+if __name__ == "__main__":
+    main()
