@@ -48,6 +48,9 @@ class StoreSettings(BaseModel):
     mlflow_tracking_uri: str | None = None
     feast_registry: str | None = None
     airflow_sql_alchemy_conn: str | None = None
+    closedloop_db: str | None = Field(
+        default=None, description="SQLAlchemy URL of closedloop's own tables (promotion ledger)"
+    )
 
 
 class Settings(BaseSettings):
@@ -165,6 +168,23 @@ class Settings(BaseSettings):
             return f"sqlite:///{self.airflow_home / 'airflow.db'}"
         url = self._require(self.stores.airflow_sql_alchemy_conn, "airflow_sql_alchemy_conn")
         return url.format(db="airflow").replace("postgresql://", "postgresql+psycopg2://", 1)
+
+    @property
+    def closedloop_db(self) -> str:
+        """closedloop's own tables (the promotion ledger, ...)."""
+        if self.profile == "embedded":
+            return f"sqlite:///{self.home / 'closedloop.db'}"
+        url = self._require(self.stores.closedloop_db, "closedloop_db").format(db="closedloop")
+        return url.replace("postgresql://", "postgresql+psycopg://", 1)
+
+    @property
+    def model_name(self) -> str:
+        """The registered model's name in MLflow."""
+        return self.usecase.model.name
+
+    @property
+    def training_dir(self) -> Path:
+        return self.home / "training" / self.usecase.name
 
     def offline_table_dir(self, table: str) -> Path:
         """Folder of one offline table: one Parquet file per data interval."""

@@ -63,12 +63,28 @@ class BatchSpec(_Strict):
 class LabelSpec(_Strict):
     column: str
     positive: int = 1
+    #: column holding the time the outcome becomes known (None: known at event time). A
+    #: training set only uses rows whose outcome was known by the end of its window.
+    known_at: str | None = None
 
 
 class FeastSpec(_Strict):
     project: str
     feature_service: str
     tables: list[str]
+    #: value of a feature when its entity has no row yet (a new customer has no history);
+    #: applied after every join, offline and online alike
+    defaults: dict[str, float | int | str] = {}
+
+
+class ModelSpec(_Strict):
+    """The model trained for the use case and the rules it is trained and promoted by."""
+
+    name: str
+    training_window_days: int = Field(default=60, gt=0)
+    training: dict[str, Any] = {}  # closedloop.core.modeling.TrainingConfig fields
+    gate: dict[str, Any] = {}  # closedloop.core.gate.GatePolicy fields
+    training_set: dict[str, Any] = {}  # closedloop.core.validation.TrainingSetPolicy fields
 
 
 class UseCase(_Strict):
@@ -82,11 +98,13 @@ class UseCase(_Strict):
     generator: str | None = None
     engineer: str
     feast: FeastSpec
+    model: ModelSpec
 
     @model_validator(mode="after")
     def _check_references(self) -> UseCase:
         named = [self.batch.id_column, self.batch.timestamp_column, self.label.column]
         named += self.batch.entities
+        named += [self.label.known_at] if self.label.known_at else []
         missing = sorted({c for c in named if c not in self.columns})
         if missing:
             raise ValueError(f"columns named by batch/label are not declared: {missing}")
