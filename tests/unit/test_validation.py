@@ -23,10 +23,12 @@ from closedloop.core.settings import DEFAULT_USECASE
 from closedloop.core.usecase import UseCase
 from closedloop.core.validation import (
     FailedCheck,
+    TrainingSetPolicy,
     ValidationResult,
     build_suite,
     unreadable_result,
     validate_batch,
+    validate_training_set,
 )
 
 START = datetime(2024, 5, 1, tzinfo=UTC)
@@ -40,6 +42,7 @@ NOT_NULL = "expect_column_values_to_not_be_null"
 BETWEEN = "expect_column_values_to_be_between"
 IN_SET = "expect_column_values_to_be_in_set"
 UNIQUE = "expect_column_values_to_be_unique"
+MEAN = "expect_column_mean_to_be_between"
 
 
 @pytest.fixture(scope="module")
@@ -400,3 +403,172 @@ def test_data_docs_are_written_for_every_validation(usecase: UseCase, tmp_path: 
     folder = quarantine_batch(batch, failed, tmp_path / "quarantine", "2024-05-02")
     assert (folder / "data_docs.html").read_text() == pages[1].read_text()
     assert json.loads((folder / "report.json").read_text())["data_docs"] == str(pages[1])
+
+
+# -- the training set -------------------------------------------------------------------------
+
+TRAIN_ROWS = 600  # above the default policy's min_rows (500)
+AGGREGATES = ["cust_bookings", "cust_cancel_rate", "hotel_bookings_7d"]
+
+
+def training_features(usecase: UseCase) -> list[str]:
+    return [*usecase.feature_columns, *AGGREGATES]
+
+
+def good_training_frame(usecase: UseCase, rows: int = TRAIN_ROWS) -> pd.DataFrame:
+    """What the historical join returns: the batch columns plus aggregate features."""
+    df = good_frame(usecase, rows)
+    i = np.arange(rows)
+    df["cust_bookings"] = (i % 9).astype("int64")
+    df["cust_cancel_rate"] = (i % 10 + 1) / 12.0
+    df["hotel_bookings_7d"] = (40 + i % 30).astype("int64")
+    return df
+
+
+def train(df: pd.DataFrame, usecase: UseCase, **kwargs: object) -> ValidationResult:
+    return validate_training_set(df, usecase, features=training_features(usecase), **kwargs)
+
+
+def test_good_training_set_passes(usecase: UseCase) -> None:
+    df = good_training_frame(usecase)
+    df.loc[3, "hotel"] = "H99"  # a new category is drift, not a broken training set
+    df["not_a_feature"] = None  # columns outside features are not checked
+    result = train(df, usecase)
+    assert result.success, result.summary()
+    assert result.failed == []
+    assert result.row_count == TRAIN_ROWS
+    assert result.subject == "training set"
+    declared_ranges = [
+        c for c in usecase.feature_columns if usecase.columns[c].min is not None
+    ]  # row count + label (not null, in set, rate) + per feature not-null + ranges
+    features = training_features(usecase)
+    assert result.checks_total == 4 + len(features) + len(declared_ranges)
+    assert result.summary() == (
+        f"training set passed all {result.checks_total} checks ({TRAIN_ROWS} rows)"
+    )
+    assert result.data_docs is None
+
+
+def _label(value: int) -> Callable[[pd.DataFrame], pd.DataFrame]:
+    return lambda df: df.assign(is_canceled=value)
+
+
+BAD_TRAINING_SETS = [
+    # (mutation, expectation, column, a phrase of the description, an example or None)
+    pytest.param(
+        lambda df: df.head(120),
+        ROW_COUNT,
+        None,
+        "has 120 rows, fewer than the required 500",
+        120,
+        id="too-few-rows",
+    ),
+    pytest.param(
+        _label(0),
+        MEAN,
+        "is_canceled",
+        "positive rate is 0, expected within [0.05, 0.95]",
+        0.0,
+        id="no-positives",
+    ),
+    pytest.param(
+        _label(1),
+        MEAN,
+        "is_canceled",
+        "positive rate is 1, expected within [0.05, 0.95]",
+        1.0,
+        id="all-positives",
+    ),
+    pytest.param(
+        _set("is_canceled", 11, 2), IN_SET, "is_canceled", "not 0 or 1", 2, id="label-not-binary"
+    ),
+    pytest.param(
+        _nulls("is_canceled", [1, 2]),
+        NOT_NULL,
+        "is_canceled",
+        "2 of 600 values are null",
+        None,
+        id="label-nulls",
+    ),
+    pytest.param(
+        _nulls("cust_cancel_rate", [5]),
+        NOT_NULL,
+        "cust_cancel_rate",
+        "1 of 600 values are null (the feature is missing",
+        None,
+        id="null-aggregate",
+    ),
+    pytest.param(
+        _nulls("hotel", [7, 8]),
+        NOT_NULL,
+        "hotel",
+        "2 of 600 values are null",
+        None,
+        id="null-categorical",
+    ),
+    pytest.param(
+        _set("lead_time", 6, 9999),
+        BETWEEN,
+        "lead_time",
+        "outside [0, 730]",
+        9999,
+        id="lead-time-out-of-range",
+    ),
+    pytest.param(
+        _set("adr", 8, -12.5), BETWEEN, "adr", "outside [0, 5000]", -12.5, id="negative-adr"
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expectation", "column", "phrase", "example"), BAD_TRAINING_SETS
+)
+def test_bad_training_set_is_named(
+    usecase: UseCase,
+    mutate: Callable[[pd.DataFrame], pd.DataFrame],
+    expectation: str,
+    column: str | None,
+    phrase: str,
+    example: object,
+) -> None:
+    result = train(mutate(good_training_frame(usecase)), usecase)
+    assert not result.success
+    assert len(result.failed) == 1, result.summary()
+    check = check_for(result, expectation, column)
+    assert check.evaluated
+    assert phrase in check.description, check.description
+    if example is not None:
+        assert example in check.examples, check
+    summary = result.summary()
+    assert summary.startswith(f"training set failed 1 of {result.checks_total} checks: ")
+    assert check.label in summary
+    again = ValidationResult.from_dict(json.loads(json.dumps(result.to_dict())))
+    assert again == result and again.summary() == summary
+
+
+def test_training_set_policy_and_missing_feature(usecase: UseCase) -> None:
+    df = good_training_frame(usecase, rows=40)  # 20 positives: rate 0.5
+    policy = TrainingSetPolicy(min_rows=10, min_positive_rate=0.6, max_positive_rate=0.9)
+    features = [*training_features(usecase), "cust_lifetime_value"]
+    result = validate_training_set(df, usecase, features=features, policy=policy)
+    assert failed_pairs(result) == {(MEAN, "is_canceled"), (NOT_NULL, "cust_lifetime_value")}
+    assert "positive rate is 0.5, expected within [0.6, 0.9]" in result.summary()
+    missing = check_for(result, NOT_NULL, "cust_lifetime_value")
+    assert not missing.evaluated and "column is missing" in missing.description
+    with pytest.raises(ValueError, match="positive_rate"):
+        TrainingSetPolicy(min_positive_rate=0.9, max_positive_rate=0.1)
+
+
+def test_training_set_data_docs(usecase: UseCase, tmp_path: Path) -> None:
+    gx_dir = tmp_path / "gx"
+    df = _set("lead_time", 6, 9999)(good_training_frame(usecase))
+    result = train(df, usecase, gx_dir=gx_dir, run_name="train-2024-05-01")
+    assert failed_pairs(result) == {(BETWEEN, "lead_time")}
+    assert result.data_docs is not None
+    page = Path(result.data_docs)
+    assert page.suffix == ".html" and page.is_file() and gx_dir in page.parents
+    assert "validations" in page.parts
+    html = page.read_text()
+    assert f"{usecase.name}_training_set" in html and "9999" in html
+    suites = list((gx_dir / "gx" / "expectations").glob("*.json"))
+    assert [p.stem for p in suites] == [f"{usecase.name}_training_set"]

@@ -16,6 +16,19 @@ The suite, per use case (nothing in it is specific to one use case):
   rows of another day and rows "from the future");
 * the label is 0 or the positive class.
 
+``validate_training_set`` is the training pipeline's gate, on the frame Feast's historical
+join returns (suite ``<use case>_training_set``, limits in :class:`TrainingSetPolicy`):
+
+* at least ``min_rows`` rows;
+* the label is 0 or the positive class, never null, and its positive rate (its mean over
+  the positive class) lies within ``[min_positive_rate, max_positive_rate]``;
+* every feature column is non-null (after the join a null means a missing feature);
+* feature columns declared with ``min``/``max`` in the use case lie within them. Declared
+  categories are *not* enforced: a new category is drift, not a broken training set.
+
+Both return a :class:`ValidationResult`; its ``subject`` ("batch", "training set") is the
+noun of its ``summary()``.
+
 Checks on a column that is missing, or whose dtype is wrong so that a value check cannot
 even run (e.g. a range check on text), are reported as *not evaluated*, with the reason.
 
@@ -62,7 +75,7 @@ import pandas as pd
 from closedloop.core.usecase import ACCEPTED_DTYPES
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Sequence
 
     import great_expectations as gx
 
@@ -89,6 +102,7 @@ SKIP_DATA_FINGERPRINT = True
 
 DATASOURCE = "closedloop"
 ASSET = "landed_batch"
+TRAINING_ASSET = "training_set"
 BATCH_DEFINITION = "whole_batch"
 DOCS_SITE = "local_site"
 
@@ -120,13 +134,14 @@ class FailedCheck:
 
 @dataclass(frozen=True)
 class ValidationResult:
-    """What the gate decided about one batch."""
+    """What the gate decided about one batch (or training set: see ``subject``)."""
 
     success: bool
     checks_total: int
     failed: list[FailedCheck]
     row_count: int
     data_docs: str | None = None  # path of the Data Docs page of this validation
+    subject: str = "batch"  # what was validated: the noun of summary()
 
     def to_dict(self) -> dict[str, Any]:
         return _json_safe(asdict(self))
@@ -141,11 +156,12 @@ class ValidationResult:
             failed=failed,
             row_count=int(d["row_count"]),
             data_docs=d.get("data_docs"),
+            subject=str(d.get("subject") or "batch"),
         )
 
     def summary(self) -> str:
         if self.success:
-            return f"batch passed all {self.checks_total} checks ({self.row_count} rows)"
+            return f"{self.subject} passed all {self.checks_total} checks ({self.row_count} rows)"
         ran = [f for f in self.failed if f.evaluated]
         skipped = [f for f in self.failed if not f.evaluated]
         parts = [f"{f.label}: {_strip_column(f)}" for f in ran]
@@ -160,7 +176,8 @@ class ValidationResult:
                 shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
                 checks = "check" if len(columns) == 1 else "checks"
                 parts.append(f"{len(columns)} {checks} not evaluated ({reason}): {shown}")
-        return f"batch failed {len(self.failed)} of {self.checks_total} checks: " + "; ".join(parts)
+        head = f"{self.subject} failed {len(self.failed)} of {self.checks_total} checks: "
+        return head + "; ".join(parts)
 
 
 def _strip_column(check: FailedCheck) -> str:
@@ -346,13 +363,7 @@ def build_suite(
     if not start < end:
         raise ValueError(f"empty data interval [{start}, {end})")
     expectations: list[Any] = []
-
-    def add(kind: str, column: str | None, expectation_cls: Any, **kwargs: Any) -> None:
-        meta = {_META: {"check": kind, "seq": len(expectations)}}
-        if column is not None:
-            kwargs["column"] = column
-        expectations.append(expectation_cls(meta=meta, **kwargs))
-
+    add = _adder(expectations)
     add(
         "columns",
         None,
@@ -398,13 +409,7 @@ def build_suite(
                 ),
             )
         if column == label:
-            add(
-                "label",
-                column,
-                gxe.ExpectColumnValuesToBeInSet,
-                value_set=sorted({0, usecase.label.positive}),
-                description=f"the label {column} is 0 or {usecase.label.positive}",
-            )
+            _add_label_values(add, gxe, usecase)
     return ns.gx.ExpectationSuite(
         name=name,
         expectations=expectations,
@@ -413,6 +418,104 @@ def build_suite(
                 "usecase": usecase.name,
                 "interval_start": start.isoformat(),
                 "interval_end": end.isoformat(),
+            }
+        },
+    )
+
+
+def _adder(expectations: list[Any]) -> Any:
+    """``add(kind, column, ExpectationClass, **kwargs)``: append one tagged expectation."""
+
+    def add(kind: str, column: str | None, expectation_cls: Any, **kwargs: Any) -> None:
+        meta = {_META: {"check": kind, "seq": len(expectations)}}
+        if column is not None:
+            kwargs["column"] = column
+        expectations.append(expectation_cls(meta=meta, **kwargs))
+
+    return add
+
+
+def _add_label_values(add: Any, gxe: Any, usecase: UseCase) -> None:
+    column, positive = usecase.label.column, usecase.label.positive
+    add(
+        "label",
+        column,
+        gxe.ExpectColumnValuesToBeInSet,
+        value_set=sorted({0, positive}),
+        description=f"the label {column} is 0 or {positive}",
+    )
+
+
+@dataclass(frozen=True)
+class TrainingSetPolicy:
+    """What a training set must satisfy beyond the use case's declarations."""
+
+    min_rows: int = 500
+    #: bounds of the label's positive rate (share of rows of the positive class)
+    min_positive_rate: float = 0.05
+    max_positive_rate: float = 0.95
+
+    def __post_init__(self) -> None:
+        if self.min_rows < 0:
+            raise ValueError(f"min_rows must be >= 0, got {self.min_rows}")
+        if not 0 <= self.min_positive_rate <= self.max_positive_rate <= 1:
+            raise ValueError(
+                "need 0 <= min_positive_rate <= max_positive_rate <= 1, got "
+                f"{self.min_positive_rate}, {self.max_positive_rate}"
+            )
+
+
+def build_training_suite(
+    usecase: UseCase, features: Sequence[str], policy: TrainingSetPolicy, name: str
+) -> gx.ExpectationSuite:
+    """The expectation suite of a training set (see the module doc), tagged as build_suite's."""
+    ns = _gx()
+    gxe = ns.gxe
+    expectations: list[Any] = []
+    add = _adder(expectations)
+    label, positive = usecase.label.column, usecase.label.positive
+    add(
+        "row_count",
+        None,
+        gxe.ExpectTableRowCountToBeBetween,
+        min_value=policy.min_rows,
+        max_value=None,
+    )
+    add("not_null", label, gxe.ExpectColumnValuesToNotBeNull)
+    _add_label_values(add, gxe, usecase)
+    add(
+        "positive_rate",
+        label,
+        gxe.ExpectColumnMeanToBeBetween,
+        # the mean of a 0/positive column is positive x the positive rate
+        min_value=policy.min_positive_rate * positive,
+        max_value=policy.max_positive_rate * positive,
+        description=(
+            f"the positive rate of {label} lies within "
+            f"[{policy.min_positive_rate}, {policy.max_positive_rate}]"
+        ),
+    )
+    for column in dict.fromkeys(features):  # in order, once each
+        if column == label:
+            continue
+        add("feature_not_null", column, gxe.ExpectColumnValuesToNotBeNull)
+        spec = usecase.columns.get(column)
+        if spec is not None and (spec.min is not None or spec.max is not None):
+            add(
+                "range",
+                column,
+                gxe.ExpectColumnValuesToBeBetween,
+                min_value=spec.min,
+                max_value=spec.max,
+            )
+    return ns.gx.ExpectationSuite(
+        name=name,
+        expectations=expectations,
+        meta={
+            _META: {
+                "usecase": usecase.name,
+                "features": list(dict.fromkeys(features)),
+                "policy": asdict(policy),
             }
         },
     )
@@ -459,9 +562,47 @@ def validate_batch(
     run_name: str = "adhoc",
 ) -> ValidationResult:
     """Run the use case's suite on a batch (as read by ``read_batch``)."""
+    suite = build_suite(usecase, interval_start, interval_end, f"{usecase.name}_batch")
+    target = _Target("batch", ASSET, usecase, _utc(interval_start), _utc(interval_end))
+    return _validate(df, suite, target, gx_dir, run_name)
+
+
+def validate_training_set(
+    df: pd.DataFrame,
+    usecase: UseCase,
+    *,
+    features: Sequence[str],
+    policy: TrainingSetPolicy = TrainingSetPolicy(),
+    gx_dir: Path | None = None,
+    run_name: str = "adhoc",
+) -> ValidationResult:
+    """Run the training-set suite on a training frame (label + ``features``, after the join).
+
+    Columns of ``df`` that are neither the label nor in ``features`` (entity keys, event
+    timestamps) are not checked.
+    """
+    if isinstance(features, str):
+        raise TypeError("features must be a sequence of column names, not a string")
+    suite = build_training_suite(usecase, features, policy, f"{usecase.name}_training_set")
+    target = _Target("training set", TRAINING_ASSET, usecase)
+    return _validate(df, suite, target, gx_dir, run_name)
+
+
+@dataclass(frozen=True)
+class _Target:
+    """What a suite is run on: the wording of the result and the GX asset of such frames."""
+
+    noun: str  # "batch", "training set"
+    asset: str
+    usecase: UseCase
+    start: datetime | None = None  # the data interval of a batch (UTC)
+    end: datetime | None = None
+
+
+def _validate(
+    df: pd.DataFrame, suite: Any, target: _Target, gx_dir: Path | None, run_name: str
+) -> ValidationResult:
     ns = _gx()
-    suite_name = f"{usecase.name}_batch"
-    suite = build_suite(usecase, interval_start, interval_end, suite_name)
     # Our view of each check, by the seq GX carries along in each result's meta.
     checks = {
         _seq(e): _Check(e.meta[_META]["check"], getattr(e, "column", None), i)
@@ -470,20 +611,23 @@ def validate_batch(
     docs: str | None = None
     with _fast_pandas():
         if gx_dir is None:
-            success, results = _run_ephemeral(ns, df, suite)
+            success, results = _run_ephemeral(ns, df, suite, target.asset)
         else:
-            success, results, docs = _run_checkpoint(ns, df, suite, Path(gx_dir), run_name)
-    failed = _failed_checks(results, checks, df, usecase, interval_start, interval_end)
+            success, results, docs = _run_checkpoint(
+                ns, df, suite, target.asset, Path(gx_dir), run_name
+            )
+    failed = _failed_checks(results, checks, df, target)
     return ValidationResult(
         success=success and not failed,
         checks_total=len(checks),
         failed=failed,
         row_count=len(df),
         data_docs=docs,
+        subject=target.noun,
     )
 
 
-def _run_ephemeral(ns: Any, df: pd.DataFrame, suite: Any) -> tuple[bool, list[Any]]:
+def _run_ephemeral(ns: Any, df: pd.DataFrame, suite: Any, asset: str) -> tuple[bool, list[Any]]:
     """Verdict first (``BOOLEAN_ONLY``), details (counts, examples) for failures only.
 
     GX computes a ``BASIC`` result's unexpected values by filtering the column again,
@@ -495,7 +639,7 @@ def _run_ephemeral(ns: Any, df: pd.DataFrame, suite: Any) -> tuple[bool, list[An
     suite = context.suites.add(suite)
     batch_definition = (
         context.data_sources.add_pandas(DATASOURCE)
-        .add_dataframe_asset(ASSET)
+        .add_dataframe_asset(asset)
         .add_batch_definition_whole_dataframe(BATCH_DEFINITION)
     )
     batch = batch_definition.get_batch(batch_parameters={"dataframe": df})
@@ -535,16 +679,16 @@ def _locked(gx_dir: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _batch_definition(context: Any) -> Any:
-    """The data source / asset / batch definition of landed frames, created if absent."""
+def _batch_definition(context: Any, asset_name: str) -> Any:
+    """The data source / asset / batch definition of in-memory frames, created if absent."""
     try:
         source = context.data_sources.get(DATASOURCE)
     except LookupError:  # GX raises KeyError / LookupError for all three
         source = context.data_sources.add_pandas(DATASOURCE)
     try:
-        asset = source.get_asset(ASSET)
+        asset = source.get_asset(asset_name)
     except LookupError:
-        asset = source.add_dataframe_asset(ASSET)
+        asset = source.add_dataframe_asset(asset_name)
     try:
         return asset.get_batch_definition(BATCH_DEFINITION)
     except LookupError:
@@ -552,7 +696,7 @@ def _batch_definition(context: Any) -> Any:
 
 
 def _run_checkpoint(
-    ns: Any, df: pd.DataFrame, suite: Any, gx_dir: Path, run_name: str
+    ns: Any, df: pd.DataFrame, suite: Any, asset: str, gx_dir: Path, run_name: str
 ) -> tuple[bool, list[Any], str | None]:
     """One checkpoint run, ``BASIC`` details for every check (they go into Data Docs)."""
     gx = ns.gx
@@ -561,7 +705,7 @@ def _run_checkpoint(
     with _locked(gx_dir):
         context = gx.get_context(mode="file", project_root_dir=str(gx_dir))
         _quiet(context)
-        batch_definition = _batch_definition(context)
+        batch_definition = _batch_definition(context, asset)
         name = suite.name
         definition = gx.ValidationDefinition(name=name, data=batch_definition, suite=suite)
         checkpoint = context.checkpoints.add_or_update(
@@ -601,11 +745,8 @@ def _failed_checks(
     results: list[Any],
     checks: dict[int, _Check],
     df: pd.DataFrame,
-    usecase: UseCase,
-    interval_start: datetime,
-    interval_end: datetime,
+    target: _Target,
 ) -> list[FailedCheck]:
-    rows = len(df)
     present = set(map(str, df.columns))
     by_seq = {_seq(r.expectation_config): r for r in results}
     # dtype verdicts first: value checks on a wrong-dtype column are explained by them
@@ -637,23 +778,11 @@ def _failed_checks(
             if column in wrong_dtype:
                 reason = f"{column}: column has dtype {wrong_dtype[column]}"
             else:
-                reason = f"{column or 'batch'}: could not run ({error})"
+                reason = f"{column or target.noun}: could not run ({error})"
             failed.append(FailedCheck(expectation, column, reason, None, [], False))
             continue
-        spec = usecase.columns.get(column) if column else None
-        failed.append(
-            _describe(
-                check,
-                expectation,
-                result,
-                rows,
-                df,
-                spec,
-                usecase,
-                _utc(interval_start),
-                _utc(interval_end),
-            )
-        )
+        kwargs = dict(r.expectation_config.kwargs or {})
+        failed.append(_describe(check, expectation, kwargs, result, df, target))
     return failed
 
 
@@ -676,15 +805,15 @@ def _count(result: dict) -> int | None:
 def _describe(
     check: _Check,
     expectation: str,
+    kwargs: dict[str, Any],
     result: dict,
-    rows: int,
     df: pd.DataFrame,
-    spec: Any,
-    usecase: UseCase,
-    start: datetime,
-    end: datetime,
+    target: _Target,
 ) -> FailedCheck:
     column = check.column
+    rows = len(df)
+    usecase = target.usecase
+    spec = usecase.columns.get(column) if column else None
     count = _count(result)
     examples = _distinct_examples(result.get("partial_unexpected_list"))
     of = f"{count} of {rows} values" if count is not None else "some values"
@@ -701,8 +830,12 @@ def _describe(
         text = "; ".join(parts) or "the columns do not match the use case"
         return FailedCheck(expectation, None, text, len(missing) + len(extra), missing + extra)
     if kind == "row_count":
+        least = kwargs.get("min_value")
+        if least is not None and least > 1:
+            text = f"the {target.noun} has {rows} rows, fewer than the required {least}"
+            return FailedCheck(expectation, None, text, None, [rows])
         what = "no columns and no rows (empty file)" if len(df.columns) == 0 else "no rows"
-        return FailedCheck(expectation, None, f"the batch has {what}", 0, [])
+        return FailedCheck(expectation, None, f"the {target.noun} has {what}", 0, [])
     if kind == "dtype":
         observed = result.get("observed_value")
         expected = ", ".join(ACCEPTED_DTYPES[spec.type])
@@ -711,6 +844,17 @@ def _describe(
         return FailedCheck(expectation, column, text + note, None, examples)
     if kind == "not_null":
         return FailedCheck(expectation, column, f"{column}: {of} are null", count, [])
+    if kind == "feature_not_null":
+        text = f"{column}: {of} are null (the feature is missing for those rows)"
+        return FailedCheck(expectation, column, text, count, [])
+    if kind == "positive_rate":
+        positive = usecase.label.positive
+        mean = result.get("observed_value")
+        rate = None if mean is None else _json_safe(float(mean) / positive)
+        lo, hi = (_num(kwargs[k] / positive) for k in ("min_value", "max_value"))
+        observed = "undefined (no values)" if rate is None else f"{rate:.4g}"
+        text = f"{column}: the positive rate is {observed}, expected within [{lo}, {hi}]"
+        return FailedCheck(expectation, column, text, None, [] if rate is None else [rate])
     if kind == "range":
         lo, hi = spec.min, spec.max
         if lo is not None and hi is not None:
@@ -721,6 +865,8 @@ def _describe(
             bounds = f"above {_num(hi)}"
         return FailedCheck(expectation, column, f"{column}: {of} are {bounds}", count, examples)
     if kind == "in_interval":
+        start, end = target.start, target.end
+        assert start is not None and end is not None  # batches only
         text = (
             f"{column}: {of} are outside the data interval [{start.isoformat()}, {end.isoformat()})"
         )
