@@ -1,0 +1,98 @@
+"""The promotion gate: is a candidate model demonstrably better than the champion?
+
+The TFX "blessing" contract on MLflow aliases: the candidate and the current champion are
+scored on the *same* holdout; the candidate is blessed only if it passes absolute floors,
+beats the champion's primary metric by a margin, and regresses on no segment by more
+than a tolerance. The first model ever is judged against the floors alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class GatePolicy:
+    primary_metric: str = "roc_auc"
+    #: the candidate must beat the champion by at least this much on the primary metric
+    min_improvement: float = 0.002
+    #: absolute minimum of each metric (higher is better for all of them)
+    floors: dict[str, float] = field(default_factory=lambda: {"roc_auc": 0.65, "pr_auc": 0.2})
+    #: largest tolerated drop of the primary metric on any segment vs the champion
+    max_segment_regression: float = 0.05
+    segment_prefix: str = "roc_auc."
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    blessed: bool
+    reasons: list[str]
+    candidate: dict[str, float]
+    champion: dict[str, float] | None
+    champion_version: str | None
+
+    @property
+    def first_model(self) -> bool:
+        return self.champion is None
+
+    def summary(self) -> str:
+        verdict = "blessed" if self.blessed else "not blessed"
+        return f"{verdict}: " + "; ".join(self.reasons)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def decide(
+    candidate: dict[str, float],
+    champion: dict[str, float] | None,
+    policy: GatePolicy,
+    champion_version: str | None = None,
+) -> GateDecision:
+    """Judge ``candidate`` holdout metrics against the floors and the champion's."""
+    failures: list[str] = []
+    passes: list[str] = []
+    for metric, floor in sorted(policy.floors.items()):
+        value = candidate.get(metric)
+        if value is None or value < floor:
+            failures.append(f"{metric} {_fmt(value)} is below the floor {floor:.3f}")
+        else:
+            passes.append(f"{metric} {value:.4f} >= floor {floor:.3f}")
+    if champion is not None:
+        key = policy.primary_metric
+        ours, theirs = candidate.get(key), champion.get(key)
+        if ours is None or theirs is None:
+            failures.append(f"{key} missing (candidate {_fmt(ours)}, champion {_fmt(theirs)})")
+        elif ours - theirs < policy.min_improvement:
+            failures.append(
+                f"{key} {ours:.4f} does not beat champion v{champion_version} "
+                f"{theirs:.4f} by {policy.min_improvement:.3f} (delta {ours - theirs:+.4f})"
+            )
+        else:
+            passes.append(f"{key} {ours:.4f} beats champion {theirs:.4f} ({ours - theirs:+.4f})")
+        for segment in sorted(k for k in champion if k.startswith(policy.segment_prefix)):
+            if segment not in candidate:
+                continue
+            drop = champion[segment] - candidate[segment]
+            if drop > policy.max_segment_regression:
+                failures.append(
+                    f"{segment} regresses by {drop:.4f} "
+                    f"(> {policy.max_segment_regression:.3f} tolerated)"
+                )
+    else:
+        passes.append("first model: judged against the floors only")
+    return GateDecision(
+        blessed=not failures,
+        reasons=failures or passes,
+        candidate=dict(candidate),
+        champion=None if champion is None else dict(champion),
+        champion_version=champion_version,
+    )
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"

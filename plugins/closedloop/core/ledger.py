@@ -1,0 +1,126 @@
+"""The promotion ledger: an append-only history of every alias move.
+
+MLflow keeps only where an alias points *now*; the ledger keeps how it got there — which
+version moved from/to which alias, why, with the gate's numbers and the DAG run that did
+it. It lives in a SQL table (SQLite in the embedded profile, PostgreSQL in production),
+so it survives restarts and is shared by every process.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+_METADATA = sa.MetaData()
+PROMOTIONS = sa.Table(
+    "closedloop_promotions",
+    _METADATA,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("model", sa.String(256), nullable=False, index=True),
+    sa.Column("alias", sa.String(64), nullable=False),
+    sa.Column("version", sa.String(32), nullable=False),
+    sa.Column("from_version", sa.String(32), nullable=True),
+    sa.Column("action", sa.String(32), nullable=False),  # promote | challenger | rollback
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("numbers", sa.Text, nullable=False),  # JSON: the gate's metrics
+    sa.Column("dag_id", sa.String(250), nullable=True),
+    sa.Column("run_id", sa.String(250), nullable=True),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    # One entry per (model, alias, version, action, run): a retried task appends nothing.
+    sa.UniqueConstraint("model", "alias", "version", "action", "run_id", name="uq_promotion"),
+)
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    model: str
+    alias: str
+    version: str
+    from_version: str | None
+    action: str
+    reason: str
+    numbers: dict[str, Any]
+    dag_id: str | None
+    run_id: str | None
+    at: datetime
+
+    def line(self) -> str:
+        moved = (
+            f"v{self.from_version} -> v{self.version}" if self.from_version else f"v{self.version}"
+        )
+        where = f" [{self.dag_id} {self.run_id}]" if self.dag_id else ""
+        when = f"{self.at:%Y-%m-%d %H:%M:%S}"
+        return f"{when} {self.action:<10} {self.alias:<10} {moved:<14} {self.reason}{where}"
+
+
+class PromotionLedger:
+    """Append and read promotion entries in the database at ``url``."""
+
+    def __init__(self, url: str) -> None:
+        if url.startswith("sqlite:///"):
+            from pathlib import Path
+
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self._engine = sa.create_engine(url, future=True)
+        _METADATA.create_all(self._engine, checkfirst=True)
+
+    def append(self, entry: LedgerEntry) -> bool:
+        """Record ``entry``; returns False if the same move of the same run is recorded."""
+        row = {
+            "model": entry.model,
+            "alias": entry.alias,
+            "version": entry.version,
+            "from_version": entry.from_version,
+            "action": entry.action,
+            "reason": entry.reason,
+            "numbers": json.dumps(entry.numbers, sort_keys=True, default=str),
+            "dag_id": entry.dag_id,
+            "run_id": entry.run_id,
+            "at": entry.at,
+        }
+        key = [PROMOTIONS.c[k] == row[k] for k in ("model", "alias", "version", "action")]
+        key.append(
+            PROMOTIONS.c.run_id.is_(None)
+            if entry.run_id is None
+            else PROMOTIONS.c.run_id == entry.run_id
+        )
+        with self._engine.begin() as conn:
+            if entry.run_id is not None and conn.scalar(
+                sa.select(sa.func.count()).select_from(PROMOTIONS).where(*key)
+            ):
+                return False
+            conn.execute(PROMOTIONS.insert().values(**row))
+        return True
+
+    def history(self, model: str) -> list[LedgerEntry]:
+        """Every entry of ``model``, oldest first."""
+        query = sa.select(PROMOTIONS).where(PROMOTIONS.c.model == model).order_by(PROMOTIONS.c.id)
+        with self._engine.connect() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [
+            LedgerEntry(
+                model=r["model"],
+                alias=r["alias"],
+                version=r["version"],
+                from_version=r["from_version"],
+                action=r["action"],
+                reason=r["reason"],
+                numbers=json.loads(r["numbers"]),
+                dag_id=r["dag_id"],
+                run_id=r["run_id"],
+                at=r["at"] if r["at"].tzinfo else r["at"].replace(tzinfo=UTC),
+            )
+            for r in rows
+        ]
+
+    def dispose(self) -> None:
+        self._engine.dispose()
+
+
+def now() -> datetime:
+    """Wall-clock time of a ledger entry (a record of when, not an input to any decision)."""
+    return datetime.now(UTC)

@@ -1,0 +1,184 @@
+"""The model registry by aliases (MLflow RFC #10336): ``champion`` serves, ``challenger``
+holds a rejected candidate, ``previous`` the champion before the current one.
+
+Every alias move goes through :func:`apply_decision` or :func:`rollback`, which also
+append it to the promotion ledger. A version that was not blessed by the gate can never
+receive ``champion`` here: :func:`apply_decision` only moves it for a blessed decision.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from closedloop.core.ledger import LedgerEntry, PromotionLedger, now
+
+if TYPE_CHECKING:
+    from closedloop.core.gate import GateDecision
+    from closedloop.core.settings import Settings
+    from mlflow import MlflowClient
+
+CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
+TAG_RUN = "closedloop.dag_run_id"
+TAG_BLESSED = "closedloop.blessed"
+
+
+class RollbackError(RuntimeError):
+    """There is nothing to roll back to."""
+
+
+def client_for(settings: Settings) -> MlflowClient:
+    from mlflow import MlflowClient
+
+    settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
+    uri = settings.mlflow_tracking_uri
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def alias_version(client: MlflowClient, model: str, alias: str) -> str | None:
+    """The version ``alias`` points at, or None (no model, or no such alias)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_registered_model(model).aliases.get(alias) or "") or None
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+
+
+def register_version(
+    client: MlflowClient,
+    model: str,
+    model_uri: str,
+    run_id: str,
+    dag_run_key: str,
+    tags: dict[str, str],
+) -> str:
+    """Register ``model_uri`` once per DAG run: a retried task finds its version again."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.create_registered_model(model, tags={"closedloop.managed": "true"})
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    for mv in client.search_model_versions(f"name = '{model}'"):
+        if mv.tags.get(TAG_RUN) == dag_run_key:
+            return str(mv.version)
+    mv = client.create_model_version(
+        model, model_uri, run_id=run_id, tags={**tags, TAG_RUN: dag_run_key}
+    )
+    return str(mv.version)
+
+
+def apply_decision(
+    client: MlflowClient,
+    ledger: PromotionLedger,
+    model: str,
+    version: str,
+    decision: GateDecision,
+    *,
+    dag_id: str | None,
+    run_id: str | None,
+) -> str:
+    """Move aliases as the gate decided, tag the version and record the move.
+
+    Idempotent: applying the same decision again (a retried task) changes nothing.
+    """
+    numbers = {"candidate": decision.candidate, "champion": decision.champion}
+    client.set_model_version_tag(model, version, TAG_BLESSED, str(decision.blessed).lower())
+    client.set_model_version_tag(model, version, "closedloop.gate", decision.summary()[:4900])
+    current = alias_version(client, model, CHAMPION)
+    if decision.blessed:
+        if current != version:
+            if current is not None:
+                client.set_registered_model_alias(model, PREVIOUS, current)
+            client.set_registered_model_alias(model, CHAMPION, version)
+        if alias_version(client, model, CHALLENGER) == version:
+            client.delete_registered_model_alias(model, CHALLENGER)
+        ledger.append(
+            LedgerEntry(
+                model,
+                CHAMPION,
+                version,
+                current if current != version else None,
+                "promote",
+                decision.summary(),
+                numbers,
+                dag_id,
+                run_id,
+                now(),
+            )
+        )
+        return "promoted"
+    previous_challenger = alias_version(client, model, CHALLENGER)
+    client.set_registered_model_alias(model, CHALLENGER, version)
+    client.set_model_version_tag(
+        model, version, "closedloop.rejection_reason", "; ".join(decision.reasons)[:4900]
+    )
+    ledger.append(
+        LedgerEntry(
+            model,
+            CHALLENGER,
+            version,
+            previous_challenger if previous_challenger != version else None,
+            "challenger",
+            decision.summary(),
+            numbers,
+            dag_id,
+            run_id,
+            now(),
+        )
+    )
+    return "challenger"
+
+
+def rollback(
+    client: MlflowClient, ledger: PromotionLedger, model: str, reason: str = "manual rollback"
+) -> tuple[str, str]:
+    """Move ``champion`` back to the blessed version it replaced; returns (from, to).
+
+    The ledger says which version that was (the ``from_version`` of the promotion that
+    made the current champion), so rolling back twice walks further back in history.
+    """
+    current = alias_version(client, model, CHAMPION)
+    if current is None:
+        raise RollbackError(f"model {model!r} has no champion to roll back")
+    history = ledger.history(model)
+    promoted = [e for e in history if e.action == "promote" and e.version == current]
+    target = promoted[-1].from_version if promoted else None
+    if target is None:
+        raise RollbackError(f"champion v{current} of {model!r} replaced no earlier version")
+    client.set_registered_model_alias(model, CHAMPION, target)
+    client.set_model_version_tag(model, current, "closedloop.rolled_back", "true")
+    before_target = [e for e in history if e.action == "promote" and e.version == target]
+    if before_target and before_target[-1].from_version:
+        client.set_registered_model_alias(model, PREVIOUS, before_target[-1].from_version)
+    else:
+        client.delete_registered_model_alias(model, PREVIOUS)
+    ledger.append(
+        LedgerEntry(
+            model,
+            CHAMPION,
+            target,
+            current,
+            "rollback",
+            reason,
+            {"rolled_back": current},
+            None,
+            None,
+            now(),
+        )
+    )
+    return current, target
+
+
+def version_run_tags(client: MlflowClient, model: str, version: str) -> dict[str, Any]:
+    """The tags of the MLflow run that produced a model version (its lineage)."""
+    mv = client.get_model_version(model, version)
+    return dict(client.get_run(mv.run_id).data.tags)
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
