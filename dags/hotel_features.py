@@ -17,8 +17,9 @@ A successful run emits the `hotel_features` Asset that the training DAG schedule
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, chain
+from airflow.sdk import DAG, CronDataIntervalTimetable, chain
 
+from closedloop.assets import HOTEL_FEATURES
 from closedloop.operators.features import (
     CleanBatchOperator,
     EngineerFeaturesOperator,
@@ -28,8 +29,6 @@ from closedloop.operators.features import (
     LoadOfflineStoreOperator,
     ValidateBatchOperator,
 )
-
-HOTEL_FEATURES = Asset(name="hotel_features", uri="closedloop://hotel_bookings/features")
 
 with DAG(
     dag_id="hotel_features",

@@ -1,63 +1,31 @@
 """Operators of the feature pipeline: thin adapters from Airflow's context (the data
-interval) to ``closedloop.core.feature_pipeline`` and back (a small XCom or an error).
-
-Decisions — a batch that failed validation or cannot be read — fail the task for good
-(``AirflowFailException``): retrying cannot change them. A batch that has not landed yet
-and any infrastructure error are left to Airflow's retries.
-"""
+interval) to ``closedloop.core.feature_pipeline`` and back (a small XCom or an error)."""
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException
 
-from closedloop.core.errors import BatchNotFoundError, DataValidationError, DecisionError
-from closedloop.core.settings import Settings, load_settings
+from closedloop.operators.base import (
+    ClosedLoopOperator,
+    DataQualityGateFailed,
+    decisions_fail_the_task,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Sequence
 
     from airflow.sdk import Context
 
+    from closedloop.core.settings import Settings
 
-class DataQualityGateFailed(AirflowFailException):
-    """The batch was rejected by the validation gate and quarantined."""
-
-
-@contextmanager
-def decisions_fail_the_task(context: Context) -> Iterator[None]:
-    """Map core errors onto Airflow's retry semantics (see the module docstring)."""
-    try:
-        yield
-    except DataValidationError as exc:
-        context["ti"].xcom_push(key="validation", value=exc.result.to_dict())
-        raise DataQualityGateFailed(str(exc)) from exc
-    except DecisionError as exc:
-        raise AirflowFailException(str(exc)) from exc
-    except BatchNotFoundError as exc:
-        raise AirflowException(str(exc)) from exc
+__all__ = ["DataQualityGateFailed"]
 
 
-class _IntervalOperator(BaseOperator):
-    """Base of the steps: settings from the environment, interval from the context.
-
-    :param usecase_file: path of a use-case YAML to use instead of the configured one
-        (templated).
-    """
-
-    template_fields: Sequence[str] = ("usecase_file",)
-    ui_color = "#d7ecf7"
-
-    def __init__(self, *, usecase_file: str | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.usecase_file = usecase_file
-
-    def settings(self) -> Settings:
-        return load_settings(**({"usecase_file": self.usecase_file} if self.usecase_file else {}))
+class _IntervalOperator(ClosedLoopOperator):
+    """Base of the feature pipeline's steps: one data interval per run."""
 
     def execute(self, context: Context) -> Any:
         start, end = context["data_interval_start"], context["data_interval_end"]

@@ -1,0 +1,434 @@
+"""The training pipeline's steps (the paper's steps 18-22): versioned features from Feast,
+a validated training set, a tuned model tracked in MLflow with its lineage, a registered
+version and the promotion gate.
+
+Each step is keyed by the DAG run (``run_key``): a retried step finds what its earlier
+attempt finished (the MLflow run, the model version) instead of doing it twice.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from closedloop.core import offline
+from closedloop.core.lineage import RunLineage, frame_digest, git_commit
+
+if TYPE_CHECKING:
+    from closedloop.core.modeling import TrainingConfig
+    from closedloop.core.settings import Settings
+
+#: Columns of a training set that are not model inputs.
+EVENT_TIMESTAMP = "event_timestamp"
+PIP_REQUIREMENTS = ["scikit-learn==1.9.1", "pandas==2.3.3", "numpy>=2,<3", "skops==0.16.0"]
+
+
+def training_config(settings: Settings, **overrides: Any) -> TrainingConfig:
+    from closedloop.core.modeling import TrainingConfig
+
+    fields = {**settings.usecase.model.training, **overrides}
+    if "drop_features" in fields:
+        fields["drop_features"] = tuple(fields["drop_features"])
+    return TrainingConfig(**fields)
+
+
+def training_window(
+    settings: Settings, end: datetime, days: int | None = None
+) -> tuple[datetime, datetime]:
+    """``[end - days, end)``: the bookings a model trained at ``end`` may learn from."""
+    days = days or settings.usecase.model.training_window_days
+    end = end.astimezone(UTC)
+    return end - timedelta(days=days), end
+
+
+def labelled_entities(settings: Settings, start: datetime, end: datetime) -> pd.DataFrame:
+    """The window's bookings whose outcome was known by ``end``: entity keys, the event
+    timestamp, the label and the time it became known, in a deterministic order."""
+    usecase = settings.usecase
+    ts, label, known = usecase.batch.timestamp_column, usecase.label.column, usecase.label.known_at
+    keys = [
+        k
+        for k in offline.partition_keys(settings.offline_table_dir("bookings"))
+        if start.strftime("%Y-%m-%d") <= k < end.strftime("%Y-%m-%d")
+    ]
+    table = offline.read_partitions(settings.offline_table_dir("bookings"), keys=keys)
+    if table is None:
+        return pd.DataFrame(columns=[*usecase.batch.entities, EVENT_TIMESTAMP, label])
+    rows = table[(table[ts] >= start) & (table[ts] < end)]
+    if known:
+        rows = rows[rows[known] < end]
+    columns = [*usecase.batch.entities, ts, label] + ([known] if known else [])
+    frame = rows[columns].rename(columns={ts: EVENT_TIMESTAMP})
+    return frame.sort_values([EVENT_TIMESTAMP, usecase.batch.id_column]).reset_index(drop=True)
+
+
+def build_training_set(
+    settings: Settings, start: datetime, end: datetime, run_key: str
+) -> dict[str, Any]:
+    """Join the window's labelled bookings with the model's features, point in time
+    correct (Feast), apply the declared defaults and snapshot the result."""
+    from closedloop.core.feature_store import feature_refs, historical_features, open_store
+
+    usecase = settings.usecase
+    entities = labelled_entities(settings, start, end)
+    if entities.empty:
+        raise ValueError(f"no labelled bookings in the window [{start}, {end})")
+    store = open_store(settings)
+    refs = feature_refs(store, usecase.feast.feature_service)
+    frame = historical_features(store, entities, refs)
+    frame = frame.fillna({k: v for k, v in usecase.feast.defaults.items() if k in frame})
+    path = settings.training_dir / _safe(run_key) / "training_set.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(path, index=False)
+    return {
+        "uri": str(path),
+        "digest": frame_digest(frame),
+        "rows": len(frame),
+        "positive_rate": float(frame[usecase.label.column].mean()),
+        "window_start": start.isoformat(),
+        "window_end": end.isoformat(),
+        "feature_service": usecase.feast.feature_service,
+        "feature_views": sorted({r.split(":")[0] for r in refs}),
+        "features": [r.split(":")[1] for r in refs],
+    }
+
+
+def validate_training(settings: Settings, built: dict[str, Any], run_name: str) -> dict[str, Any]:
+    """The GX gate of the training set; raises ``DataValidationError`` when it fails."""
+    from closedloop.core.errors import DataValidationError
+    from closedloop.core.validation import TrainingSetPolicy, validate_training_set
+
+    result = validate_training_set(
+        pd.read_parquet(built["uri"]),
+        settings.usecase,
+        features=built["features"],
+        policy=TrainingSetPolicy(**settings.usecase.model.training_set),
+        gx_dir=settings.gx_dir,
+        run_name=run_name,
+    )
+    if not result.success:
+        raise DataValidationError(result)
+    return result.to_dict()
+
+
+def excluded_columns(settings: Settings) -> list[str]:
+    """Columns of a training set that must not be model inputs."""
+    usecase = settings.usecase
+    ids = [usecase.batch.id_column, "customer_id"]
+    return [*ids, EVENT_TIMESTAMP, usecase.label.column] + (
+        [usecase.label.known_at] if usecase.label.known_at else []
+    )
+
+
+def cache_key(built: dict[str, Any], config: TrainingConfig, code: str) -> dict[str, str]:
+    return {"data_digest": built["digest"], "config_digest": config.digest(), "git_commit": code}
+
+
+def unchanged_since_champion(settings: Settings, key: dict[str, str]) -> str | None:
+    """Why training can be skipped (the champion was trained on exactly this), or None."""
+    from closedloop.core.registry import CHAMPION, alias_version, client_for, version_run_tags
+
+    client = client_for(settings)
+    version = alias_version(client, settings.model_name, CHAMPION)
+    if version is None or key["git_commit"] == "unknown":
+        return None
+    tags = version_run_tags(client, settings.model_name, version)
+    if all(tags.get(f"closedloop.{k}") == v for k, v in key.items()):
+        return (
+            f"champion v{version} was trained on the same data ({key['data_digest'][:12]}), "
+            f"code ({key['git_commit'][:12]}) and parameters"
+        )
+    return None
+
+
+def _safe(run_key: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in run_key)
+
+
+def _experiment_id(settings: Settings) -> str:
+    import mlflow
+
+    name = f"closedloop/{settings.usecase.name}"
+    found = mlflow.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    location = None
+    if settings.profile == "embedded":
+        location = (settings.mlflow_dir / "artifacts").resolve().as_uri()
+    return mlflow.create_experiment(name, artifact_location=location)
+
+
+def _finished_run(experiment_id: str, run_key: str) -> Any:
+    import mlflow
+
+    runs = mlflow.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`closedloop.dag_run_id` = '{run_key}' "
+        "and attributes.status = 'FINISHED'",
+        output_format="list",
+    )
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    return parents[0] if parents else None
+
+
+def train(
+    settings: Settings,
+    built: dict[str, Any],
+    lineage: RunLineage,
+    config: TrainingConfig,
+) -> dict[str, Any]:
+    """Tune, train and evaluate; log one parent MLflow run (trials nested) with the model,
+    its signature, the training dataset and the lineage tags. Idempotent per DAG run."""
+    import mlflow
+    from closedloop.core.modeling import split_by_time, train_and_evaluate
+
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    experiment_id = _experiment_id(settings)
+    done = _finished_run(experiment_id, lineage.dag_run_id)
+    if done is not None:
+        return _summary(done.info.run_id, json.loads(done.data.tags["closedloop.summary"]))
+
+    usecase = settings.usecase
+    frame = pd.read_parquet(built["uri"])
+    split = split_by_time(
+        frame,
+        known_at=usecase.label.known_at or EVENT_TIMESTAMP,
+        validation_days=config.validation_days,
+        holdout_days=config.holdout_days,
+    )
+    exclude = excluded_columns(settings)
+    tags = {
+        **lineage.tags(),
+        "closedloop.config_digest": config.digest(),
+        "closedloop.config": json.dumps(config.to_params(), sort_keys=True),
+    }
+    with mlflow.start_run(
+        experiment_id=experiment_id, run_name=lineage.dag_run_id, tags=tags
+    ) as run:
+        mlflow.log_params(
+            {
+                **config.to_params(),
+                "window_start": built["window_start"],
+                "window_end": built["window_end"],
+                **split.cutoffs,
+            }
+        )
+        dataset = mlflow.data.from_pandas(
+            frame,
+            source=built["uri"],
+            name="training_set",
+            targets=usecase.label.column,
+            digest=built["digest"][:36],
+        )
+        mlflow.log_input(dataset, context="training")
+
+        def log_trial(trial: Any) -> None:
+            with mlflow.start_run(run_name=f"trial-{trial.number}-{trial.family}", nested=True):
+                mlflow.log_params({"family": trial.family, **trial.params})
+                mlflow.log_metrics(
+                    {f"validation.{k}": v for k, v in trial.validation_metrics.items()}
+                )
+
+        outcome = train_and_evaluate(
+            split, config, label=usecase.label.column, exclude=exclude, on_trial=log_trial
+        )
+        mlflow.log_metrics(outcome.holdout_metrics)
+        mlflow.log_metrics({f"validation.{k}": v for k, v in outcome.validation_metrics.items()})
+        mlflow.log_params(
+            {
+                "family": outcome.family,
+                "threshold": outcome.threshold,
+                **{f"model.{k}": v for k, v in outcome.params.items()},
+            }
+        )
+        model_uri = _log_model(outcome, split.holdout, exclude)
+        summary = {
+            "model_uri": model_uri,
+            "threshold": outcome.threshold,
+            "family": outcome.family,
+            "metrics": outcome.holdout_metrics,
+            "holdout_rows": len(split.holdout),
+        }
+        mlflow.set_tags(
+            {
+                "closedloop.threshold": str(outcome.threshold),
+                "closedloop.model_uri": model_uri,
+                "closedloop.summary": json.dumps(summary, sort_keys=True),
+            }
+        )
+    return _summary(run.info.run_id, summary)
+
+
+def _summary(run_id: str, summary: dict[str, Any]) -> dict[str, Any]:
+    return {"run_id": run_id, **summary}
+
+
+def _log_model(outcome: Any, holdout: pd.DataFrame, exclude: list[str]) -> str:
+    import skops.io
+    from mlflow.models import infer_signature
+
+    import mlflow
+
+    example = holdout.drop(columns=[c for c in exclude if c in holdout]).head(5)
+    example = example[outcome.feature_names]
+    signature = infer_signature(example, outcome.model.predict_proba(example)[:, 1])
+    # skops refuses to load types it was not told to trust; we trust what we just trained.
+    trusted = skops.io.get_untrusted_types(data=skops.io.dumps(outcome.model))
+    info = mlflow.sklearn.log_model(
+        outcome.model,
+        name="model",
+        signature=signature,
+        input_example=example,
+        pip_requirements=PIP_REQUIREMENTS,
+        serialization_format="skops",
+        skops_trusted_types=trusted,
+        pyfunc_predict_fn="predict_proba",
+    )
+    return info.model_uri
+
+
+def register(settings: Settings, trained: dict[str, Any], run_key: str) -> str:
+    from closedloop.core.registry import client_for, register_version
+
+    return register_version(
+        client_for(settings),
+        settings.model_name,
+        trained["model_uri"],
+        trained["run_id"],
+        run_key,
+        tags={"closedloop.family": trained["family"]},
+    )
+
+
+def gate(
+    settings: Settings,
+    built: dict[str, Any],
+    trained: dict[str, Any],
+    version: str,
+    *,
+    dag_id: str,
+    run_id: str,
+) -> dict[str, Any]:
+    """Score the champion on the candidate's holdout, decide, move aliases, record it."""
+    import mlflow
+    from closedloop.core.gate import GatePolicy, decide
+    from closedloop.core.ledger import PromotionLedger
+    from closedloop.core.modeling import evaluate, split_by_time
+    from closedloop.core.registry import CHAMPION, alias_version, apply_decision, client_for
+
+    usecase = settings.usecase
+    client = client_for(settings)
+    config = training_config(settings)
+    frame = pd.read_parquet(built["uri"])
+    split = split_by_time(
+        frame,
+        known_at=usecase.label.known_at or EVENT_TIMESTAMP,
+        validation_days=config.validation_days,
+        holdout_days=config.holdout_days,
+    )
+    champion_version = alias_version(client, settings.model_name, CHAMPION)
+    champion_metrics = None
+    if champion_version is not None and champion_version != version:
+        mv = client.get_model_version(settings.model_name, champion_version)
+        threshold = float(client.get_run(mv.run_id).data.tags["closedloop.threshold"])
+        mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+        champion = mlflow.sklearn.load_model(f"models:/{settings.model_name}/{champion_version}")
+        champion_metrics = evaluate(
+            champion,
+            split.holdout,
+            label=usecase.label.column,
+            threshold=threshold,
+            segments=config.segments,
+            min_segment_rows=config.min_segment_rows,
+            exclude=excluded_columns(settings),
+        )
+    decision = decide(
+        trained["metrics"],
+        champion_metrics,
+        GatePolicy(**usecase.model.gate),
+        champion_version=champion_version,
+    )
+    ledger = PromotionLedger(settings.closedloop_db)
+    try:
+        action = apply_decision(
+            client, ledger, settings.model_name, version, decision, dag_id=dag_id, run_id=run_id
+        )
+    finally:
+        ledger.dispose()
+    return {"version": version, "action": action, **decision.to_dict()}
+
+
+def lineage_for(
+    settings: Settings,
+    built: dict[str, Any],
+    gx: dict[str, Any],
+    *,
+    dag_id: str,
+    dag_run_id: str,
+    reason: str,
+) -> RunLineage:
+    return RunLineage(
+        dag_id=dag_id,
+        dag_run_id=dag_run_id,
+        trigger_reason=reason,
+        git_commit=git_commit(),
+        feast_project=settings.usecase.feast.project,
+        feature_service=built["feature_service"],
+        feature_views=",".join(built["feature_views"]),
+        window_start=built["window_start"],
+        window_end=built["window_end"],
+        data_digest=built["digest"],
+        training_set_uri=built["uri"],
+        gx_verdict="passed" if gx.get("success") else "failed",
+    )
+
+
+def reproduce(settings: Settings, mlflow_run_id: str) -> dict[str, Any]:
+    """Rebuild a run's training set from its recorded window and feature service, check
+    the data digest, retrain with its recorded parameters and compare holdout metrics."""
+    from closedloop.core.modeling import split_by_time, train_and_evaluate
+    from closedloop.core.registry import client_for
+
+    run = client_for(settings).get_run(mlflow_run_id)
+    tags = run.data.tags
+    start = datetime.fromisoformat(tags["closedloop.window_start"])
+    end = datetime.fromisoformat(tags["closedloop.window_end"])
+    built = build_training_set(settings, start, end, f"reproduce-{mlflow_run_id}")
+    if built["digest"] != tags["closedloop.data_digest"]:
+        raise ValueError(
+            f"the rebuilt training set differs from the recorded one (digest "
+            f"{built['digest'][:12]} != {tags['closedloop.data_digest'][:12]}): the offline "
+            "store changed for the window"
+        )
+    from closedloop.core.modeling import MODELING_VERSION
+
+    recorded_config = json.loads(tags["closedloop.config"])
+    if recorded_config.pop("modeling_version", None) != MODELING_VERSION:
+        raise ValueError(
+            "the run was trained by another version of closedloop.core.modeling; check out "
+            f"the commit it records ({tags.get('closedloop.git_commit')}) to reproduce it"
+        )
+    config = training_config(settings, **recorded_config)
+    frame = pd.read_parquet(built["uri"])
+    usecase = settings.usecase
+    split = split_by_time(
+        frame,
+        known_at=usecase.label.known_at or EVENT_TIMESTAMP,
+        validation_days=config.validation_days,
+        holdout_days=config.holdout_days,
+    )
+    outcome = train_and_evaluate(
+        split, config, label=usecase.label.column, exclude=excluded_columns(settings)
+    )
+    recorded = json.loads(tags["closedloop.summary"])["metrics"]
+    return {
+        "run_id": mlflow_run_id,
+        "data_digest": built["digest"],
+        "recorded": recorded,
+        "reproduced": outcome.holdout_metrics,
+        "identical": recorded == outcome.holdout_metrics,
+        "training_set_uri": built["uri"],
+    }

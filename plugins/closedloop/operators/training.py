@@ -1,0 +1,209 @@
+"""Operators of the training pipeline: thin adapters from a DAG run (its ``conf``, its
+id) to ``closedloop.core.training_pipeline`` and back (small XComs of URIs and numbers).
+
+``conf`` of a run may carry ``reason`` (manual, drift, schedule, ...), ``as_of`` (the end
+of the training window, ISO-8601; default: the run's data interval end or its run-after
+time), ``window_days`` and ``drop_features`` (to train a deliberately weaker model).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk.exceptions import AirflowSkipException
+
+from closedloop.operators.base import ClosedLoopOperator, decisions_fail_the_task
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from airflow.sdk import Context
+
+
+def _conf(context: Context) -> dict[str, Any]:
+    return dict(context["dag_run"].conf or {})
+
+
+def _run_key(context: Context) -> str:
+    return f"{context['dag'].dag_id}/{context['run_id']}"
+
+
+def trigger_reason(context: Context) -> str:
+    """Why this run trains: ``conf.reason``, else what started the run."""
+    conf = _conf(context)
+    if conf.get("reason"):
+        return str(conf["reason"])
+    run_type = str(getattr(context["dag_run"], "run_type", "manual"))
+    return {"scheduled": "schedule", "asset_triggered": "new features"}.get(
+        run_type.rsplit(".", 1)[-1].lower(), run_type.rsplit(".", 1)[-1].lower()
+    )
+
+
+class BuildTrainingSetOperator(ClosedLoopOperator):
+    """Join the window's labelled bookings with the model's Feast features (point in
+    time correct) and snapshot the training set."""
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from closedloop.core.training_pipeline import build_training_set, training_window
+
+        conf = _conf(context)
+        settings = self.settings()
+        if conf.get("as_of"):
+            end = datetime.fromisoformat(conf["as_of"])
+        else:
+            end = context.get("data_interval_end") or context["dag_run"].run_after
+            end = datetime.fromisoformat(end.isoformat())
+        start, end = training_window(settings, end, conf.get("window_days"))
+        built = build_training_set(settings, start, end, _run_key(context))
+        self.log.info(
+            "Training set %s: %d rows, digest %s", built["uri"], built["rows"], built["digest"][:12]
+        )
+        return built
+
+
+class ValidateTrainingSetOperator(ClosedLoopOperator):
+    """Great Expectations on the training set: rows, label balance, nulls, ranges.
+
+    :param built: the build task's XCom (templated).
+    """
+
+    template_fields: Sequence[str] = (*ClosedLoopOperator.template_fields, "built")
+
+    def __init__(self, *, built: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.built = built
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from closedloop.core.training_pipeline import validate_training
+
+        with decisions_fail_the_task(context):
+            return validate_training(self.settings(), self.built, run_name=context["run_id"])
+
+
+class SkipIfUnchangedOperator(ClosedLoopOperator):
+    """Skip the rest of the run when the champion was trained on the same data digest,
+    code version and parameters (step caching).
+
+    :param built: the build task's XCom (templated).
+    """
+
+    template_fields: Sequence[str] = (*ClosedLoopOperator.template_fields, "built")
+
+    def __init__(self, *, built: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.built = built
+
+    def execute(self, context: Context) -> dict[str, str]:
+        from closedloop.core.lineage import git_commit
+        from closedloop.core.training_pipeline import (
+            cache_key,
+            training_config,
+            unchanged_since_champion,
+        )
+
+        settings = self.settings()
+        config = training_config(settings, **_overrides(_conf(context)))
+        key = cache_key(self.built, config, git_commit())
+        reason = unchanged_since_champion(settings, key)
+        if reason:
+            self.log.info("Skipping training: %s", reason)
+            raise AirflowSkipException(f"nothing changed: {reason}")
+        return key
+
+
+def _overrides(conf: dict[str, Any]) -> dict[str, Any]:
+    return {"drop_features": conf["drop_features"]} if conf.get("drop_features") else {}
+
+
+class TrainModelOperator(ClosedLoopOperator):
+    """Tune, train and evaluate; one MLflow parent run per DAG run with lineage tags.
+
+    :param built: the build task's XCom (templated).
+    :param validation: the validation task's XCom (templated).
+    """
+
+    template_fields: Sequence[str] = (*ClosedLoopOperator.template_fields, "built", "validation")
+
+    def __init__(self, *, built: Any, validation: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.built = built
+        self.validation = validation
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from closedloop.core.training_pipeline import lineage_for, train, training_config
+
+        settings = self.settings()
+        lineage = lineage_for(
+            settings,
+            self.built,
+            self.validation,
+            dag_id=context["dag"].dag_id,
+            dag_run_id=_run_key(context),
+            reason=trigger_reason(context),
+        )
+        trained = train(
+            settings, self.built, lineage, training_config(settings, **_overrides(_conf(context)))
+        )
+        self.log.info(
+            "MLflow run %s: %s",
+            trained["run_id"],
+            {k: round(v, 4) for k, v in trained["metrics"].items() if "." not in k},
+        )
+        return trained
+
+
+class RegisterModelOperator(ClosedLoopOperator):
+    """Register the trained model as a new version (once per DAG run).
+
+    :param trained: the train task's XCom (templated).
+    """
+
+    template_fields: Sequence[str] = (*ClosedLoopOperator.template_fields, "trained")
+
+    def __init__(self, *, trained: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.trained = trained
+
+    def execute(self, context: Context) -> str:
+        from closedloop.core.training_pipeline import register
+
+        version = register(self.settings(), self.trained, _run_key(context))
+        self.log.info("Registered version %s", version)
+        return version
+
+
+class PromotionGateOperator(ClosedLoopOperator):
+    """Compare the new version with the champion on the same holdout; promote it to
+    ``champion`` only if blessed, else make it the ``challenger``.
+
+    :param built: the build task's XCom; :param trained: the train task's XCom;
+    :param version: the register task's XCom (all templated).
+    """
+
+    template_fields: Sequence[str] = (
+        *ClosedLoopOperator.template_fields,
+        "built",
+        "trained",
+        "version",
+    )
+
+    def __init__(self, *, built: Any, trained: Any, version: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.built, self.trained, self.version = built, trained, version
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from closedloop.core.training_pipeline import gate
+
+        decision = gate(
+            self.settings(),
+            self.built,
+            self.trained,
+            str(self.version),
+            dag_id=context["dag"].dag_id,
+            run_id=context["run_id"],
+        )
+        self.log.info(
+            "Version %s %s: %s", self.version, decision["action"], "; ".join(decision["reasons"])
+        )
+        return decision
