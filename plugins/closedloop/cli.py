@@ -90,8 +90,14 @@ def generate(
 
 
 @main.command()
-@click.option("--days", type=click.IntRange(1, 365), default=8, show_default=True)
-@click.option("--rows", type=click.IntRange(1), default=400, show_default=True)
+@click.option(
+    "--days",
+    type=click.IntRange(20, 365),
+    default=30,
+    show_default=True,
+    help="Days of bookings to run through the feature pipeline.",
+)
+@click.option("--rows", type=click.IntRange(50), default=300, show_default=True)
 @click.option("--keep", is_flag=True, help="Keep existing state instead of starting clean.")
 def demo(days: int, rows: int, keep: bool) -> None:
     """Run the loop, as far as it exists, on generated data through Airflow."""
@@ -122,6 +128,60 @@ def online_features(customer: str, hotel: str | None, booking: str | None) -> No
     row = {"customer_id": customer, "hotel": hotel or "H01", "booking_id": booking or ""}
     out = store.get_online_features(features=service, entity_rows=[row]).to_dict()
     click.echo(json.dumps({k: v[0] for k, v in out.items()}, indent=2, default=str))
+
+
+@main.command()
+def ledger() -> None:
+    """Print the promotion ledger: every alias move, why, and by which run."""
+    from closedloop.core.ledger import PromotionLedger
+
+    settings = load_settings()
+    book = PromotionLedger(settings.closedloop_db)
+    entries = book.history(settings.model_name)
+    if not entries:
+        click.echo(f"no promotions of {settings.model_name} yet")
+    for entry in entries:
+        click.echo(entry.line())
+
+
+@main.command()
+@click.option("--reason", default="manual rollback", show_default=True)
+def rollback(reason: str) -> None:
+    """Move `champion` back to the blessed version it replaced (recorded in the ledger)."""
+    from closedloop.core.ledger import PromotionLedger
+    from closedloop.core.registry import RollbackError, client_for
+    from closedloop.core.registry import rollback as roll_back
+
+    settings = load_settings()
+    try:
+        was, now = roll_back(
+            client_for(settings),
+            PromotionLedger(settings.closedloop_db),
+            settings.model_name,
+            reason,
+        )
+    except RollbackError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{settings.model_name}: champion v{was} -> v{now}")
+
+
+@main.command()
+@click.argument("run_id")
+def reproduce(run_id: str) -> None:
+    """Rebuild an MLflow run's training set and retrain it; exit 1 unless the holdout
+    metrics are identical."""
+    from closedloop.core.training_pipeline import reproduce as rerun
+
+    result = rerun(load_settings(), run_id)
+    for key in sorted(result["recorded"]):
+        if "." not in key:
+            click.echo(
+                f"  {key:<14} recorded {result['recorded'][key]!r:<24} "
+                f"reproduced {result['reproduced'].get(key)!r}"
+            )
+    click.echo(f"data digest {result['data_digest'][:16]} matches the recorded one")
+    click.echo("identical" if result["identical"] else "DIFFERENT")
+    sys.exit(0 if result["identical"] else 1)
 
 
 @main.command("airflow-env")

@@ -10,7 +10,7 @@ import shutil
 import time
 import warnings
 from contextlib import redirect_stderr, redirect_stdout
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import click
@@ -22,7 +22,18 @@ if TYPE_CHECKING:
 
 DEMO_START = date(2026, 1, 1)
 #: Folders the demo owns under the home folder; it never deletes anything else.
-_STATE_DIRS = ("landing", "quarantine", "staging", "offline", "gx", "feast", "airflow")
+_STATE_DIRS = (
+    "landing",
+    "quarantine",
+    "staging",
+    "offline",
+    "gx",
+    "feast",
+    "airflow",
+    "mlflow",
+    "training",
+)
+_STATE_FILES = ("closedloop.db", "demo.log")
 
 
 def _say(message: str) -> None:
@@ -43,6 +54,8 @@ def _quiet_library_warnings() -> None:
 def reset_state(settings: Settings) -> None:
     for name in _STATE_DIRS:
         shutil.rmtree(settings.home / name, ignore_errors=True)
+    for name in _STATE_FILES:
+        (settings.home / name).unlink(missing_ok=True)
 
 
 def run_demo(settings: Settings, *, days: int, rows: int, keep: bool) -> int:
@@ -62,13 +75,14 @@ def run_demo(settings: Settings, *, days: int, rows: int, keep: bool) -> int:
     os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
     _say("loading Airflow (metadata DB, DAG folder) — the first run pays the imports")
     _quiet_library_warnings()
-    from closedloop.airflow_runs import ensure_metadata_db, load_dag, run_day
+    from closedloop.airflow_runs import ensure_metadata_db, load_dag, run_dag, run_day
 
     log_path = settings.home / "demo.log"
     _say(f"task logs go to {log_path}")
     with open(log_path, "a") as log, redirect_stdout(log), redirect_stderr(log):
         ensure_metadata_db()
         dag = load_dag("hotel_features")
+        training_dag = load_dag("hotel_training")
     failures = 0
     for i in range(days):
         day = DEMO_START + timedelta(days=i)
@@ -81,6 +95,20 @@ def run_demo(settings: Settings, *, days: int, rows: int, keep: bool) -> int:
 
     print_status(settings)
     show_customer(settings)
+
+    as_of = datetime.combine(DEMO_START + timedelta(days=days), datetime.min.time(), UTC)
+    _say(
+        f"hotel_training: training on the {settings.usecase.model.training_window_days} days "
+        f"before {as_of:%Y-%m-%d}"
+    )
+    t0 = time.monotonic()
+    with open(log_path, "a") as log, redirect_stdout(log), redirect_stderr(log):
+        outcome = run_dag(training_dag, as_of, {"reason": "demo", "as_of": as_of.isoformat()})
+    failures += not outcome.succeeded
+    detail = "" if outcome.succeeded else f" failed: {outcome.failed_tasks()} (see the log)"
+    _say(f"hotel_training: {outcome.state} in {time.monotonic() - t0:.1f}s{detail}")
+    if outcome.succeeded:
+        show_model(settings)
     _say(f"demo finished in {time.monotonic() - started:.0f}s")
     return 1 if failures else 0
 
@@ -146,11 +174,44 @@ def show_customer(settings: Settings) -> None:
     latest = history.sort_values("event_ts").groupby("customer_id").tail(1)
     row = latest.sort_values(["cust_bookings", "customer_id"], ascending=[False, True]).iloc[0]
     names = ["cust_bookings", "cust_known_outcomes", "cust_cancellations", "cust_cancel_rate"]
-    online = open_store(settings).get_online_features(
-        features=[f"customer_history:{n}" for n in names],
-        entity_rows=[{"customer_id": row["customer_id"]}],
-    ).to_dict()
+    online = (
+        open_store(settings)
+        .get_online_features(
+            features=[f"customer_history:{n}" for n in names],
+            entity_rows=[{"customer_id": row["customer_id"]}],
+        )
+        .to_dict()
+    )
     click.echo(f"Customer {row['customer_id']} (latest offline row stamped {row['event_ts']}):")
     for name in names:
         click.echo(f"  {name:<22} online {online[name][0]!s:<22} offline {row[name]}")
     click.echo(f"  try: closedloop online-features --customer {row['customer_id']}")
+
+
+def show_model(settings: Settings) -> None:
+    """The registered versions, their aliases and holdout metrics, and the ledger."""
+    from closedloop.core.ledger import PromotionLedger
+    from closedloop.core.registry import client_for
+
+    client = client_for(settings)
+    model = client.get_registered_model(settings.model_name)
+    by_version: dict[str, list[str]] = {}
+    for alias, version in model.aliases.items():
+        by_version.setdefault(str(version), []).append(alias)
+    click.echo(f"Model {settings.model_name} in MLflow ({settings.mlflow_tracking_uri})")
+    for mv in sorted(
+        client.search_model_versions(f"name = '{settings.model_name}'"),
+        key=lambda v: int(v.version),
+    ):
+        metrics = client.get_run(mv.run_id).data.metrics
+        shown = "  ".join(
+            f"{k} {metrics[k]:.3f}" for k in ("roc_auc", "pr_auc", "f1", "brier") if k in metrics
+        )
+        aliases = ",".join(sorted(by_version.get(str(mv.version), []))) or "-"
+        click.echo(f"  v{mv.version:<3} {aliases:<12} {shown}  (run {mv.run_id})")
+    click.echo("Promotion ledger")
+    for entry in PromotionLedger(settings.closedloop_db).history(settings.model_name):
+        click.echo(f"  {entry.line()}")
+    click.echo(
+        f"MLflow UI:   .venv/bin/mlflow ui --backend-store-uri {settings.mlflow_tracking_uri}"
+    )
