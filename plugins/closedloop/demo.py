@@ -48,6 +48,7 @@ def _quiet_library_warnings() -> None:
 
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", module="starlette")
 
 
