@@ -35,11 +35,11 @@ def main() -> None:
 
     from closedloop.airflow_runs import ensure_metadata_db, load_dag, run_dag
     from closedloop.core.feature_pipeline import backfill
-    from closedloop.core.modeling import split_by_time, train_and_evaluate
+    from closedloop.core.modeling import train_and_evaluate
     from closedloop.core.training_pipeline import (
-        EVENT_TIMESTAMP,
         build_training_set,
         excluded_columns,
+        split_training_set,
         training_config,
         training_window,
     )
@@ -73,12 +73,7 @@ def main() -> None:
     config = training_config(settings)
     usecase = settings.usecase
     t0 = time.perf_counter()
-    split = split_by_time(
-        frame,
-        known_at=usecase.label.known_at or EVENT_TIMESTAMP,
-        validation_days=config.validation_days,
-        holdout_days=config.holdout_days,
-    )
+    split = split_training_set(settings, frame, config)
     train_and_evaluate(
         split, config, label=usecase.label.column, exclude=excluded_columns(settings)
     )

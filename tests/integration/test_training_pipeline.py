@@ -193,45 +193,34 @@ def test_ledger_explains_every_move_and_rollback_restores_the_previous_champion(
     assert client_for(world).get_model_version(MODEL, "2").tags["closedloop.rolled_back"] == "true"
 
 
+def _customer_rows_as_of(frame, history, *, direction, exact):
+    """For each training row, the customer_history row an as-of join in ``direction`` picks."""
+    rows = frame[["customer_id", "event_timestamp"]].reset_index().sort_values("event_timestamp")
+    joined = pd.merge_asof(
+        rows,
+        history.sort_values("event_ts"),
+        left_on="event_timestamp",
+        right_on="event_ts",
+        by="customer_id",
+        direction=direction,
+        allow_exact_matches=exact,
+    )
+    return joined.set_index("index").sort_index()
+
+
 def test_training_rows_never_get_feature_values_from_after_their_event_time(story, world):
     built = _xcom(story["drift"], "build_training_set")
     frame = pd.read_parquet(built["uri"])
     history = offline.read_partitions(world.offline_table_dir("customer_history"))
-    expected = (
-        pd.merge_asof(
-            frame[["customer_id", "event_timestamp"]].reset_index().sort_values("event_timestamp"),
-            history.sort_values("event_ts"),
-            left_on="event_timestamp",
-            right_on="event_ts",
-            by="customer_id",
-            direction="backward",
-            allow_exact_matches=True,
-        )
-        .set_index("index")
-        .sort_index()
-    )
-    assert (
-        expected["event_ts"].dropna()
-        <= expected.loc[expected["event_ts"].notna(), "event_timestamp"]
-    ).all()
+    expected = _customer_rows_as_of(frame, history, direction="backward", exact=True)
+    stamped = expected["event_ts"].notna()
+    assert (expected.loc[stamped, "event_ts"] <= expected.loc[stamped, "event_timestamp"]).all()
     defaults = world.usecase.feast.defaults
     for column in ("cust_bookings", "cust_cancellations", "cust_cancel_rate"):
         want = expected[column].fillna(defaults[column])
         assert frame[column].tolist() == pytest.approx(want.tolist()), column
     # The strongest possible leak — a value stamped after the row — would differ somewhere:
-    leaky = (
-        pd.merge_asof(
-            frame[["customer_id", "event_timestamp"]].reset_index().sort_values("event_timestamp"),
-            history.sort_values("event_ts"),
-            left_on="event_timestamp",
-            right_on="event_ts",
-            by="customer_id",
-            direction="forward",
-            allow_exact_matches=False,
-        )
-        .set_index("index")
-        .sort_index()
-    )
+    leaky = _customer_rows_as_of(frame, history, direction="forward", exact=False)
     assert frame["cust_bookings"].tolist() != leaky["cust_bookings"].fillna(0).tolist()
 
 

@@ -114,6 +114,21 @@ def validate_training(settings: Settings, built: dict[str, Any], run_name: str) 
     return result.to_dict()
 
 
+def split_training_set(settings: Settings, frame: pd.DataFrame, config: TrainingConfig) -> Any:
+    """Train / validation / holdout by the time each outcome became known."""
+    from closedloop.core.modeling import split_by_time
+
+    usecase = settings.usecase
+    return split_by_time(
+        frame,
+        known_at=usecase.label.known_at or EVENT_TIMESTAMP,
+        validation_days=config.validation_days,
+        holdout_days=config.holdout_days,
+        label=usecase.label.column,
+        order_by=(EVENT_TIMESTAMP, usecase.batch.id_column),
+    )
+
+
 def excluded_columns(settings: Settings) -> list[str]:
     """Columns of a training set that must not be model inputs."""
     usecase = settings.usecase
@@ -183,7 +198,7 @@ def train(
     """Tune, train and evaluate; log one parent MLflow run (trials nested) with the model,
     its signature, the training dataset and the lineage tags. Idempotent per DAG run."""
     import mlflow
-    from closedloop.core.modeling import split_by_time, train_and_evaluate
+    from closedloop.core.modeling import train_and_evaluate
 
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     experiment_id = _experiment_id(settings)
@@ -193,12 +208,7 @@ def train(
 
     usecase = settings.usecase
     frame = pd.read_parquet(built["uri"])
-    split = split_by_time(
-        frame,
-        known_at=usecase.label.known_at or EVENT_TIMESTAMP,
-        validation_days=config.validation_days,
-        holdout_days=config.holdout_days,
-    )
+    split = split_training_set(settings, frame, config)
     exclude = excluded_columns(settings)
     tags = {
         **lineage.tags(),
@@ -316,19 +326,14 @@ def gate(
     import mlflow
     from closedloop.core.gate import GatePolicy, decide
     from closedloop.core.ledger import PromotionLedger
-    from closedloop.core.modeling import evaluate, split_by_time
+    from closedloop.core.modeling import evaluate
     from closedloop.core.registry import CHAMPION, alias_version, apply_decision, client_for
 
     usecase = settings.usecase
     client = client_for(settings)
     config = training_config(settings)
     frame = pd.read_parquet(built["uri"])
-    split = split_by_time(
-        frame,
-        known_at=usecase.label.known_at or EVENT_TIMESTAMP,
-        validation_days=config.validation_days,
-        holdout_days=config.holdout_days,
-    )
+    split = split_training_set(settings, frame, config)
     champion_version = alias_version(client, settings.model_name, CHAMPION)
     champion_metrics = None
     if champion_version is not None and champion_version != version:
@@ -389,7 +394,7 @@ def lineage_for(
 def reproduce(settings: Settings, mlflow_run_id: str) -> dict[str, Any]:
     """Rebuild a run's training set from its recorded window and feature service, check
     the data digest, retrain with its recorded parameters and compare holdout metrics."""
-    from closedloop.core.modeling import split_by_time, train_and_evaluate
+    from closedloop.core.modeling import train_and_evaluate
     from closedloop.core.registry import client_for
 
     run = client_for(settings).get_run(mlflow_run_id)
@@ -414,12 +419,7 @@ def reproduce(settings: Settings, mlflow_run_id: str) -> dict[str, Any]:
     config = training_config(settings, **recorded_config)
     frame = pd.read_parquet(built["uri"])
     usecase = settings.usecase
-    split = split_by_time(
-        frame,
-        known_at=usecase.label.known_at or EVENT_TIMESTAMP,
-        validation_days=config.validation_days,
-        holdout_days=config.holdout_days,
-    )
+    split = split_training_set(settings, frame, config)
     outcome = train_and_evaluate(
         split, config, label=usecase.label.column, exclude=excluded_columns(settings)
     )
