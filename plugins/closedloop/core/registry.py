@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any
 from closedloop.core.ledger import LedgerEntry, PromotionLedger, now
 
 if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
     from closedloop.core.gate import GateDecision
     from closedloop.core.settings import Settings
-    from mlflow import MlflowClient
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
 TAG_RUN = "closedloop.dag_run_id"

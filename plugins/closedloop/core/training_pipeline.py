@@ -198,6 +198,7 @@ def train(
     """Tune, train and evaluate; log one parent MLflow run (trials nested) with the model,
     its signature, the training dataset and the lineage tags. Idempotent per DAG run."""
     import mlflow
+
     from closedloop.core.modeling import train_and_evaluate
 
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
@@ -277,10 +278,9 @@ def _summary(run_id: str, summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def _log_model(outcome: Any, holdout: pd.DataFrame, exclude: list[str]) -> str:
+    import mlflow
     import skops.io
     from mlflow.models import infer_signature
-
-    import mlflow
 
     example = holdout.drop(columns=[c for c in exclude if c in holdout]).head(5)
     example = example[outcome.feature_names]
@@ -324,6 +324,7 @@ def gate(
 ) -> dict[str, Any]:
     """Score the champion on the candidate's holdout, decide, move aliases, record it."""
     import mlflow
+
     from closedloop.core.gate import GatePolicy, decide
     from closedloop.core.ledger import PromotionLedger
     from closedloop.core.modeling import evaluate
