@@ -1,0 +1,114 @@
+"""The prediction log: one durable record per prediction, batch and online alike.
+
+Embedded profile: Parquet under ``<home>/prediction_log/<use case>/source=<src>/<day>/``.
+A batch run owns its day's partition file (``batch.parquet``) and replaces it on a rerun;
+online predictions arrive in many small flushes, each its own file named by its first
+prediction id, so a flush that is retried rewrites the same file instead of adding one.
+
+Record: prediction id, entity keys, the feature values used, model name and version, the
+A/B arm, score and decision, the time and the source.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from closedloop.core.offline import write_partition
+
+if TYPE_CHECKING:
+    from datetime import datetime
+    from pathlib import Path
+
+#: Columns every record has, besides the entity keys and the feature values.
+CORE_COLUMNS = [
+    "prediction_id", "source", "predicted_at", "model_name", "model_version", "arm",
+    "score", "decision",
+]  # fmt: skip
+
+
+def prediction_id(model: str, version: str, source: str, key: str) -> str:
+    """Deterministic id of a batch prediction: a rerun gives every row the same id."""
+    return hashlib.sha1(f"{model}|{version}|{source}|{key}".encode()).hexdigest()[:20]
+
+
+class PredictionLog:
+    """Read and write the log under ``root`` (Parquet, partitioned by source and day)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _dir(self, source: str, day: str) -> Path:
+        return self.root / f"source={source}" / day
+
+    def write_batch(self, records: pd.DataFrame, day: str) -> Path:
+        """Replace the batch partition of ``day`` (idempotent for a rerun of the day)."""
+        _check(records)
+        return write_partition(records, self._dir("batch", day), "batch")
+
+    def append_online(self, records: pd.DataFrame, day: str) -> Path:
+        """Add a flush of online predictions; the same flush twice is one file."""
+        _check(records)
+        first = str(records["prediction_id"].iloc[0])
+        return write_partition(records, self._dir("online", day), f"online-{first}")
+
+    def read(
+        self, start: datetime, end: datetime, sources: tuple[str, ...] = ("batch", "online")
+    ) -> pd.DataFrame:
+        """Records with ``predicted_at`` in ``[start, end)``."""
+        frames = []
+        for source in sources:
+            base = self.root / f"source={source}"
+            if not base.exists():
+                continue
+            for day_dir in sorted(base.iterdir()):
+                if not (start.strftime("%Y-%m-%d") <= day_dir.name <= end.strftime("%Y-%m-%d")):
+                    continue
+                frames += [pd.read_parquet(p) for p in sorted(day_dir.glob("*.parquet"))]
+        if not frames:
+            return pd.DataFrame(columns=CORE_COLUMNS)
+        log = pd.concat(frames, ignore_index=True)
+        log = log[(log["predicted_at"] >= start) & (log["predicted_at"] < end)]
+        return log.sort_values(["predicted_at", "prediction_id"]).reset_index(drop=True)
+
+
+def _check(records: pd.DataFrame) -> None:
+    missing = [c for c in CORE_COLUMNS if c not in records.columns]
+    if missing:
+        raise ValueError(f"prediction records lack columns {missing}")
+    if records.empty:
+        raise ValueError("no prediction records to write")
+    if records["prediction_id"].duplicated().any():
+        raise ValueError("prediction ids must be unique within a write")
+
+
+def join_ground_truth(
+    predictions: pd.DataFrame,
+    outcomes: pd.DataFrame,
+    *,
+    key: str,
+    label: str,
+    known_at: str | None,
+    as_of: datetime,
+) -> pd.DataFrame:
+    """Attach each prediction's true outcome where it was known by ``as_of``.
+
+    ``outcomes`` has one row per entity (``key``) with its ``label`` and, if the use case
+    has one, the time it became known. Predictions whose outcome is not known yet keep a
+    null label and ``label_known = False``; nothing is dropped, nothing duplicated.
+    """
+    if outcomes[key].duplicated().any():
+        raise ValueError(f"outcomes must have one row per {key}")
+    columns = [key, label] + ([known_at] if known_at else [])
+    truth = outcomes[columns].rename(
+        columns={label: "label", **({known_at: "label_known_at"} if known_at else {})}
+    )
+    joined = predictions.merge(truth, on=key, how="left", validate="many_to_one")
+    known = joined["label"].notna()
+    if known_at:
+        known &= joined["label_known_at"] < as_of
+    joined["label_known"] = known
+    joined.loc[~known, "label"] = pd.NA
+    return joined
