@@ -69,3 +69,52 @@ def test_failed_validation_pushes_the_report_and_fails_for_good(home):
 def test_an_interval_is_required(home, start, end):
     with pytest.raises(AirflowFailException, match="non-empty data interval"):
         ExtractBatchOperator(task_id="extract").execute(_context(start, end))
+
+
+class _Run:
+    def __init__(self, conf=None, run_after=END):
+        self.conf, self.run_after = conf or {}, run_after
+
+
+class _Event:
+    def __init__(self, extra):
+        self.extra = extra
+
+
+@pytest.mark.parametrize(
+    ("context", "expected"),
+    [
+        pytest.param(
+            {"dag_run": _Run({"as_of": "2026-02-01T00:00:00+00:00"})},
+            datetime(2026, 2, 1, tzinfo=UTC),
+            id="conf-wins",
+        ),
+        pytest.param(
+            {
+                "dag_run": _Run(),
+                "triggering_asset_events": {
+                    "hotel_features": [
+                        _Event({"interval_end": "2026-01-05T00:00:00+00:00"}),
+                        _Event({"interval_end": "2026-01-07T00:00:00+00:00"}),
+                    ]
+                },
+            },
+            datetime(2026, 1, 7, tzinfo=UTC),
+            id="newest-features-interval",
+        ),
+        pytest.param(
+            {"dag_run": _Run(), "data_interval_end": datetime(2026, 3, 2, tzinfo=UTC)},
+            datetime(2026, 3, 2, tzinfo=UTC),
+            id="data-interval",
+        ),
+        pytest.param(
+            {"dag_run": _Run(run_after=datetime(2026, 4, 1, tzinfo=UTC))},
+            datetime(2026, 4, 1, tzinfo=UTC),
+            id="run-after",
+        ),
+    ],
+)
+def test_training_window_end(context, expected):
+    from closedloop.operators.training import as_of
+
+    assert as_of(context) == expected

@@ -40,6 +40,25 @@ def trigger_reason(context: Context) -> str:
     )
 
 
+def as_of(context: Context) -> datetime:
+    """The end of the training window: ``conf.as_of``; for a run started by new features,
+    the end of the newest interval they cover; else the run's data interval end or the
+    time it was due to run."""
+    conf = _conf(context)
+    if conf.get("as_of"):
+        return datetime.fromisoformat(conf["as_of"])
+    ends = [
+        datetime.fromisoformat(str(event.extra["interval_end"]))
+        for events in (context.get("triggering_asset_events") or {}).values()
+        for event in events
+        if (event.extra or {}).get("interval_end")
+    ]
+    if ends:
+        return max(ends)
+    end = context.get("data_interval_end") or context["dag_run"].run_after
+    return datetime.fromisoformat(end.isoformat())
+
+
 class BuildTrainingSetOperator(ClosedLoopOperator):
     """Join the window's labelled bookings with the model's Feast features (point in
     time correct) and snapshot the training set."""
@@ -47,14 +66,8 @@ class BuildTrainingSetOperator(ClosedLoopOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         from closedloop.core.training_pipeline import build_training_set, training_window
 
-        conf = _conf(context)
         settings = self.settings()
-        if conf.get("as_of"):
-            end = datetime.fromisoformat(conf["as_of"])
-        else:
-            end = context.get("data_interval_end") or context["dag_run"].run_after
-            end = datetime.fromisoformat(end.isoformat())
-        start, end = training_window(settings, end, conf.get("window_days"))
+        start, end = training_window(settings, as_of(context), _conf(context).get("window_days"))
         built = build_training_set(settings, start, end, _run_key(context))
         self.log.info(
             "Training set %s: %d rows, digest %s", built["uri"], built["rows"], built["digest"][:12]
