@@ -1,0 +1,442 @@
+"""The monitoring DAG's drift check: has the data the model sees moved away from the data
+it was trained on?
+
+A reference window (typically the champion's training set) and a current window (the
+latest bookings, optionally with the model's ``score``) are compared column by column
+with Evidently's ``DataDriftPreset``; the verdicts are Evidently's own test results.
+
+Methods (chosen on the hotel generator, see ``tests/unit/test_drift.py``):
+
+* numerical columns: **normed Wasserstein distance** (``wasserstein``: the earth mover's
+  distance divided by the reference standard deviation), drifted at ``>= 0.1``, i.e.
+  when the distribution moved by a tenth of a standard deviation on average. Unlike a
+  K-S or chi-square p-value it does not become ever more sensitive as windows grow, and
+  unlike PSI on Evidently's equal-width (Sturges) bins it sees a shift of a skewed
+  column such as ``lead_time``. A constant reference column is normed by 0.001 instead
+  of 0 (Evidently's rule), so any change of it counts as drift.
+* categorical columns: **PSI** over the categories of both windows (``psi``), drifted at
+  ``>= 0.1`` (the usual "moderate shift" level). A category the reference never saw gets
+  a share of 1e-4 there, so a new category with a few percent of the rows dominates the
+  index (10 % of the rows alone give ~0.7).
+* the prediction column (``score``), when both windows have it: the numerical method.
+
+Evidently chooses a method by sample size when none is given (a p-value test up to
+1,000 reference rows, a distance above); both methods are pinned here so a verdict does
+not change character with the window's size. Windows above ``max_rows`` are sampled
+(uniformly, without replacement, with the recorded seed) before the comparison: 50,000
+rows pin these distances to about 0.01, and the check stays at seconds (see
+``benchmarks/drift.py``).
+
+The windows decide what "drift" means. Distances on a current window of a few hundred
+rows are noisy (a stable day of ~400 bookings reaches 0.1 in a column or two), and a
+reference that differs from production traffic by construction drifts without any
+change in the world: a training set keeps only bookings whose outcome was known (too
+few long lead times), history features grow with time, calendar features follow it.
+
+Evidently is imported inside the functions only (importing it takes seconds).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import math
+import warnings
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+if TYPE_CHECKING:
+    from closedloop.core.usecase import UseCase
+
+#: use-case column types a drift check can compare (ids, text and times cannot)
+NUMERICAL_TYPES = ("int", "float")
+CATEGORICAL_TYPES = ("category",)
+
+
+@dataclass(frozen=True)
+class DriftPolicy:
+    """What is compared and when a column or the whole window counts as drifted."""
+
+    #: feature columns to check (numerical and categorical; a column's kind comes from
+    #: its dtype, see ``categorical``)
+    columns: tuple[str, ...]
+    #: the model's score: checked for prediction drift when both windows have it
+    prediction_column: str | None = "score"
+    #: a window with more rows is sampled down to this many (each window separately)
+    max_rows: int = 50_000
+    #: the sampling seed (recorded in the result)
+    seed: int = 0
+    #: the window drifted when at least this share of ``columns`` drifted
+    drift_share_threshold: float = 0.3
+    #: Evidently stattest of numerical columns and the score, and its drift threshold
+    num_method: str = "wasserstein"
+    num_threshold: float = 0.1
+    #: Evidently stattest of categorical columns, and its drift threshold
+    cat_method: str = "psi"
+    cat_threshold: float = 0.1
+    #: numeric columns to compare as categories (e.g. integer codes); columns of a
+    #: non-numeric or boolean dtype are categorical anyway
+    categorical: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "columns", tuple(self.columns))
+        object.__setattr__(self, "categorical", tuple(self.categorical))
+        if not self.columns:
+            raise ValueError("a drift policy needs at least one column")
+        duplicated = sorted({c for c in self.columns if self.columns.count(c) > 1})
+        if duplicated:
+            raise ValueError(f"columns listed twice: {duplicated}")
+        if self.prediction_column is not None and self.prediction_column in self.columns:
+            raise ValueError(
+                f"the prediction column {self.prediction_column!r} must not also be a feature"
+            )
+        unknown = sorted(set(self.categorical) - set(self.columns))
+        if unknown:
+            raise ValueError(f"categorical columns that are not checked: {unknown}")
+        if self.max_rows < 1:
+            raise ValueError(f"max_rows must be at least 1, got {self.max_rows}")
+        if not 0.0 < self.drift_share_threshold <= 1.0:
+            raise ValueError(
+                f"drift_share_threshold must lie in (0, 1], got {self.drift_share_threshold}"
+            )
+        if self.num_threshold <= 0 or self.cat_threshold <= 0:
+            raise ValueError("drift thresholds must be positive")
+
+    @classmethod
+    def for_usecase(
+        cls, usecase: UseCase, columns: tuple[str, ...] | None = None, **overrides: Any
+    ) -> DriftPolicy:
+        """A policy over the use case's comparable columns (``int``/``float`` ones as
+        numbers, ``category`` ones as categories; ids, text, times and the label are
+        skipped), or over ``columns`` of them, typed by the declarations."""
+        comparable = [
+            c
+            for c in usecase.feature_columns
+            if usecase.columns[c].type in NUMERICAL_TYPES + CATEGORICAL_TYPES
+        ]
+        chosen = tuple(columns) if columns is not None else tuple(comparable)
+        undeclared = sorted(set(chosen) - set(comparable))
+        if undeclared:
+            raise ValueError(f"not comparable columns of use case {usecase.name!r}: {undeclared}")
+        categorical = tuple(c for c in chosen if usecase.columns[c].type in CATEGORICAL_TYPES)
+        return cls(columns=chosen, categorical=categorical, **overrides)
+
+    def describe(self) -> str:
+        return (
+            f"evidently DataDriftPreset (numerical: {self.num_method} >= {self.num_threshold:g}, "
+            f"categorical: {self.cat_method} >= {self.cat_threshold:g})"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["columns"], d["categorical"] = list(self.columns), list(self.categorical)
+        return d
+
+
+@dataclass(frozen=True)
+class DriftResult:
+    """The verdict of one drift check (JSON-safe through ``to_dict``)."""
+
+    #: share of the checked columns whose drift test failed
+    drift_share: float
+    drifted_columns: list[str]
+    #: the drift statistic per checked column (None where it is not a finite number)
+    column_scores: dict[str, float | None]
+    dataset_drift: bool
+    #: whether the score drifted; None when the windows carry no score to compare
+    prediction_drift: bool | None
+    reference_rows: int  # rows compared (after sampling)
+    current_rows: int
+    sampled: bool  # whether either window was sampled down to ``max_rows``
+    seed: int
+    method: str
+    prediction_score: float | None = None
+    #: rows of the windows before sampling
+    reference_rows_total: int = 0
+    current_rows_total: int = 0
+    #: per checked column, "numerical" or "categorical"
+    column_kinds: dict[str, str] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        verdict = "dataset drift" if self.dataset_drift else "no dataset drift"
+        drifted = ", ".join(self.drifted_columns) or "none"
+        score = {True: "; prediction drift", False: "; no prediction drift", None: ""}
+        return (
+            f"{verdict}: {len(self.drifted_columns)} of {len(self.column_scores)} columns "
+            f"drifted ({self.drift_share:.0%}: {drifted}){score[self.prediction_drift]}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DriftResult:
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in d.items() if k in known}
+        values["drifted_columns"] = list(values.get("drifted_columns", []))
+        values["column_scores"] = {
+            k: None if v is None else float(v) for k, v in values["column_scores"].items()
+        }
+        return cls(**values)
+
+
+def sample(df: pd.DataFrame, max_rows: int, seed: int) -> tuple[pd.DataFrame, bool]:
+    """``df`` itself when it has at most ``max_rows`` rows, else ``max_rows`` of its rows
+    drawn uniformly without replacement (in their original order); the same ``seed``
+    and frame always give the same rows. Returns the frame and whether it was sampled."""
+    if max_rows < 1:
+        raise ValueError(f"max_rows must be at least 1, got {max_rows}")
+    if len(df) <= max_rows:
+        return df, False
+    positions = np.random.default_rng(seed).choice(len(df), size=max_rows, replace=False)
+    return df.iloc[np.sort(positions)], True
+
+
+def run_drift(
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    policy: DriftPolicy,
+    *,
+    html_path: Path | None = None,
+    json_path: Path | None = None,
+) -> tuple[DriftResult, Any]:
+    """Compare ``current`` with ``reference`` under ``policy``.
+
+    Returns the verdict and Evidently's snapshot (for a workspace: ``add_to_workspace``);
+    writes the snapshot's HTML report and JSON (metrics and tests) when paths are given.
+    Raises ``ValueError`` naming the column when a checked column is missing, has no
+    values, or is numeric in one window and not in the other.
+    """
+    for name, frame in (("reference", reference), ("current", current)):
+        if len(frame) == 0:
+            raise ValueError(f"the {name} window has no rows")
+        missing = [c for c in policy.columns if c not in frame.columns]
+        if missing:
+            raise ValueError(f"columns missing from the {name} window: {missing}")
+    score = _prediction_column(reference, current, policy)
+    wanted = [*policy.columns, *([score] if score else [])]
+    ref, ref_sampled = sample(reference, policy.max_rows, policy.seed)
+    cur, cur_sampled = sample(current, policy.max_rows, policy.seed)
+    ref, cur = ref[wanted], cur[wanted]  # after sampling: no copy of a large window
+    kinds = _column_kinds(ref, cur, policy)
+    compared = {**kinds, **({score: "numerical"} if score else {})}
+    ref, cur = _prepared(ref, compared, "reference"), _prepared(cur, compared, "current")
+
+    with warnings.catch_warnings():
+        # Evidently 0.7 calls ``Series.replace([inf, -inf], nan)`` on object columns
+        warnings.filterwarnings("ignore", "Downcasting behavior in `replace`", FutureWarning)
+        # ... and correlates the numerical columns: a constant one has no correlation
+        warnings.filterwarnings("ignore", "invalid value encountered in divide", RuntimeWarning)
+        snapshot = _evidently_report(policy, score).run(
+            _dataset(cur, compared), _dataset(ref, compared)
+        )
+    verdicts, scores, share, count = _read_snapshot(snapshot.dict(), policy, score)
+    drifted = [c for c in policy.columns if verdicts[c]]
+    if count != len(drifted):  # two computations inside Evidently: they must agree
+        raise RuntimeError(
+            f"Evidently counted {count} drifted columns but failed the tests of {drifted}"
+        )
+    if html_path is not None:
+        Path(html_path).parent.mkdir(parents=True, exist_ok=True)
+        snapshot.save_html(str(html_path))  # a Path is silently ignored by Evidently 0.7
+    if json_path is not None:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        snapshot.save_json(str(json_path))
+    result = DriftResult(
+        drift_share=float(share),
+        drifted_columns=drifted,
+        column_scores={c: _finite(scores[c]) for c in policy.columns},
+        dataset_drift=bool(share >= policy.drift_share_threshold),
+        prediction_drift=verdicts[score] if score else None,
+        reference_rows=len(ref),
+        current_rows=len(cur),
+        sampled=ref_sampled or cur_sampled,
+        seed=policy.seed,
+        method=policy.describe(),
+        prediction_score=_finite(scores[score]) if score else None,
+        reference_rows_total=len(reference),
+        current_rows_total=len(current),
+        column_kinds=kinds,
+    )
+    return result, snapshot
+
+
+def add_to_workspace(
+    workspace_dir: Path,
+    project_name: str,
+    snapshot: Any,
+    *,
+    timestamp: datetime | None = None,
+) -> str:
+    """Add ``snapshot`` as a run of the project named ``project_name`` in the local
+    Evidently workspace at ``workspace_dir`` (created, like the project, on first use)
+    and return the run's id; ``evidently ui --workspace <dir>`` shows it.
+
+    ``timestamp`` (e.g. the end of the monitored interval) replaces the snapshot's own
+    (the wall-clock time of the run); Evidently keeps naive timestamps, so an aware one
+    is stored as naive UTC.
+    """
+    from evidently.core.report import Snapshot
+    from evidently.ui.workspace import Workspace
+
+    workspace_dir = Path(workspace_dir)
+    workspace_dir.mkdir(parents=True, exist_ok=True)
+    if timestamp is not None:
+        if timestamp.tzinfo is not None:
+            timestamp = timestamp.astimezone(UTC).replace(tzinfo=None)
+        model = snapshot.to_snapshot_model()
+        model.timestamp = timestamp
+        snapshot = Snapshot.load_model(model)
+    # find-or-create the project under a lock: two runs must not create two projects
+    with open(workspace_dir / ".closedloop.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        workspace = Workspace.create(str(workspace_dir))
+        found = sorted(workspace.search_project(project_name), key=lambda p: str(p.id))
+        project = found[0] if found else _create_project(workspace, project_name)
+        ref = workspace.add_run(project.id, snapshot, include_data=False)
+    return str(ref.id)
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def _create_project(workspace: Any, name: str) -> Any:
+    """A workspace project whose dashboard plots the share of drifted columns per run."""
+    from evidently.sdk.models import PanelMetric
+    from evidently.sdk.panels import line_plot_panel
+
+    project = workspace.create_project(name, description="closedloop drift checks")
+    share = PanelMetric(
+        legend="share of drifted columns",
+        metric="evidently:metric_v2:DriftedColumnsCount",
+        metric_labels={"value_type": "share"},
+    )
+    project.dashboard.add_panel(line_plot_panel(title="Share of drifted columns", values=[share]))
+    return project
+
+
+def _prediction_column(
+    reference: pd.DataFrame, current: pd.DataFrame, policy: DriftPolicy
+) -> str | None:
+    """The score column to check, or None. A score in the reference but not in the
+    current window is an error; a reference without scores (a training set) is not."""
+    name = policy.prediction_column
+    if name is None or name not in reference.columns:
+        return None
+    if name not in current.columns:
+        raise ValueError(f"prediction column {name!r} is in the reference but missing from current")
+    for frame in (reference, current):
+        if _kind(frame[name], False) != "numerical":
+            raise ValueError(f"prediction column {name!r} must be numeric, not {frame[name].dtype}")
+    return name
+
+
+def _kind(series: pd.Series, forced_categorical: bool) -> str:
+    dtype = series.dtype
+    if pd.api.types.is_datetime64_any_dtype(dtype) or pd.api.types.is_timedelta64_dtype(dtype):
+        return "time"
+    if forced_categorical or pd.api.types.is_bool_dtype(dtype):
+        return "categorical"
+    if pd.api.types.is_numeric_dtype(dtype):
+        return "numerical"
+    return "categorical"
+
+
+def _column_kinds(ref: pd.DataFrame, cur: pd.DataFrame, policy: DriftPolicy) -> dict[str, str]:
+    """``numerical`` or ``categorical`` per checked column, from the dtypes (and the
+    policy's ``categorical``); both windows must agree."""
+    forced = set(policy.categorical)
+    kinds: dict[str, str] = {}
+    for column in policy.columns:
+        ref_kind, cur_kind = (_kind(f[column], column in forced) for f in (ref, cur))
+        if "time" in (ref_kind, cur_kind):
+            raise ValueError(f"column {column!r} holds times; drift is checked on features only")
+        if ref_kind != cur_kind:
+            raise ValueError(
+                f"column {column!r} is {ref_kind} in the reference ({ref[column].dtype}) "
+                f"but {cur_kind} in the current window ({cur[column].dtype})"
+            )
+        kinds[column] = ref_kind
+    return kinds
+
+
+def _prepared(frame: pd.DataFrame, kinds: dict[str, str], name: str) -> pd.DataFrame:
+    """Float64 numbers (nullable ints and floats included) and object-dtype categories;
+    every checked column must have at least one value."""
+    out = {}
+    for column, kind in kinds.items():
+        values = frame[column]
+        if kind == "numerical":
+            values = values.astype("float64").replace([np.inf, -np.inf], np.nan)
+        else:
+            values = values.astype(object).where(values.notna(), None)
+        if values.notna().sum() == 0:
+            raise ValueError(f"column {column!r} has no values in the {name} window")
+        out[column] = values.to_numpy()
+    return pd.DataFrame(out, index=pd.RangeIndex(len(frame)))
+
+
+def _dataset(frame: pd.DataFrame, kinds: dict[str, str]) -> Any:
+    from evidently import DataDefinition, Dataset
+
+    definition = DataDefinition(
+        numerical_columns=[c for c, k in kinds.items() if k == "numerical"],
+        categorical_columns=[c for c, k in kinds.items() if k == "categorical"],
+    )
+    return Dataset.from_pandas(frame, data_definition=definition)
+
+
+def _evidently_report(policy: DriftPolicy, score: str | None) -> Any:
+    from evidently import Report
+    from evidently.metrics import ValueDrift
+    from evidently.presets import DataDriftPreset
+
+    metrics: list[Any] = [
+        DataDriftPreset(
+            columns=list(policy.columns),
+            drift_share=policy.drift_share_threshold,
+            num_method=policy.num_method,
+            num_threshold=policy.num_threshold,
+            cat_method=policy.cat_method,
+            cat_threshold=policy.cat_threshold,
+        )
+    ]
+    if score:
+        metrics.append(
+            ValueDrift(column=score, method=policy.num_method, threshold=policy.num_threshold)
+        )
+    return Report(metrics, include_tests=True)
+
+
+def _read_snapshot(
+    data: dict[str, Any], policy: DriftPolicy, score: str | None
+) -> tuple[dict[str, bool], dict[str, float], float, int]:
+    """Per column (and score): drifted? and the statistic; the share and count of
+    drifted columns — from the snapshot's JSON form (``Snapshot.dict()``)."""
+    scores: dict[str, float] = {}
+    share = count = None
+    for metric in data["metrics"]:
+        config = metric["config"]
+        if config["type"].endswith(":ValueDrift"):
+            scores[config["column"]] = metric["value"]
+        elif config["type"].endswith(":DriftedColumnsCount"):
+            share, count = metric["value"]["share"], metric["value"]["count"]
+    verdicts: dict[str, bool] = {}
+    for test in data["tests"]:
+        params = test["metric_config"]["params"]
+        if params["type"].endswith(":ValueDrift"):
+            verdicts[params["column"]] = test["status"] == "FAIL"
+    expected = [*policy.columns, *([score] if score else [])]
+    absent = [c for c in expected if c not in verdicts or c not in scores]
+    if absent or share is None or count is None:
+        raise RuntimeError(f"Evidently's snapshot lacks the drift results of {absent or 'share'}")
+    return verdicts, scores, float(share), int(count)
+
+
+def _finite(value: Any) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
