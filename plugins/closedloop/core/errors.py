@@ -41,3 +41,8 @@ class DataValidationError(DecisionError):
         super().__init__(f"{result.summary()}{where}")
         self.result = result
         self.quarantined_to = quarantined_to
+
+
+class NoChampionError(ClosedLoopError):
+    """The registry has no version under the alias asked for (usually ``champion``): there
+    is nothing to score or monitor with until a training run promotes one."""

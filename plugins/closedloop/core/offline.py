@@ -12,10 +12,14 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+if TYPE_CHECKING:
+    from types import TracebackType
 
 
 def partition_path(table_dir: Path, key: str) -> Path:
@@ -35,6 +39,69 @@ def write_partition(df: pd.DataFrame, table_dir: Path, key: str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return target
+
+
+class PartitionWriter:
+    """Stream row groups into the partition ``key`` of a table, atomically.
+
+    ``with PartitionWriter(dir, key, schema) as w: w.write(chunk)`` writes each chunk as
+    a row group of a temporary file in the table's folder; leaving the block normally
+    replaces the partition with it (``os.replace``), leaving it by an exception deletes
+    the temporary file and keeps the old partition. Memory holds one chunk at a time.
+
+    ``schema`` (recommended) fixes the file's columns and types, so chunks whose pandas
+    dtypes differ (an int column that needed a float default in one chunk only) still
+    write one consistent file; without it the first chunk's schema is used. No pandas
+    metadata is stored: a reader gets the same frame however the rows were chunked.
+    When nothing was written, no file is created and an existing partition is left as
+    it is (``path`` stays ``None``).
+    """
+
+    def __init__(self, table_dir: Path, key: str, schema: pa.Schema | None = None) -> None:
+        self.table_dir = table_dir
+        self.key = key
+        self.schema = schema.remove_metadata() if schema is not None else None
+        self.rows = 0
+        self.path: Path | None = None
+        self._tmp: Path | None = None
+        self._writer: pq.ParquetWriter | None = None
+
+    def __enter__(self) -> PartitionWriter:
+        self.table_dir.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def write(self, chunk: pd.DataFrame | pa.Table) -> None:
+        """Append ``chunk`` (a frame, or an Arrow table) as one row group."""
+        if isinstance(chunk, pd.DataFrame):
+            table = pa.Table.from_pandas(chunk, schema=self.schema, preserve_index=False)
+        else:
+            table = chunk.select(self.schema.names).cast(self.schema) if self.schema else chunk
+        table = table.replace_schema_metadata(None)
+        if self._writer is None:
+            fd, tmp = tempfile.mkstemp(dir=self.table_dir, prefix=f".{self.key}.", suffix=".tmp")
+            os.close(fd)
+            self._tmp = Path(tmp)
+            self.schema = table.schema
+            self._writer = pq.ParquetWriter(self._tmp, self.schema)
+        self._writer.write_table(table)
+        self.rows += table.num_rows
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if self._writer is not None:
+                self._writer.close()
+            if exc_type is None and self._tmp is not None:
+                target = partition_path(self.table_dir, self.key)
+                os.replace(self._tmp, target)
+                self.path = target
+        finally:
+            if self._tmp is not None and self.path is None:
+                self._tmp.unlink(missing_ok=True)
 
 
 def partition_keys(table_dir: Path) -> list[str]:

@@ -1,7 +1,9 @@
 """The prediction log: one durable record per prediction, batch and online alike.
 
 Embedded profile: Parquet under ``<home>/prediction_log/<use case>/source=<src>/<day>/``.
-A batch run owns its day's partition file (``batch.parquet``) and replaces it on a rerun;
+A batch run owns its day's partition file (``batch.parquet``) and replaces it on a rerun
+(whole, with :meth:`PredictionLog.write_batch`, or streamed chunk by chunk with
+:meth:`PredictionLog.batch_writer`);
 online predictions arrive in many small flushes, each its own file named by its first
 prediction id, so a flush that is retried rewrites the same file instead of adding one.
 
@@ -16,11 +18,13 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from closedloop.core.offline import write_partition
+from closedloop.core.offline import PartitionWriter, partition_path, write_partition
 
 if TYPE_CHECKING:
     from datetime import datetime
     from pathlib import Path
+
+    import pyarrow as pa
 
 #: Columns every record has, besides the entity keys and the feature values.
 CORE_COLUMNS = [
@@ -48,6 +52,18 @@ class PredictionLog:
         _check(records)
         return write_partition(records, self._dir("batch", day), "batch")
 
+    def batch_partition(self, day: str) -> Path:
+        """The file holding the batch records of ``day``."""
+        return partition_path(self._dir("batch", day), "batch")
+
+    def batch_writer(self, day: str, schema: pa.Schema | None = None) -> PartitionWriter:
+        """Stream the batch partition of ``day`` chunk by chunk (a context manager; see
+        :class:`~closedloop.core.offline.PartitionWriter`): the partition is replaced when
+        the block ends normally, untouched if it fails. Each chunk is checked as
+        :meth:`write_batch` checks its frame; ids are unique within a chunk, across
+        chunks that follows from the unique keys they are derived from."""
+        return _CheckedWriter(self._dir("batch", day), "batch", schema)
+
     def append_online(self, records: pd.DataFrame, day: str) -> Path:
         """Add a flush of online predictions; the same flush twice is one file."""
         _check(records)
@@ -72,6 +88,14 @@ class PredictionLog:
         log = pd.concat(frames, ignore_index=True)
         log = log[(log["predicted_at"] >= start) & (log["predicted_at"] < end)]
         return log.sort_values(["predicted_at", "prediction_id"]).reset_index(drop=True)
+
+
+class _CheckedWriter(PartitionWriter):
+    def write(self, chunk: pd.DataFrame | pa.Table) -> None:
+        if not isinstance(chunk, pd.DataFrame):
+            raise TypeError("prediction records are written as pandas frames")
+        _check(chunk)
+        super().write(chunk)
 
 
 def _check(records: pd.DataFrame) -> None:

@@ -1,0 +1,273 @@
+"""Throughput and peak memory of batch inference: the batch path vs. the bare model.
+
+The batch path is ``closedloop.core.batch_inference.score_interval``: entity rows
+streamed from the offline store, Feast's point-in-time join per chunk (+ the declared
+defaults), the champion's ``predict_proba`` and two streamed Parquet outputs. The
+baseline is the same champion's ``predict_proba`` on an in-memory frame of the very same
+feature values (read back from the prediction log the batch path wrote).
+
+Set-up (not timed): a home with ``--history-days`` of generated bookings (backfilled
+through the real feature pipeline) and a champion trained, registered and promoted by
+the core training functions. Then, per size, one scoring day is built *directly* at
+scale with vectorised numpy — ``--rows`` bookings in the day's ``bookings`` partition
+(rows resampled from a generated day, with fresh ids, times and customers) and one
+``customer_history`` row per customer of the day (``rows / 5`` customers) — since
+generating millions of bookings through the whole feature pipeline would take hours.
+
+Each measurement runs in its own child process, which reports its peak RSS (``VmHWM``)
+before and after the work, so set-up memory never counts.
+
+    .venv/bin/python benchmarks/batch_inference.py --rows 1000000 [--also] [--chunk 50000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+FIRST = date(2026, 1, 1)
+BIG = 5_000_000
+
+
+def _vm(key: str) -> int:
+    """A ``/proc/self/status`` value in MiB (``VmHWM`` = peak RSS so far)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{key}:"):
+            return int(line.split()[1]) // 1024
+    return -1
+
+
+def _settings():
+    from closedloop.core.settings import load_settings
+
+    return load_settings()
+
+
+def _scoring_day(history_days: int) -> datetime:
+    return datetime.combine(FIRST + timedelta(days=history_days), datetime.min.time(), UTC)
+
+
+# -- stages, each run in a child process -----------------------------------------------
+def prepare(args: argparse.Namespace) -> dict:
+    """Generated history through the feature pipeline, and a promoted champion."""
+    from closedloop.core import training_pipeline as tp
+    from closedloop.core.feature_pipeline import backfill
+    from closedloop.usecases.hotel.generator import write_batches
+
+    settings = _settings()
+    write_batches(settings.landing_dir, FIRST, args.history_days, n_bookings=150)
+    backfill(settings, FIRST, args.history_days)
+    end = _scoring_day(args.history_days) - timedelta(days=1)
+    built = tp.build_training_set(settings, datetime(2026, 1, 1, tzinfo=UTC), end, "bench/1")
+    lineage = tp.lineage_for(
+        settings, built, {"success": True}, dag_id="bench", dag_run_id="bench/1", reason="bench"
+    )
+    config = tp.training_config(settings, trials=2, validation_days=3, holdout_days=3)
+    trained = tp.train(settings, built, lineage, config)
+    version = tp.register(settings, trained, "bench/1")
+    gate = tp.gate(settings, built, trained, version, dag_id="bench", run_id="bench/1")
+    return {"version": version, "action": gate["action"], "family": trained["family"]}
+
+
+def scale(args: argparse.Namespace) -> dict:
+    """Replace the scoring day's bookings partition with ``rows`` bookings and give the
+    day's customers a ``customer_history`` row stamped at its start."""
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+
+    from closedloop.core import offline
+    from closedloop.core.transform import clean_batch
+    from closedloop.usecases.hotel.features import booking_table
+    from closedloop.usecases.hotel.generator import generate_day
+
+    settings = _settings()
+    day = _scoring_day(args.history_days)
+    key = day.strftime("%Y-%m-%d")
+    rng = np.random.default_rng(args.rows)
+    base = booking_table(clean_batch(generate_day(day.date(), n_bookings=50_000), settings.usecase))
+    n, customers = args.rows, max(8_000, args.rows // 5)
+    seconds = np.sort(rng.integers(0, 86_400_000_000, n))  # microseconds into the day
+    bookings_dir = settings.offline_table_dir("bookings")
+    with offline.PartitionWriter(bookings_dir, key) as out:
+        for lo in range(0, n, 500_000):
+            hi = min(n, lo + 500_000)
+            part = base.iloc[rng.integers(0, len(base), hi - lo)].reset_index(drop=True)
+            ids = pd.Series(np.arange(lo, hi)).astype(str).str.zfill(8)
+            part["booking_id"] = f"BK-{day:%Y%m%d}-S" + ids
+            part["customer_id"] = "CS" + pd.Series(rng.integers(0, customers, hi - lo)).astype(
+                str
+            ).str.zfill(8)
+            micros = int(day.timestamp()) * 1_000_000 + seconds[lo:hi]
+            part["booking_ts"] = pd.to_datetime(micros, unit="us", utc=True).astype(
+                "datetime64[us, UTC]"
+            )
+            out.write(pa.Table.from_pandas(part, preserve_index=False))
+    made = rng.integers(0, 12, customers)
+    known = np.minimum(made, rng.integers(0, 12, customers))
+    cancelled = np.minimum(known, rng.binomial(known, 0.3))
+    history = pd.DataFrame(
+        {
+            "customer_id": "CS" + pd.Series(np.arange(customers)).astype(str).str.zfill(8),
+            "cust_bookings": made.astype("int64"),
+            "cust_known_outcomes": known.astype("int64"),
+            "cust_cancellations": cancelled.astype("int64"),
+            "cust_cancel_rate": (cancelled + 1.0) / (known + 3.0),
+            "event_ts": pd.Timestamp(day),
+        }
+    )
+    history_dir = settings.offline_table_dir("customer_history")
+    previous = (day - timedelta(days=1)).strftime("%Y-%m-%d")
+    generated = offline.read_partitions(history_dir, keys=[previous])
+    generated = generated[~generated["customer_id"].str.startswith("CS")]
+    offline.write_partition(
+        pd.concat([generated, history], ignore_index=True), history_dir, previous
+    )
+    tables = {
+        t: sum(offline.row_counts(settings.offline_table_dir(t)).values())
+        for t in settings.usecase.feast.tables
+    }
+    return {"rows": n, "customers": customers, "offline_rows": tables}
+
+
+def score(args: argparse.Namespace) -> dict:
+    """The batch path over the scoring day; peak RSS before and after."""
+    from closedloop.core.batch_inference import load_model, score_interval
+    from closedloop.core.feature_store import open_store
+
+    settings = _settings()
+    loaded = load_model(settings)
+    open_store(settings).list_feature_views()  # Feast's one-off imports, outside the timing
+    before = _vm("VmHWM")
+    day = _scoring_day(args.history_days)
+    t0 = time.perf_counter()
+    out = score_interval(
+        settings, day, day + timedelta(days=1), chunk_rows=args.chunk, model=loaded
+    )
+    wall = time.perf_counter() - t0
+    return {**out, "wall": wall, "rss_before_mib": before, "peak_rss_mib": _vm("VmHWM")}
+
+
+def raw(args: argparse.Namespace) -> dict:
+    """``predict_proba`` on an in-memory frame of the features the batch path used."""
+    import numpy as np
+    import pandas as pd
+
+    from closedloop.core.batch_inference import load_model
+
+    settings = _settings()
+    loaded = load_model(settings)
+    before = _vm("VmHWM")
+    frame = pd.read_parquet(args.log_uri, columns=[*loaded.feature_names, "score"])
+    X = frame[loaded.feature_names]
+    t0 = time.perf_counter()
+    proba = loaded.model.predict_proba(X)[:, 1]
+    wall = time.perf_counter() - t0
+    diff = float(np.max(np.abs(proba - frame["score"].to_numpy()))) if len(frame) else 0.0
+    return {
+        "rows": len(frame),
+        "wall": wall,
+        "max_abs_diff_vs_batch": diff,
+        "rss_before_mib": before,
+        "peak_rss_mib": _vm("VmHWM"),
+    }
+
+
+STAGES = {"prepare": prepare, "scale": scale, "score": score, "raw": raw}
+
+
+# -- the parent: one child per stage and size --------------------------------------------
+def _child(stage: str, home: str, args: argparse.Namespace, **extra: object) -> dict:
+    argv = [sys.executable, __file__, "--stage", stage, "--history-days", str(args.history_days)]
+    argv += ["--chunk", str(args.chunk)]
+    for k, v in {"rows": args.rows, **extra}.items():
+        argv += [f"--{k.replace('_', '-')}", str(v)]
+    env = {**os.environ, "CLOSEDLOOP_HOME": home, "PYTHONWARNINGS": "ignore"}
+    t0 = time.perf_counter()
+    done = subprocess.run(argv, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.stderr.write(done.stdout[-4000:] + done.stderr[-8000:])
+        raise SystemExit(f"stage {stage} failed")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["stage_wall"] = time.perf_counter() - t0
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--also", action="store_true", help=f"also run {BIG:_} rows")
+    parser.add_argument("--chunk", type=int, default=50_000)
+    parser.add_argument("--history-days", type=int, default=20)
+    parser.add_argument("--keep", action="store_true", help="keep the benchmark's home")
+    parser.add_argument("--stage", choices=sorted(STAGES), help=argparse.SUPPRESS)
+    parser.add_argument("--log-uri", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.stage:
+        warnings.filterwarnings("ignore")
+        result = STAGES[args.stage](args)
+        sys.stdout.flush()
+        print("\n" + json.dumps(result, default=str))
+        return
+
+    home = tempfile.mkdtemp(prefix="closedloop-bench-batch-")
+    try:
+        prepared = _child("prepare", home, args)
+        print(
+            f"set-up: {args.history_days} days backfilled, champion v{prepared['version']} "
+            f"({prepared['family']}, {prepared['action']}) in {prepared['stage_wall']:.0f}s"
+        )
+        sizes = [args.rows] + ([BIG] if args.also and args.rows != BIG else [])
+        rows = []
+        for n in sizes:
+            args.rows = n
+            built = _child("scale", home, args)
+            print(f"{n:>9,} rows: offline tables built in {built['stage_wall']:.0f}s "
+                  f"({built['offline_rows']})")  # fmt: skip
+            batch = _child("score", home, args)
+            base = _child("raw", home, args, log_uri=batch["log_uri"])
+            rows.append((n, batch, base))
+            _report(rows[-1:], args.chunk, header=len(rows) == 1)
+        print()
+        _report(rows, args.chunk, header=True)
+    finally:
+        if args.keep:
+            print(f"home kept: {home}")
+        else:
+            shutil.rmtree(home, ignore_errors=True)
+
+
+def _report(rows: list, chunk: int, *, header: bool) -> None:
+    if header:
+        print(
+            f"{'rows':>9} {'chunks':>6} | {'batch s':>8} {'rows/s':>8} | {'read':>6} "
+            f"{'join':>7} {'predict':>7} {'write':>6} | {'raw s':>6} {'rows/s':>9} | "
+            f"{'ratio':>6} | {'peak RSS batch':>14} {'(at start)':>10} | {'peak RSS raw':>12}"
+        )
+    for n, batch, base in rows:
+        s = batch["seconds"]
+        batch_rate, raw_rate = n / batch["wall"], n / base["wall"]
+        print(
+            f"{n:>9,} {batch['chunks']:>6} | {batch['wall']:>8.1f} {batch_rate:>8,.0f} | "
+            f"{s['read']:>6.1f} {s['join']:>7.1f} {s['predict']:>7.1f} {s['write']:>6.1f} | "
+            f"{base['wall']:>6.2f} {raw_rate:>9,.0f} | {batch_rate / raw_rate:>6.3f} | "
+            f"{batch['peak_rss_mib']:>10,} MiB {batch['rss_before_mib']:>6,} MiB | "
+            f"{base['peak_rss_mib']:>8,} MiB"
+        )
+        if base["max_abs_diff_vs_batch"] > 1e-12:
+            print(f"  !! batch and raw scores differ by {base['max_abs_diff_vs_batch']:.3g}")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
