@@ -183,6 +183,10 @@ class Settings(BaseSettings):
         return self.usecase.model.name
 
     @property
+    def prediction_log_dir(self) -> Path:
+        return self.home / "prediction_log" / self.usecase.name
+
+    @property
     def training_dir(self) -> Path:
         return self.home / "training" / self.usecase.name
 

@@ -85,6 +85,7 @@ class ModelSpec(_Strict):
     training: dict[str, Any] = {}  # closedloop.core.modeling.TrainingConfig fields
     gate: dict[str, Any] = {}  # closedloop.core.gate.GatePolicy fields
     training_set: dict[str, Any] = {}  # closedloop.core.validation.TrainingSetPolicy fields
+    monitoring: dict[str, Any] = {}  # closedloop.core.monitoring.MonitoringPolicy fields
 
 
 class UseCase(_Strict):

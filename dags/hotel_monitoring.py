@@ -1,0 +1,57 @@
+"""
+### Monitoring and the feedback loop — hotel-booking cancellations
+
+Daily: the recent prediction log against the champion's training set.
+
+1. **drift**: Evidently data drift on the model's features and prediction drift on its
+   score; HTML and JSON reports per day, added to the Evidently workspace;
+2. **performance**: live ROC AUC where cancellations have become known;
+3. **decide**: thresholds, a cooldown (unless performance collapsed) and one recorded
+   verdict per day, logged to an MLflow monitoring run linked to the champion version;
+4. **retrain_gate** → **trigger_training**: only when the verdict says so, `hotel_training`
+   is triggered with `conf` carrying the reason and the report; its run id is derived
+   from the verdict, so a retried monitoring run can never start a second training.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
+from airflow.sdk import DAG, CronDataIntervalTimetable, chain
+
+from closedloop.operators.monitoring import (
+    DriftCheckOperator,
+    MonitoringDecisionOperator,
+    PerformanceCheckOperator,
+    RetrainGateOperator,
+)
+
+with DAG(
+    dag_id="hotel_monitoring",
+    description="Drift and live performance of the champion; retrain when warranted.",
+    doc_md=__doc__,
+    schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    tags=["closedloop", "monitoring", "hotel_bookings"],
+    default_args={"retries": 2, "retry_delay": pendulum.duration(seconds=30)},
+) as dag:
+    drift = DriftCheckOperator(task_id="drift", window_days=3)
+    performance = PerformanceCheckOperator(task_id="performance", window_days=7)
+    decide = MonitoringDecisionOperator(
+        task_id="decide", drift=drift.output, performance=performance.output
+    )
+    gate = RetrainGateOperator(task_id="retrain_gate", verdict=decide.output)
+    trigger = TriggerDagRunOperator(
+        task_id="trigger_training",
+        trigger_dag_id="hotel_training",
+        trigger_run_id="{{ ti.xcom_pull(task_ids='decide')['trigger_run_id'] }}",
+        conf=gate.output,
+        skip_when_already_exists=True,
+        wait_for_completion=False,
+    )
+    chain([drift, performance], decide, gate, trigger)
+
+if __name__ == "__main__":
+    dag.test()
