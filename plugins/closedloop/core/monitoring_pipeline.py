@@ -9,7 +9,6 @@ version, and in an Evidently workspace for ``evidently ui``.
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -219,7 +218,9 @@ def decide_and_record(
     finally:
         log.dispose()
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    experiment = _monitoring_experiment(settings)
+    from closedloop.core.registry import experiment_id
+
+    experiment = experiment_id(settings, "/monitoring")
     existing = mlflow.search_runs(
         [experiment],
         filter_string=(f"tags.`closedloop.monitoring_day` = '{verdict.day}'"),
@@ -251,20 +252,3 @@ def decide_and_record(
             if path.exists():
                 mlflow.log_artifact(str(path))
     return verdict.to_dict() | {"trigger_run_id": verdict.trigger_run_id}
-
-
-def _monitoring_experiment(settings: Settings) -> str:
-    import mlflow
-
-    name = f"closedloop/{settings.usecase.name}/monitoring"
-    found = mlflow.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    location = None
-    if settings.profile == "embedded":
-        location = (settings.mlflow_dir / "artifacts").resolve().as_uri()
-    return mlflow.create_experiment(name, artifact_location=location)
-
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, default=str)

@@ -8,7 +8,6 @@ receive ``champion`` here: :func:`apply_decision` only moves it for a blessed de
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 from closedloop.core.ledger import LedgerEntry, PromotionLedger, now
@@ -34,6 +33,22 @@ def client_for(settings: Settings) -> MlflowClient:
     settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
     uri = settings.mlflow_tracking_uri
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def experiment_id(settings: Settings, suffix: str = "") -> str:
+    """The MLflow experiment ``closedloop/<use case><suffix>``, created on first use with
+    its artifacts under the home folder in the embedded profile (the server's artifact
+    store in production)."""
+    import mlflow
+
+    name = f"closedloop/{settings.usecase.name}{suffix}"
+    found = mlflow.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    location = None
+    if settings.profile == "embedded":
+        location = (settings.mlflow_dir / "artifacts").resolve().as_uri()
+    return mlflow.create_experiment(name, artifact_location=location)
 
 
 def alias_version(client: MlflowClient, model: str, alias: str) -> str | None:
@@ -179,7 +194,3 @@ def version_run_tags(client: MlflowClient, model: str, version: str) -> dict[str
     """The tags of the MLflow run that produced a model version (its lineage)."""
     mv = client.get_model_version(model, version)
     return dict(client.get_run(mv.run_id).data.tags)
-
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, default=str)

@@ -163,19 +163,6 @@ def _safe(run_key: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in run_key)
 
 
-def _experiment_id(settings: Settings) -> str:
-    import mlflow
-
-    name = f"closedloop/{settings.usecase.name}"
-    found = mlflow.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    location = None
-    if settings.profile == "embedded":
-        location = (settings.mlflow_dir / "artifacts").resolve().as_uri()
-    return mlflow.create_experiment(name, artifact_location=location)
-
-
 def _finished_run(experiment_id: str, run_key: str) -> Any:
     import mlflow
 
@@ -202,7 +189,9 @@ def train(
     from closedloop.core.modeling import train_and_evaluate
 
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    experiment_id = _experiment_id(settings)
+    from closedloop.core.registry import experiment_id as experiment_for
+
+    experiment_id = experiment_for(settings)
     done = _finished_run(experiment_id, lineage.dag_run_id)
     if done is not None:
         return _summary(done.info.run_id, json.loads(done.data.tags["closedloop.summary"]))
