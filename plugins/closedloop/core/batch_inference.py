@@ -88,7 +88,7 @@ def load_model(settings: Settings, alias: str = CHAMPION) -> LoadedModel:
     """
     import mlflow
 
-    from closedloop.core.registry import alias_version, client_for
+    from closedloop.core.registry import alias_version, client_for, use_mlflow
 
     name, uri = settings.model_name, settings.mlflow_tracking_uri
     client = client_for(settings)
@@ -105,8 +105,7 @@ def load_model(settings: Settings, alias: str = CHAMPION) -> LoadedModel:
             f"{name} v{version} (run {run_id}) has no {THRESHOLD_TAG!r} tag: it was not "
             "trained by closedloop's training pipeline"
         )
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    use_mlflow(settings)
     model = mlflow.sklearn.load_model(f"models:/{name}/{version}")
     names = getattr(model, "feature_names_in_", None)
     if names is None:

@@ -217,7 +217,9 @@ def decide_and_record(
         log.record(verdict)
     finally:
         log.dispose()
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    from closedloop.core.registry import use_mlflow
+
+    use_mlflow(settings)
     from closedloop.core.registry import experiment_id
 
     experiment = experiment_id(settings, "/monitoring")

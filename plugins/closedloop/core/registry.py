@@ -35,6 +35,20 @@ def client_for(settings: Settings) -> MlflowClient:
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+def use_mlflow(settings: Settings) -> None:
+    """Point MLflow's fluent API (``mlflow.start_run``, ``mlflow.sklearn.load_model``, ...)
+    at the settings' tracking server *and* registry.
+
+    That API keeps both URIs process-wide, and a registry URI set by an earlier caller
+    wins over the tracking URI: every entry point that uses it calls this first.
+    """
+    import mlflow
+
+    settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    mlflow.set_registry_uri(settings.mlflow_tracking_uri)
+
+
 def experiment_id(settings: Settings, suffix: str = "") -> str:
     """The MLflow experiment ``closedloop/<use case><suffix>``, created on first use with
     its artifacts under the home folder in the embedded profile (the server's artifact

@@ -187,8 +187,9 @@ def train(
     import mlflow
 
     from closedloop.core.modeling import train_and_evaluate
+    from closedloop.core.registry import use_mlflow
 
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    use_mlflow(settings)
     from closedloop.core.registry import experiment_id as experiment_for
 
     experiment_id = experiment_for(settings)
@@ -329,7 +330,9 @@ def gate(
     if champion_version is not None and champion_version != version:
         mv = client.get_model_version(settings.model_name, champion_version)
         threshold = float(client.get_run(mv.run_id).data.tags["closedloop.threshold"])
-        mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+        from closedloop.core.registry import use_mlflow
+
+        use_mlflow(settings)
         champion = mlflow.sklearn.load_model(f"models:/{settings.model_name}/{champion_version}")
         champion_metrics = evaluate(
             champion,
