@@ -58,6 +58,9 @@ class LocalAirflow:
     settings: Settings
     port: int = field(default_factory=free_port)
     preload: bool = True
+    #: the ``airflow`` sub-commands started as processes (a subclass adds e.g. a Celery
+    #: worker and the triggerer)
+    components: tuple[str, ...] = COMPONENTS
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     _token: str | None = None
 
@@ -103,7 +106,7 @@ class LocalAirflow:
         logs = airflow_home / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         airflow = str(Path(sys.executable).with_name("airflow"))
-        for name in COMPONENTS:
+        for name in self.components:
             log = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - owned by the process
             self.processes[name] = subprocess.Popen(
                 [airflow, name],
