@@ -24,12 +24,42 @@ def test_embedded_profile_keeps_everything_under_home(tmp_path: Path):
 def test_production_profile_is_configuration_only(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("CLOSEDLOOP_PROFILE", "production")
     monkeypatch.setenv("CLOSEDLOOP_STORES__POSTGRES_URL", "postgresql://cl@db.internal:5432")
-    monkeypatch.setenv("CLOSEDLOOP_STORES__REDIS_URL", "cache.internal:6379")
+    monkeypatch.setenv("CLOSEDLOOP_STORES__REDIS_URL", "redis://cache.internal:6379/3")
+    monkeypatch.setenv("CLOSEDLOOP_STORES__MLFLOW_TRACKING_URI", "http://mlflow.internal:5000")
     s = load_settings(home=tmp_path)
+    assert s.feast_registry["registry_type"] == "sql"
     assert s.feast_registry["path"] == "postgresql+psycopg://cl@db.internal:5432/feast"
-    assert s.feast_online_store == {"type": "redis", "connection_string": "cache.internal:6379"}
-    assert s.mlflow_tracking_uri == "postgresql://cl@db.internal:5432/mlflow"
+    assert s.feast_online_store == {
+        "type": "redis",
+        "connection_string": "cache.internal:6379,db=3",
+    }
+    assert s.mlflow_tracking_uri == "http://mlflow.internal:5000"
+    assert s.mlflow_backend_store_uri == "postgresql://cl@db.internal:5432/mlflow"
     assert s.airflow_sql_alchemy_conn == "postgresql+psycopg2://cl@db.internal:5432/airflow"
+    assert s.celery_broker_url == "redis://cache.internal:6379/3"
+    assert s.celery_result_backend == "db+postgresql+psycopg2://cl@db.internal:5432/airflow"
+    assert s.closedloop_db == "postgresql+psycopg://cl@db.internal:5432/closedloop"
+    # Files (landing, offline tables, prediction log) stay under home.
+    assert s.offline_dir.is_relative_to(tmp_path)
+
+
+def test_production_database_prefix_and_explicit_urls(tmp_path: Path):
+    s = load_settings(
+        home=tmp_path,
+        profile="production",
+        stores={
+            "postgres_url": "postgresql://cl@db:5432/",
+            "database_prefix": "run7_",
+            "redis_url": "redis://:s3cr%40t@cache:6380/2",
+            "closedloop_db": "postgresql://other@ledger:5432/book",
+        },
+    )
+    assert set(s.databases) == {"airflow", "mlflow", "mlflow_auth", "feast", "closedloop"}
+    assert s.databases["airflow"] == "postgresql://cl@db:5432/run7_airflow"
+    assert s.databases["mlflow_auth"] == "postgresql://cl@db:5432/run7_mlflow_auth"
+    assert s.closedloop_db == "postgresql+psycopg://other@ledger:5432/book"
+    # The password is URL-decoded for Feast's own connection-string format.
+    assert s.feast_online_store["connection_string"] == "cache:6380,db=2,password=s3cr@t"
 
 
 def test_production_profile_without_servers_names_the_missing_setting(tmp_path: Path):
@@ -37,7 +67,16 @@ def test_production_profile_without_servers_names_the_missing_setting(tmp_path: 
     with pytest.raises(ValueError, match="CLOSEDLOOP_STORES__REDIS_URL"):
         _ = s.feast_online_store
     with pytest.raises(ValueError, match="POSTGRES_URL"):
-        _ = s.mlflow_tracking_uri
+        _ = s.mlflow_backend_store_uri
+    with pytest.raises(ValueError, match="CLOSEDLOOP_STORES__AIRFLOW_SQL_ALCHEMY_CONN"):
+        _ = s.airflow_sql_alchemy_conn
+
+
+def test_redis_url_must_be_redis(tmp_path: Path):
+    with pytest.raises(ValidationError, match="redis://"):
+        load_settings(home=tmp_path, stores={"redis_url": "http://cache:6379"})
+    bare = load_settings(home=tmp_path, stores={"redis_url": "cache:6379"})
+    assert bare.stores.redis_url == "redis://cache:6379"
 
 
 def test_yaml_file_is_read_and_environment_wins(tmp_path: Path, monkeypatch):

@@ -8,8 +8,10 @@ file (``$CLOSEDLOOP_CONFIG`` or ``./closedloop.yaml``) and the defaults below.
   MLflow tracking and registry in SQLite with local artifacts, Feast file registry,
   Parquet offline store, SQLite online store.
 * ``production``: the same layout of files for landing/quarantine/offline data, but the
-  databases are servers — PostgreSQL for Airflow, MLflow and the Feast registry, Redis for
-  the Feast online store. Only these URLs change; no code path does.
+  databases are servers — PostgreSQL for Airflow (CeleryExecutor, Redis broker), the
+  MLflow tracking server (clients reach it over HTTP with basic-auth), the Feast SQL
+  registry and the promotion ledger; Redis for the Feast online store. Only these URLs
+  change; no code path does. ``closedloop.stack`` starts the servers from them.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import os
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import (
@@ -37,20 +40,66 @@ PROJECT_ROOT = PACKAGE_DIR.parents[1]
 
 
 class StoreSettings(BaseModel):
-    """Server URLs of the production profile. Unset values fall back to the profile."""
+    """Server addresses of the production profile. Unset values are derived from
+    ``postgres_url`` and ``redis_url``; credentials travel inside the URLs (from the
+    environment), never in a file of this repository."""
 
     postgres_url: str | None = Field(
         default=None,
-        description="SQLAlchemy URL of the PostgreSQL server, without driver, e.g. "
-        "postgresql://user:pw@host:5432 (database names are appended per component)",
+        description="URL of the PostgreSQL server, without driver or database, e.g. "
+        "postgresql://user:pw@host:5432 (one database per component is appended)",
     )
-    redis_url: str | None = Field(default=None, description="host:port[,db=N] for Feast")
-    mlflow_tracking_uri: str | None = None
+    database_prefix: str = Field(
+        default="",
+        pattern=r"^[a-z0-9_]*$",
+        description="prefix of the per-component database names (airflow, mlflow, ...)",
+    )
+    redis_url: str | None = Field(
+        default=None, description="redis://[:password@]host:port/db (Feast online store)"
+    )
+    mlflow_tracking_uri: str | None = Field(
+        default=None, description="the MLflow tracking server clients talk to"
+    )
+    mlflow_backend_store_uri: str | None = Field(
+        default=None, description="the MLflow server's own database (server side only)"
+    )
+    mlflow_artifacts_destination: str | None = Field(
+        default=None,
+        description="where the MLflow server keeps artifacts it proxies (path or s3://...)",
+    )
     feast_registry: str | None = None
     airflow_sql_alchemy_conn: str | None = None
+    airflow_api_url: str | None = Field(
+        default=None, description="the Airflow API server (workers call its execution API)"
+    )
+    celery_broker_url: str | None = Field(default=None, description="defaults to redis_url")
+    celery_result_backend: str | None = None
     closedloop_db: str | None = Field(
         default=None, description="SQLAlchemy URL of closedloop's own tables (promotion ledger)"
     )
+
+    @field_validator("redis_url", "celery_broker_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value and "://" not in value:
+            value = f"redis://{value}"
+        if value and urlsplit(value).scheme not in ("redis", "rediss"):
+            raise ValueError(f"{value!r} is not a redis:// URL")
+        return value
+
+
+#: production: component database -> the StoreSettings field that may name it explicitly
+#: (the MLflow server's user store has none: it is always derived)
+DATABASE_FIELDS: dict[str, str | None] = {
+    "airflow": "airflow_sql_alchemy_conn",
+    "mlflow": "mlflow_backend_store_uri",
+    "mlflow_auth": None,
+    "feast": "feast_registry",
+    "closedloop": "closedloop_db",
+}
+#: where the production profile's servers listen when nothing else is configured
+DEFAULT_MLFLOW_URL = "http://127.0.0.1:5000"
+DEFAULT_AIRFLOW_API_URL = "http://127.0.0.1:8080"
 
 
 class Settings(BaseSettings):
@@ -129,53 +178,94 @@ class Settings(BaseSettings):
         return self.home / "airflow"
 
     # -- stores, per profile -------------------------------------------------------
-    def _require(self, value: str | None, what: str) -> str:
-        if value:
-            return value
-        if self.stores.postgres_url and what != "redis_url":
-            return f"{self.stores.postgres_url.rstrip('/')}/{{db}}"
+    def database(self, component: str) -> str:
+        """Production: the plain ``postgresql://`` URL of one component's database, as
+        configured or ``<postgres_url>/<database_prefix><component>``."""
+        field = DATABASE_FIELDS[component]
+        explicit = getattr(self.stores, field) if field else None
+        if explicit:
+            return explicit
+        if self.stores.postgres_url:
+            base = self.stores.postgres_url.rstrip("/")
+            return f"{base}/{self.stores.database_prefix}{component}"
         raise ValueError(
-            f"profile 'production' needs CLOSEDLOOP_STORES__{what.upper()} "
+            f"profile 'production' needs CLOSEDLOOP_STORES__{(field or 'postgres_url').upper()} "
             "(or CLOSEDLOOP_STORES__POSTGRES_URL for the PostgreSQL ones)"
         )
+
+    @property
+    def databases(self) -> dict[str, str]:
+        """Production: every component database (``closedloop up`` creates missing ones)."""
+        return {component: self.database(component) for component in DATABASE_FIELDS}
+
+    def _redis(self) -> str:
+        if self.stores.redis_url:
+            return self.stores.redis_url
+        raise ValueError("profile 'production' needs CLOSEDLOOP_STORES__REDIS_URL")
 
     @property
     def feast_registry(self) -> str | dict[str, Any]:
         if self.profile == "embedded":
             return str(self.feast_dir / "registry.db")
-        url = self._require(self.stores.feast_registry, "feast_registry").format(db="feast")
-        url = url.replace("postgresql://", "postgresql+psycopg://", 1)
-        return {"registry_type": "sql", "path": url, "cache_ttl_seconds": 60}
+        url = _driver(self.database("feast"), "psycopg")
+        return {
+            "registry_type": "sql",
+            "path": url,
+            "cache_ttl_seconds": 60,
+            # refresh in a background thread: no 27 ms refresh spike on a read path
+            "cache_mode": "thread",
+        }
 
     @property
     def feast_online_store(self) -> dict[str, Any]:
         if self.profile == "embedded":
             return {"type": "sqlite", "path": str(self.feast_dir / "online.db")}
-        redis = self._require(self.stores.redis_url, "redis_url")
-        return {"type": "redis", "connection_string": redis}
+        return {"type": "redis", "connection_string": feast_redis_connection(self._redis())}
 
     @property
     def mlflow_tracking_uri(self) -> str:
+        """What clients (tasks, CLI, tests) talk to: a file in the embedded profile, the
+        tracking server (basic-auth, proxied artifacts) in production."""
         if self.profile == "embedded":
             return f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
-        return self._require(self.stores.mlflow_tracking_uri, "mlflow_tracking_uri").format(
-            db="mlflow"
-        )
+        return self.stores.mlflow_tracking_uri or DEFAULT_MLFLOW_URL
+
+    @property
+    def mlflow_backend_store_uri(self) -> str:
+        """The tracking server's database (the embedded profile has no server)."""
+        if self.profile == "embedded":
+            return self.mlflow_tracking_uri
+        return self.database("mlflow")
+
+    @property
+    def mlflow_artifacts_destination(self) -> str:
+        return self.stores.mlflow_artifacts_destination or str(self.mlflow_dir / "artifacts")
 
     @property
     def airflow_sql_alchemy_conn(self) -> str:
         if self.profile == "embedded":
             return f"sqlite:///{self.airflow_home / 'airflow.db'}"
-        url = self._require(self.stores.airflow_sql_alchemy_conn, "airflow_sql_alchemy_conn")
-        return url.format(db="airflow").replace("postgresql://", "postgresql+psycopg2://", 1)
+        return _driver(self.database("airflow"), "psycopg2")
+
+    @property
+    def airflow_api_url(self) -> str:
+        return (self.stores.airflow_api_url or DEFAULT_AIRFLOW_API_URL).rstrip("/")
+
+    @property
+    def celery_broker_url(self) -> str:
+        return self.stores.celery_broker_url or self._redis()
+
+    @property
+    def celery_result_backend(self) -> str:
+        explicit = self.stores.celery_result_backend
+        return explicit or "db+" + _driver(self.database("airflow"), "psycopg2")
 
     @property
     def closedloop_db(self) -> str:
         """closedloop's own tables (the promotion ledger, ...)."""
         if self.profile == "embedded":
             return f"sqlite:///{self.home / 'closedloop.db'}"
-        url = self._require(self.stores.closedloop_db, "closedloop_db").format(db="closedloop")
-        return url.replace("postgresql://", "postgresql+psycopg://", 1)
+        return _driver(self.database("closedloop"), "psycopg")
 
     @property
     def model_name(self) -> str:
@@ -193,6 +283,25 @@ class Settings(BaseSettings):
     def offline_table_dir(self, table: str) -> Path:
         """Folder of one offline table: one Parquet file per data interval."""
         return self.offline_dir / table
+
+
+def _driver(url: str, driver: str) -> str:
+    """``postgresql://...`` with an explicit SQLAlchemy driver (others unchanged)."""
+    return url.replace("postgresql://", f"postgresql+{driver}://", 1)
+
+
+def feast_redis_connection(url: str) -> str:
+    """Feast's ``host:port,db=N[,password=..][,ssl=true]`` from a ``redis://`` URL."""
+    parts = urlsplit(url)
+    out = f"{parts.hostname}:{parts.port or 6379}"
+    db = parts.path.strip("/")
+    if db:
+        out += f",db={int(db)}"
+    if parts.password:
+        out += f",password={unquote(parts.password)}"
+    if parts.scheme == "rediss":
+        out += ",ssl=true"
+    return out
 
 
 def load_settings(**overrides: Any) -> Settings:
