@@ -21,7 +21,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from closedloop.core.drift import DriftPolicy, DriftResult, add_to_workspace, run_drift, sample
+from closedloop.core.drift import (
+    DriftPolicy,
+    DriftResult,
+    add_to_workspace,
+    detect_drift,
+    run_drift,
+    sample,
+)
 from closedloop.core.settings import DEFAULT_USECASE
 from closedloop.core.usecase import UseCase
 from closedloop.usecases.hotel.features import booking_table
@@ -265,6 +272,36 @@ def test_html_and_json_are_written(covariate_run, reports) -> None:
         if t["metric_config"]["params"]["type"].endswith(":ValueDrift") and t["status"] == "FAIL"
     }
     assert failed == set(result.drifted_columns)
+
+
+@pytest.mark.parametrize(
+    "covariate", [pytest.param(0.0, id="stable"), pytest.param(1.0, id="covariate-drift")]
+)
+def test_the_verdict_without_a_report_is_the_reports_verdict(covariate, may_reference, policy):
+    """detect_drift calls Evidently's stat tests directly; the report runs them through
+    its metrics. Every column's statistic and test outcome must be the report's."""
+    cur = with_score(current(MAY, seed=7, covariate=covariate), shift=0.5 * covariate)
+    verdict = detect_drift(with_score(may_reference), cur, policy)
+    reported, snapshot = run_drift(with_score(may_reference), cur, policy)
+    assert verdict == reported
+    data = snapshot.dict()
+    values = {
+        m["config"]["column"]: m["value"]
+        for m in data["metrics"]
+        if m["config"]["type"].endswith(":ValueDrift")
+    }
+    failed = {
+        t["metric_config"]["params"]["column"]
+        for t in data["tests"]
+        if t["metric_config"]["params"]["type"].endswith(":ValueDrift") and t["status"] == "FAIL"
+    }
+    assert set(values) == {*policy.columns, "score"}
+    for column in policy.columns:
+        assert verdict.column_scores[column] == pytest.approx(values[column], rel=1e-12), column
+    assert verdict.prediction_score == pytest.approx(values["score"], rel=1e-12)
+    assert failed == set(verdict.drifted_columns) | (
+        {"score"} if verdict.prediction_drift else set()
+    )
 
 
 def test_result_round_trips_through_json(covariate_run) -> None:
