@@ -193,5 +193,67 @@ def airflow_env() -> None:
         click.echo(f"export {key}={json.dumps(value)}")
 
 
+@main.group()
+def stack() -> None:
+    """The production profile: PostgreSQL, Redis, CeleryExecutor, MLflow with basic-auth
+    (CLOSEDLOOP_PROFILE=production; see docs/production.md)."""
+
+
+@stack.command("up")
+@click.option("--no-schedule", is_flag=True, help="Don't start the DAGs' own schedules.")
+def stack_up(no_schedule: bool) -> None:
+    """Start every component on this machine; Ctrl-C stops them all."""
+    import signal
+    import time
+
+    from closedloop.stack import MissingCredentials, ProductionStack
+
+    settings = load_settings()
+    processes = ProductionStack(settings, use_job_schedule=not no_schedule)
+    try:
+        processes.start()
+    except MissingCredentials as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"Airflow  {settings.airflow_api_url}  (user admin)")
+    click.echo(f"MLflow   {settings.mlflow_tracking_uri}  (user $MLFLOW_TRACKING_USERNAME)")
+    click.echo(f"logs     {settings.airflow_home / 'logs'}")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        while True:
+            processes.raise_if_exited()
+            time.sleep(2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        processes.stop()
+
+
+@stack.command("run")
+@click.argument("component")
+def stack_run(component: str) -> None:
+    """Check COMPONENT's credentials and become it (one per compose service):
+    init, mlflow, api-server, scheduler, dag-processor, triggerer, worker."""
+    from closedloop.stack import COMPONENTS, MissingCredentials, run_component
+
+    if component not in COMPONENTS:
+        raise click.BadParameter(f"one of {', '.join(COMPONENTS)}", param_hint="COMPONENT")
+    try:
+        run_component(load_settings(), component)
+    except MissingCredentials as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@stack.command("commands")
+def stack_commands() -> None:
+    """Print each component's own command line (what `stack run` executes)."""
+    import shlex
+
+    from closedloop.stack import COMPONENTS, component_command
+
+    settings = load_settings()
+    for component in COMPONENTS:
+        click.echo(f"{component:<14} {shlex.join(component_command(settings, component))}")
+
+
 if __name__ == "__main__":
     main()

@@ -96,8 +96,11 @@ def register_version(
     for mv in client.search_model_versions(f"name = '{model}'"):
         if mv.tags.get(TAG_RUN) == dag_run_key:
             return str(mv.version)
+    # An MLflow 3 logged model (``models:/m-<id>``) must be named by id too: a tracking
+    # server rejects the source alone (a local SQLite store does not check).
+    logged = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
     mv = client.create_model_version(
-        model, model_uri, run_id=run_id, tags={**tags, TAG_RUN: dag_run_key}
+        model, model_uri, run_id=run_id, tags={**tags, TAG_RUN: dag_run_key}, model_id=logged
     )
     return str(mv.version)
 

@@ -1,0 +1,365 @@
+"""The production profile as processes: PostgreSQL, Redis, CeleryExecutor, MLflow with
+basic-auth — the same DAGs, configured by settings only.
+
+Every component is started by one command, ``closedloop stack run <component>``, which
+checks that the component's credentials are in the environment (it refuses to start
+without them: there is no default password anywhere), writes the files the component
+reads its credentials from, and then *replaces itself* with the component's own command
+(``mlflow server ...``, ``airflow scheduler``, ``airflow celery worker ...``). The compose
+stack (``compose/docker-compose.yml``) runs exactly these commands, one per service;
+``closedloop stack up`` runs all of them on this machine (:class:`ProductionStack`).
+
+Components (see :data:`COMPONENTS`): ``init`` (creates the databases, migrates Airflow's;
+runs once), ``mlflow`` (tracking server on PostgreSQL, basic-auth, proxied artifacts),
+``api-server``, ``scheduler``, ``dag-processor``, ``triggerer`` and ``worker`` (a Celery
+worker; tasks are forked from its pool, so the heavy libraries are imported once in the
+worker's main process: :mod:`closedloop.celery_config`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from closedloop.local_airflow import LocalAirflow
+from closedloop.runtime import airflow_environ
+
+if TYPE_CHECKING:
+    from closedloop.core.settings import Settings
+
+#: credential -> what it is. Each is read from the environment only.
+CREDENTIALS = {
+    "MLFLOW_TRACKING_USERNAME": "MLflow user of every client; the server's admin",
+    "MLFLOW_TRACKING_PASSWORD": "that user's password",
+    "MLFLOW_FLASK_SERVER_SECRET_KEY": "signs the MLflow server's sessions and CSRF tokens",
+    "CLOSEDLOOP_AIRFLOW_ADMIN_PASSWORD": "password of Airflow's `admin` user",
+    "AIRFLOW__API_AUTH__JWT_SECRET": "signs Airflow's API and task tokens (64+ characters)",
+    "AIRFLOW__CORE__FERNET_KEY": "encrypts Airflow connections and variables",
+}
+_AIRFLOW_SECRETS = ("AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__CORE__FERNET_KEY")
+_MLFLOW_CLIENT = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+
+#: component -> the credentials it refuses to start without
+COMPONENTS: dict[str, tuple[str, ...]] = {
+    "init": (),
+    "mlflow": (*_MLFLOW_CLIENT, "MLFLOW_FLASK_SERVER_SECRET_KEY"),
+    "api-server": (*_AIRFLOW_SECRETS, "CLOSEDLOOP_AIRFLOW_ADMIN_PASSWORD"),
+    "scheduler": _AIRFLOW_SECRETS,
+    "dag-processor": _AIRFLOW_SECRETS,
+    "triggerer": _AIRFLOW_SECRETS,
+    # tasks run here: they log to MLflow and read the registry
+    "worker": (*_AIRFLOW_SECRETS, *_MLFLOW_CLIENT),
+}
+#: the long-running ones, in start order
+SERVICES = ("mlflow", "api-server", "scheduler", "dag-processor", "triggerer", "worker")
+AIRFLOW_ADMIN = "admin"
+MIN_JWT_SECRET = 64
+
+
+class MissingCredentials(RuntimeError):
+    """A credential the component needs is not in the environment (or is empty)."""
+
+
+def check_credentials(components: list[str] | tuple[str, ...], environ=None) -> None:
+    """Raise :class:`MissingCredentials` naming every missing credential of ``components``."""
+    environ = os.environ if environ is None else environ
+    needed = dict.fromkeys(name for c in components for name in COMPONENTS[c])
+    missing = [name for name in needed if not environ.get(name)]
+    if missing:
+        lines = "\n".join(f"  {name}: {CREDENTIALS[name]}" for name in missing)
+        raise MissingCredentials(
+            f"refusing to start {', '.join(components)}: set these in the environment "
+            f"(there are no defaults):\n{lines}"
+        )
+    jwt = environ.get("AIRFLOW__API_AUTH__JWT_SECRET", "")
+    if "AIRFLOW__API_AUTH__JWT_SECRET" in needed and len(jwt) < MIN_JWT_SECRET:
+        raise MissingCredentials(
+            f"AIRFLOW__API_AUTH__JWT_SECRET is {len(jwt)} characters; use {MIN_JWT_SECRET}+"
+        )
+
+
+def _host_port(url: str, default_port: int) -> tuple[str, int]:
+    parts = urlsplit(url)
+    return parts.hostname or "127.0.0.1", parts.port or default_port
+
+
+def _bind_host(host: str) -> str:
+    """Listen on loopback when the URL is on this machine, on every interface otherwise
+    (a service name in compose)."""
+    return host if host in ("127.0.0.1", "localhost", "::1") else "0.0.0.0"
+
+
+def production_environ(settings: Settings) -> dict[str, str]:
+    """Everything but the credentials that the production profile's processes need:
+    Airflow on PostgreSQL with the CeleryExecutor on Redis, and the settings' stores
+    spelled out, so that every task resolves the same settings."""
+    if settings.profile != "production":
+        raise ValueError("the stack runs the 'production' profile (CLOSEDLOOP_PROFILE)")
+    api = settings.airflow_api_url
+    host, port = _host_port(api, 8080)
+    env = {
+        **airflow_environ(settings),
+        "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+        "AIRFLOW__CELERY__BROKER_URL": settings.celery_broker_url,
+        "AIRFLOW__CELERY__RESULT_BACKEND": settings.celery_result_backend,
+        "AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS": "closedloop.celery_config.CELERY_CONFIG",
+        # two cores: two task processes per worker; add workers to scale out
+        "AIRFLOW__CELERY__WORKER_CONCURRENCY": "2",
+        "AIRFLOW__API__HOST": _bind_host(host),
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__API__BASE_URL": api,
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{api}/execution/",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{AIRFLOW_ADMIN}:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords_file(settings)),
+        "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.25",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
+        "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
+        "MLFLOW_REGISTRY_URI": settings.mlflow_tracking_uri,
+    }
+    for name, value in settings.stores.model_dump(exclude_none=True).items():
+        if value != "":
+            env[f"CLOSEDLOOP_STORES__{name.upper()}"] = str(value)
+    return env
+
+
+def passwords_file(settings: Settings) -> Path:
+    return settings.airflow_home / "passwords.json"
+
+
+def mlflow_auth_config(settings: Settings) -> Path:
+    return settings.mlflow_dir / "basic_auth.ini"
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (it holds or points at credentials)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    os.chmod(path, 0o600)
+
+
+def ensure_databases(settings: Settings) -> list[str]:
+    """Create every component database that does not exist yet; returns the created ones.
+
+    Idempotent; connects to each server's ``postgres`` maintenance database.
+    """
+    import psycopg
+    from psycopg import sql
+
+    created = []
+    for url in settings.databases.values():
+        parts = urlsplit(url)
+        name = parts.path.lstrip("/")
+        admin = parts._replace(path="/postgres").geturl()
+        with psycopg.connect(admin, autocommit=True, connect_timeout=10) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+            if exists.fetchone() is None:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+                created.append(name)
+    return created
+
+
+def component_command(settings: Settings, component: str) -> list[str]:
+    """The component's own command line (what ``closedloop stack run`` becomes)."""
+    bin_dir = Path(sys.executable).parent
+    airflow = str(bin_dir / "airflow")
+    if component == "mlflow":
+        host, port = _host_port(settings.mlflow_tracking_uri, 5000)
+        return [
+            str(bin_dir / "mlflow"),
+            "server",
+            "--app-name",
+            "basic-auth",
+            "--backend-store-uri",
+            settings.mlflow_backend_store_uri,
+            "--serve-artifacts",
+            "--artifacts-destination",
+            settings.mlflow_artifacts_destination,
+            "--host",
+            _bind_host(host),
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ]
+    if component == "worker":
+        return [airflow, "celery", "worker", "--skip-serve-logs"]
+    if component == "triggerer":
+        return [airflow, "triggerer", "--skip-serve-logs"]
+    if component == "init":
+        return [airflow, "db", "migrate"]
+    if component in COMPONENTS:
+        return [airflow, component]
+    raise KeyError(f"no component {component!r}; one of {', '.join(COMPONENTS)}")
+
+
+def prepare(settings: Settings, component: str, environ=None) -> dict[str, str]:
+    """Check the component's credentials, write the files it reads them from, and return
+    the environment to run it with."""
+    environ = dict(os.environ if environ is None else environ)
+    check_credentials([component], environ)
+    env = {**environ, **production_environ(settings)}
+    if component == "init":
+        ensure_databases(settings)
+    elif component == "mlflow":
+        Path(settings.mlflow_artifacts_destination).mkdir(parents=True, exist_ok=True)
+        config = mlflow_auth_config(settings)
+        _write_private(
+            config,
+            "[mlflow]\n"
+            "default_permission = NO_PERMISSIONS\n"
+            f"database_uri = {settings.database('mlflow_auth')}\n"
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+            "auth_cache_ttl_seconds = 60\n",
+        )
+        env.update(
+            MLFLOW_AUTH_CONFIG_PATH=str(config),
+            MLFLOW_AUTH_ADMIN_USERNAME=environ["MLFLOW_TRACKING_USERNAME"],
+            MLFLOW_AUTH_ADMIN_PASSWORD=environ["MLFLOW_TRACKING_PASSWORD"],
+            MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
+        )
+    elif component == "api-server":
+        password = environ["CLOSEDLOOP_AIRFLOW_ADMIN_PASSWORD"]
+        _write_private(passwords_file(settings), json.dumps({AIRFLOW_ADMIN: password}) + "\n")
+    return env
+
+
+def run_component(settings: Settings, component: str) -> None:
+    """Prepare ``component`` and replace this process with it (never returns)."""
+    env = prepare(settings, component)
+    command = component_command(settings, component)
+    os.execve(command[0], command, env)
+
+
+def _get(url: str, timeout: float = 5) -> dict:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        raw = response.read()
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return {"body": raw.decode(errors="replace")}
+
+
+@dataclass
+class ProductionStack(LocalAirflow):
+    """All of the production profile's processes on this machine, on the PostgreSQL and
+    Redis servers of ``settings``, driven like :class:`LocalAirflow` over REST."""
+
+    components: tuple[str, ...] = SERVICES
+    preload: bool = True
+    #: False: no run of the DAGs' own schedules (a test or demo plays the clock)
+    use_job_schedule: bool = True
+    environ_extra: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.port = _host_port(self.settings.airflow_api_url, 8080)[1]
+
+    @property
+    def base_url(self) -> str:
+        return self.settings.airflow_api_url
+
+    def environ(self) -> dict[str, str]:
+        env = {**os.environ, **production_environ(self.settings), **self.environ_extra}
+        if not self.use_job_schedule:
+            env["AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE"] = "False"
+        if not self.preload:
+            env["CLOSEDLOOP_PRELOAD"] = "0"
+        return env
+
+    def _password(self) -> str:
+        return self.environ()["CLOSEDLOOP_AIRFLOW_ADMIN_PASSWORD"]
+
+    def _spawn(self, name: str, env: dict[str, str]) -> subprocess.Popen:
+        logs = self.settings.airflow_home / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        log = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - owned by the process
+        closedloop = str(Path(sys.executable).with_name("closedloop"))
+        return subprocess.Popen(
+            [closedloop, "stack", "run", name],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def start(self, timeout: float = 300) -> None:
+        """Check every credential, create the databases, migrate, start every component,
+        and wait until MLflow and Airflow (scheduler, DAG processor, triggerer) are healthy."""
+        env = self.environ()
+        check_credentials(["init", *self.components], env)
+        init = self._spawn("init", env)
+        if init.wait(timeout=timeout) != 0:
+            raise RuntimeError(
+                f"closedloop stack run init failed ({init.returncode}); see "
+                f"{self.settings.airflow_home / 'logs' / 'init.log'}"
+            )
+        try:
+            for name in self.components:
+                self.processes[name] = self._spawn(name, env)
+            deadline = time.monotonic() + timeout
+            while not (self._mlflow_healthy() and self._healthy()):
+                self.raise_if_exited()
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the stack did not come up within {timeout:.0f}s")
+                time.sleep(1)
+            self._request("GET", "/execution/health", auth=False, ok=(200, 404))
+        except BaseException:
+            self.stop()
+            raise
+
+    def raise_if_exited(self) -> None:
+        """Raise naming the first component that has exited (and its log)."""
+        for name, proc in self.processes.items():
+            if proc.poll() is not None:
+                log = self.settings.airflow_home / "logs" / f"{name}.log"
+                raise RuntimeError(f"{name} exited with {proc.returncode}; see {log}")
+
+    def wait(self, dag_id: str, run_id: str, timeout: float = 600) -> str:
+        """Wait until the run finishes; returns its state."""
+        deadline = time.monotonic() + timeout
+        while True:
+            state = self.run(dag_id, run_id)["state"]
+            if state in ("success", "failed"):
+                return state
+            self.raise_if_exited()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{dag_id} {run_id} still {state} after {timeout:.0f}s")
+            time.sleep(0.5)
+
+    def _mlflow_healthy(self) -> bool:
+        if "mlflow" not in self.processes:
+            return True
+        try:
+            return _get(f"{self.settings.mlflow_tracking_uri}/health").get("body") == "OK"
+        except (OSError, urllib.error.URLError):
+            return False
+
+    def _healthy(self) -> bool:
+        try:
+            health = self._request("GET", "/api/v2/monitor/health", auth=False)
+        except (OSError, urllib.error.URLError, RuntimeError):
+            return False
+        wanted = {"scheduler", "dag_processor", "triggerer"} & {
+            c.replace("-", "_") for c in self.components
+        }
+        return all(health.get(c, {}).get("status") == "healthy" for c in wanted)
+
+    def set_paused(self, dag_id: str, paused: bool) -> None:
+        self._request("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": paused})
+
+    def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
+        answer = self._request(
+            "GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances?limit=100"
+        )
+        return {ti["task_id"]: ti["state"] for ti in answer["task_instances"]}

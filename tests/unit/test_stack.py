@@ -1,0 +1,119 @@
+"""The production stack's start-up rules, without servers: credentials from the
+environment or no start, the component commands follow the settings."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from closedloop.core.settings import load_settings
+from closedloop.stack import (
+    COMPONENTS,
+    CREDENTIALS,
+    MissingCredentials,
+    check_credentials,
+    component_command,
+    production_environ,
+)
+
+CLOSEDLOOP = str(Path(sys.executable).with_name("closedloop"))
+
+
+@pytest.fixture
+def production(tmp_path: Path):
+    return load_settings(
+        home=tmp_path,
+        profile="production",
+        stores={
+            "postgres_url": "postgresql://cl@db:5432",
+            "redis_url": "redis://cache:6379/1",
+            "mlflow_tracking_uri": "http://mlflow:5000",
+            "airflow_api_url": "http://airflow-api:8080",
+        },
+    )
+
+
+def test_every_needed_credential_is_named_when_missing():
+    with pytest.raises(MissingCredentials) as caught:
+        check_credentials(list(COMPONENTS), environ={"MLFLOW_TRACKING_USERNAME": "ops"})
+    message = str(caught.value)
+    for name in set(CREDENTIALS) - {"MLFLOW_TRACKING_USERNAME"}:
+        assert name in message
+    assert "MLFLOW_TRACKING_USERNAME:" not in message
+
+
+def test_an_empty_credential_or_a_short_jwt_secret_is_refused():
+    environ = {name: "x" * 80 for name in CREDENTIALS}
+    check_credentials(list(COMPONENTS), environ=environ)  # all there: no error
+    with pytest.raises(MissingCredentials, match="CLOSEDLOOP_AIRFLOW_ADMIN_PASSWORD"):
+        check_credentials(
+            ["api-server"], environ={**environ, "CLOSEDLOOP_AIRFLOW_ADMIN_PASSWORD": ""}
+        )
+    with pytest.raises(MissingCredentials, match="64"):
+        check_credentials(
+            ["scheduler"], environ={**environ, "AIRFLOW__API_AUTH__JWT_SECRET": "short"}
+        )
+
+
+def test_each_component_asks_only_for_what_it_uses():
+    assert "CLOSEDLOOP_AIRFLOW_ADMIN_PASSWORD" not in COMPONENTS["mlflow"]
+    assert "MLFLOW_TRACKING_PASSWORD" in COMPONENTS["worker"]  # tasks log to MLflow
+    assert set(COMPONENTS["init"]) == set()
+
+
+@pytest.mark.parametrize("component", ["mlflow", "api-server", "worker"])
+def test_stack_run_refuses_to_start_without_credentials(tmp_path: Path, component: str):
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in CREDENTIALS and k != "MLFLOW_AUTH_ADMIN_PASSWORD"
+    }
+    env.update(
+        CLOSEDLOOP_HOME=str(tmp_path),
+        CLOSEDLOOP_PROFILE="production",
+        CLOSEDLOOP_STORES__POSTGRES_URL="postgresql://nobody@127.0.0.1:1",
+        CLOSEDLOOP_STORES__REDIS_URL="redis://127.0.0.1:1/0",
+    )
+    done = subprocess.run(
+        [CLOSEDLOOP, "stack", "run", component], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode != 0
+    assert "refusing to start" in done.stderr
+    for name in COMPONENTS[component]:
+        assert name in done.stderr
+    assert not (tmp_path / "airflow" / "passwords.json").exists()
+
+
+def test_commands_follow_the_settings(production):
+    mlflow = component_command(production, "mlflow")
+    assert mlflow[1:4] == ["server", "--app-name", "basic-auth"]
+    assert "--serve-artifacts" in mlflow
+    assert mlflow[mlflow.index("--backend-store-uri") + 1] == "postgresql://cl@db:5432/mlflow"
+    # A service name in the URL: listen on every interface of the container.
+    assert mlflow[mlflow.index("--host") + 1] == "0.0.0.0"
+    assert mlflow[mlflow.index("--port") + 1] == "5000"
+    assert component_command(production, "worker")[1:] == ["celery", "worker", "--skip-serve-logs"]
+    with pytest.raises(KeyError):
+        component_command(production, "webserver")
+
+
+def test_production_environ_is_celery_on_postgres_and_redis(production):
+    env = production_environ(production)
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    assert env["AIRFLOW__CELERY__BROKER_URL"] == "redis://cache:6379/1"
+    assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql+psycopg2://")
+    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == "postgresql+psycopg2://cl@db:5432/airflow"
+    assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://airflow-api:8080/execution/"
+    assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    # Tasks resolve the same settings from the environment.
+    assert env["CLOSEDLOOP_STORES__REDIS_URL"] == "redis://cache:6379/1"
+    assert not set(env) & set(CREDENTIALS), "credentials are passed through, never generated"
+
+
+def test_embedded_settings_are_not_a_stack(tmp_path: Path):
+    with pytest.raises(ValueError, match="production"):
+        production_environ(load_settings(home=tmp_path))
