@@ -243,6 +243,17 @@ def stack_run(component: str) -> None:
         raise click.ClickException(str(exc)) from exc
 
 
+@stack.command("health")
+@click.argument(
+    "component", type=click.Choice(["scheduler", "dag-processor", "triggerer", "worker"])
+)
+def stack_health(component: str) -> None:
+    """Exit 0 while COMPONENT on this host is healthy (compose health checks)."""
+    from closedloop.stack import run_health_check
+
+    run_health_check(load_settings(), component)
+
+
 @stack.command("commands")
 def stack_commands() -> None:
     """Print each component's own command line (what `stack run` executes)."""

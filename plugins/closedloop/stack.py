@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -116,7 +117,7 @@ def production_environ(settings: Settings) -> dict[str, str]:
         "AIRFLOW__CELERY__WORKER_CONCURRENCY": "2",
         "AIRFLOW__API__HOST": _bind_host(host),
         "AIRFLOW__API__PORT": str(port),
-        "AIRFLOW__API__BASE_URL": api,
+        "AIRFLOW__API__BASE_URL": settings.airflow_public_url,
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{api}/execution/",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{AIRFLOW_ADMIN}:admin",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
@@ -192,6 +193,10 @@ def component_command(settings: Settings, component: str) -> list[str]:
             str(port),
             "--workers",
             "1",
+            # Host headers it answers (DNS-rebinding guard): its own name, and loopback
+            # for a UI reached through a published port.
+            "--allowed-hosts",
+            ",".join(dict.fromkeys(f"{h}:{port},{h}" for h in (host, "localhost", "127.0.0.1"))),
         ]
     if component == "worker":
         return [airflow, "celery", "worker", "--skip-serve-logs"]
@@ -202,6 +207,32 @@ def component_command(settings: Settings, component: str) -> list[str]:
     if component in COMPONENTS:
         return [airflow, component]
     raise KeyError(f"no component {component!r}; one of {', '.join(COMPONENTS)}")
+
+
+_JOB_TYPES = {
+    "scheduler": "SchedulerJob",
+    "dag-processor": "DagProcessorJob",
+    "triggerer": "TriggererJob",
+}
+
+
+def health_command(settings: Settings, component: str) -> list[str]:
+    """A command that exits 0 while ``component`` (on this host) is healthy: Airflow's own
+    job check or a Celery ping, on the production configuration (compose health checks)."""
+    airflow = str(Path(sys.executable).parent / "airflow")
+    if component in _JOB_TYPES:
+        return [airflow, "jobs", "check", "--job-type", _JOB_TYPES[component], "--local"]
+    if component == "worker":
+        celery = str(Path(sys.executable).parent / "celery")
+        app = "airflow.providers.celery.executors.celery_executor.app"
+        return [celery, "--app", app, "inspect", "ping", "-d", f"celery@{socket.gethostname()}"]
+    raise KeyError(f"{component!r} has an HTTP health endpoint; no command needed")
+
+
+def run_health_check(settings: Settings, component: str) -> None:
+    """Replace this process with ``component``'s health check (never returns)."""
+    command = health_command(settings, component)
+    os.execve(command[0], command, {**os.environ, **production_environ(settings)})
 
 
 def prepare(settings: Settings, component: str, environ=None) -> dict[str, str]:

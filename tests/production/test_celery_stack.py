@@ -11,12 +11,16 @@ Celery worker.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 from base64 import b64encode
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -117,6 +121,21 @@ def test_mlflow_and_airflow_require_login(stack, production_env):
         stack._request(
             "POST", "/auth/token", {"username": "admin", "password": "admin"}, auth=False
         )
+
+
+@pytest.mark.parametrize("component", ["scheduler", "dag-processor", "triggerer", "worker"])
+def test_compose_health_checks_pass_on_the_running_stack(stack, component):
+    """The commands compose's health checks run (``closedloop stack health``)."""
+    closedloop = str(Path(sys.executable).with_name("closedloop"))
+    done = subprocess.run(
+        [closedloop, "stack", "health", component],
+        # as in a container: the settings, none of this test process's Airflow config
+        env={k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
 
 
 def test_hotel_features_on_celery_fills_offline_store_and_redis(stack):

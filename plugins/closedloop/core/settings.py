@@ -72,6 +72,11 @@ class StoreSettings(BaseModel):
     airflow_api_url: str | None = Field(
         default=None, description="the Airflow API server (workers call its execution API)"
     )
+    airflow_public_url: str | None = Field(
+        default=None,
+        description="the Airflow UI as a browser reaches it (links, login redirects); "
+        "defaults to airflow_api_url",
+    )
     celery_broker_url: str | None = Field(default=None, description="defaults to redis_url")
     celery_result_backend: str | None = None
     closedloop_db: str | None = Field(
@@ -250,6 +255,10 @@ class Settings(BaseSettings):
     @property
     def airflow_api_url(self) -> str:
         return (self.stores.airflow_api_url or DEFAULT_AIRFLOW_API_URL).rstrip("/")
+
+    @property
+    def airflow_public_url(self) -> str:
+        return (self.stores.airflow_public_url or self.airflow_api_url).rstrip("/")
 
     @property
     def celery_broker_url(self) -> str:

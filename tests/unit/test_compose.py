@@ -1,0 +1,199 @@
+"""The compose stack, checked without a Docker engine: it is a valid Compose file, and its
+services, credentials, settings, health checks, volumes and ports agree with the code
+(``closedloop.stack``, ``closedloop.core.settings``) — and no secret is in the repository."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from closedloop.cli import main as cli
+from closedloop.core.settings import PROJECT_ROOT, Settings, StoreSettings, load_settings
+from closedloop.stack import COMPONENTS, CREDENTIALS
+
+COMPOSE = PROJECT_ROOT / "compose" / "docker-compose.yml"
+ENV_EXAMPLE = PROJECT_ROOT / "compose" / ".env.example"
+DOCKERFILE = PROJECT_ROOT / "Dockerfile"
+VARIABLE = re.compile(r"\$\{(\w+)(?:(:?[-?])([^}]*))?\}")
+#: what a user needs from outside: the two UIs and the prediction service
+PUBLISHED = {"airflow-api-server", "mlflow", "serving"}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+@pytest.fixture(scope="module")
+def services(compose) -> dict:
+    return compose["services"]
+
+
+def _example() -> dict[str, str]:
+    pairs = {}
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            pairs[key.strip()] = value.strip()
+    return pairs
+
+
+def _interpolate(value: str, env: dict[str, str]) -> str:
+    """Compose's ``${VAR}``, ``${VAR:-default}`` and ``${VAR:?error}``, then ``$$``."""
+
+    def one(match: re.Match) -> str:
+        name, op, arg = match.groups()
+        if env.get(name):
+            return env[name]
+        if op and op.endswith("-"):
+            return arg
+        raise KeyError(f"{name} unset: {arg}")
+
+    return VARIABLE.sub(one, value).replace("$$", "$")
+
+
+def _component(service: dict) -> str | None:
+    command = service.get("command") or []
+    return command[2] if command[:2] == ["stack", "run"] else None
+
+
+def test_is_a_valid_compose_file():
+    checker = Path(sys.executable).with_name("check-jsonschema")
+    done = subprocess.run(
+        [str(checker), "--builtin-schema", "vendor.compose-spec", str(COMPOSE)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_one_service_per_component_with_exactly_its_credentials(services):
+    by_component = {_component(s): name for name, s in services.items() if _component(s)}
+    assert set(by_component) == set(COMPONENTS)
+    for component, name in by_component.items():
+        given = set(services[name].get("environment", {})) & set(CREDENTIALS)
+        assert given == set(COMPONENTS[component]), name
+    stack = cli.commands["stack"].commands
+    assert {"run", "health", "up"} <= set(stack)
+
+
+def test_credentials_come_only_from_the_environment(services):
+    """Every credential is ``${VAR:?...}``: compose refuses to start without it."""
+    for name, service in services.items():
+        for key, value in (service.get("environment") or {}).items():
+            secret = key in CREDENTIALS or "PASSWORD" in key or "SECRET" in key
+            if secret:
+                assert re.fullmatch(rf"\$\{{{key}:\?[^}}]+\}}", str(value)), (name, key, value)
+    text = COMPOSE.read_text()
+    for url in re.findall(r"(?:postgresql|redis)://[^\s\"']+", text):
+        password = urlsplit(url).password
+        assert password is None or password.startswith("${"), url
+
+
+def test_env_example_lists_every_variable_and_holds_no_secret(compose):
+    example = _example()
+    used = {m.group(1) for m in VARIABLE.finditer(COMPOSE.read_text())}
+    assert used == set(example), used ^ set(example)
+    for key, value in example.items():
+        if key in CREDENTIALS or "PASSWORD" in key or "SECRET" in key or "KEY" in key:
+            assert value == "", f"{key} has a value in .env.example"
+    tracked = subprocess.run(
+        ["git", "ls-files", "compose"], cwd=PROJECT_ROOT, capture_output=True, text=True
+    ).stdout.split()
+    assert "compose/.env" not in tracked
+
+
+def test_settings_of_the_services_point_at_the_services(services, tmp_path):
+    env = {key: value or f"x{key.lower()}" for key, value in _example().items()}
+    settings_env = {
+        key: _interpolate(str(value), env)
+        for key, value in services["airflow-worker"]["environment"].items()
+        if key.startswith("CLOSEDLOOP_")
+    }
+    fields = set(Settings.model_fields)
+    stores = {k.removeprefix("CLOSEDLOOP_STORES__").lower() for k in settings_env if "__" in k}
+    assert stores <= set(StoreSettings.model_fields), stores - set(StoreSettings.model_fields)
+    top = {k.removeprefix("CLOSEDLOOP_").lower() for k in settings_env if "__" not in k}
+    assert top - {"airflow_admin_password"} <= fields
+    nested: dict = {}
+    for key, value in settings_env.items():
+        if key.startswith("CLOSEDLOOP_STORES__"):
+            nested[key.removeprefix("CLOSEDLOOP_STORES__").lower()] = value
+    settings = load_settings(
+        profile=settings_env["CLOSEDLOOP_PROFILE"], home=tmp_path, stores=nested
+    )
+    assert urlsplit(settings.database("airflow")).hostname == "postgres"
+    assert urlsplit(settings.stores.redis_url).hostname == "redis"
+    assert settings.feast_online_store["connection_string"].startswith("redis:6379,db=0,password=")
+    for url, service in (
+        (settings.mlflow_tracking_uri, "mlflow"),
+        (settings.airflow_api_url, "airflow-api-server"),
+    ):
+        assert urlsplit(url).hostname == service and service in services
+        port = str(urlsplit(url).port)
+        published = [p.rsplit(":", 1)[1] for p in services[service].get("ports", [])]
+        assert published == [port], (service, published)
+    home = services["airflow-worker"]["volumes"][0].split(":")[1]
+    assert settings_env["CLOSEDLOOP_HOME"] == home
+
+
+def test_health_checks_and_dependencies(services):
+    for name, service in services.items():
+        if name == "init":
+            assert service["restart"] == "no"
+            continue
+        assert "healthcheck" in service, name
+        test = service["healthcheck"]["test"]
+        if test[1:4] == ["closedloop", "stack", "health"]:
+            assert test[4] == _component(service)
+        for needed, how in (service.get("depends_on") or {}).items():
+            assert needed in services, (name, needed)
+            wanted = "service_completed_successfully" if needed == "init" else "service_healthy"
+            assert how["condition"] == wanted, (name, needed)
+    for name, service in services.items():
+        if _component(service) not in (None, "init"):
+            assert "init" in service["depends_on"], name
+
+
+def test_named_volumes_only_and_only_needed_ports_on_loopback(compose, services):
+    declared = set(compose["volumes"])
+    used = set()
+    for name, service in services.items():
+        for mount in service.get("volumes", []):
+            source = mount.split(":")[0]
+            assert not source.startswith((".", "/", "~")), f"{name} bind-mounts {source}"
+            used.add(source)
+        ports = service.get("ports", [])
+        if name in PUBLISHED:
+            assert ports and all(p.startswith("127.0.0.1:") for p in ports), (name, ports)
+        else:
+            assert not ports, f"{name} publishes {ports}"
+        assert "network_mode" not in service and "privileged" not in service
+    assert used == declared
+
+
+def test_images_are_pinned_and_the_project_image_is_built_from_the_dockerfile(services):
+    for name, service in services.items():
+        image = service["image"]
+        if "build" in service:
+            assert service["build"]["dockerfile"] == "Dockerfile"
+            assert (COMPOSE.parent / service["build"]["context"]).resolve() == DOCKERFILE.parent
+        else:
+            assert ":" in image and not image.endswith(":latest"), name
+    docker = DOCKERFILE.read_text()
+    assert "requirements.lock" in docker
+    assert re.search(r"^USER (?!root)\S+", docker, re.M), "the image runs as a non-root user"
+    assert 'ENTRYPOINT ["closedloop"]' in docker
+    assert "PASSWORD" not in docker and "SECRET" not in docker
+    serve = services["serving"]["command"]
+    assert serve[0] == "serve"
+    if "serve" in cli.commands:  # the serving service's command, where it exists
+        options = {o for p in cli.commands["serve"].params for o in p.opts}
+        assert {"--host", "--port"} <= options
