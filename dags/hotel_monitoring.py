@@ -11,6 +11,10 @@ Daily: the recent prediction log against the champion's training set.
 4. **retrain_gate** → **trigger_training**: only when the verdict says so, `hotel_training`
    is triggered with `conf` carrying the reason and the report; its run id is derived
    from the verdict, so a retried monitoring run can never start a second training.
+
+**ab_test** (independent): per-arm performance of the online A/B test (champion vs
+challenger) on the outcomes known so far, with a bootstrap confidence interval of the
+difference in the primary metric — the numbers a promotion out of an A/B test rests on.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOpe
 from airflow.sdk import DAG, CronDataIntervalTimetable, chain
 
 from closedloop.operators.monitoring import (
+    ABTestReportOperator,
     DriftCheckOperator,
     MonitoringDecisionOperator,
     PerformanceCheckOperator,
@@ -52,6 +57,9 @@ with DAG(
         wait_for_completion=False,
     )
     chain([drift, performance], decide, gate, trigger)
+    # A/B test of the online service (champion vs challenger arms), on its own: it
+    # informs a promotion, it does not trigger retraining.
+    ab_test = ABTestReportOperator(task_id="ab_test", window_days=14)
 
 if __name__ == "__main__":
     dag.test()

@@ -184,6 +184,57 @@ def reproduce(run_id: str) -> None:
     sys.exit(0 if result["identical"] else 1)
 
 
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option(
+    "--challenger-share",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="A/B: share of booking ids (sticky, by hash) scored by the `challenger`.",
+)
+@click.option(
+    "--poll-seconds",
+    type=click.FloatRange(0.05),
+    default=5.0,
+    show_default=True,
+    help="How often the registry's aliases are checked for a hot swap.",
+)
+@click.option("--max-bookings", type=click.IntRange(1), default=100, show_default=True)
+@click.option(
+    "--log-flush-seconds",
+    type=click.FloatRange(0.01),
+    default=1.0,
+    show_default=True,
+    help="Longest time a prediction waits before the prediction log is written.",
+)
+@click.option("--log-level", default="warning", show_default=True)
+def serve(
+    host: str,
+    port: int,
+    challenger_share: float,
+    poll_seconds: float,
+    max_bookings: int,
+    log_flush_seconds: float,
+    log_level: str,
+) -> None:
+    """Online predictions over HTTP: POST /predict, /health, /ready, /metrics, /docs."""
+    import uvicorn
+
+    from closedloop.serving.app import ServeConfig, create_app
+
+    config = ServeConfig(
+        challenger_share=challenger_share,
+        poll_seconds=poll_seconds,
+        max_bookings=max_bookings,
+        log_flush_seconds=log_flush_seconds,
+    )
+    app = create_app(load_settings(), config)
+    # No access log: one line per request costs more than the lookup it describes.
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+
+
 @main.command("airflow-env")
 def airflow_env() -> None:
     """Print the environment for running Airflow's own CLI on closedloop's state."""

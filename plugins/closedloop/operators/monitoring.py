@@ -118,3 +118,27 @@ class RetrainGateOperator(_IntervalOperator):
             "report": self.verdict["report"],
             "verdict": "; ".join(self.verdict["reasons"]),
         }
+
+
+class ABTestReportOperator(_IntervalOperator):
+    """Per-arm performance of an A/B test (``closedloop serve --challenger-share``): the
+    online predictions of each arm on the outcomes known by the interval's end, the gate's
+    primary metric per arm and a bootstrap confidence interval of the difference, written
+    as ``ab_test.json`` beside the day's monitoring reports.
+
+    :param window_days: days of online predictions, ending with the interval.
+    """
+
+    def __init__(self, *, window_days: int = 14, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.window_days = window_days
+
+    def run_step(self, settings: Settings, start, end, context: Context) -> dict[str, Any]:
+        from closedloop.core.ab import ab_report
+        from closedloop.core.monitoring_pipeline import reports_dir
+
+        report = ab_report(
+            settings, end, window_days=self.window_days, out=reports_dir(settings, start)
+        )
+        self.log.info("A/B test: %s — %s", report["verdict"], "; ".join(report["reasons"]))
+        return report

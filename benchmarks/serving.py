@@ -1,0 +1,301 @@
+"""Online serving latency and throughput: ``closedloop serve`` against its limit and
+against ``mlflow models serve``.
+
+Three ways to answer "score this one booking", each measured here in the same run:
+
+* **in-process** — the service's own lookup + predict
+  (:meth:`closedloop.serving.scorer.OnlineScorer.score`: Feast ``get_online_features`` on
+  the FeatureService, defaults, ``predict_proba``), called in a loop: the limit;
+* **closedloop serve** — the same over HTTP (uvicorn subprocess on loopback), booking keys
+  in, prediction logged;
+* **mlflow models serve** of the same model version, given the feature values directly
+  (``dataframe_split``): no lookup, no log.
+
+Per server: sequential one-booking requests on one connection (p50/p99 latency, req/s),
+then ``--connections`` concurrent keep-alive connections (req/s, p50/p99). Each phase
+runs for ``--seconds``. The load generator is a minimal asyncio HTTP/1.1 client written
+here: a general client (httpx) spends about a millisecond of CPU per request on these two
+shared cores, which would be measured as server time.
+
+Set-up (not timed): ``--home DIR`` reuses a home with a champion; without it a temporary
+home gets 20 generated days through the feature pipeline and a trained champion.
+
+    .venv/bin/python benchmarks/serving.py [--home DIR] [--seconds 10] [--connections 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import numpy as np
+
+FIRST, DAYS = date(2026, 1, 1), 20
+VENV_BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def prepare(settings) -> None:
+    """Generated history through the feature pipeline, and a promoted champion."""
+    from closedloop.core import training_pipeline as tp
+    from closedloop.core.feature_pipeline import backfill
+    from closedloop.usecases.hotel.generator import write_batches
+
+    write_batches(settings.landing_dir, FIRST, DAYS, n_bookings=150)
+    backfill(settings, FIRST, DAYS)
+    end = datetime(2026, 1, DAYS - 1, tzinfo=UTC)
+    built = tp.build_training_set(settings, datetime(2026, 1, 1, tzinfo=UTC), end, "bench/1")
+    lineage = tp.lineage_for(
+        settings, built, {"success": True}, dag_id="bench", dag_run_id="bench/1", reason="bench"
+    )
+    config = tp.training_config(settings, trials=2, validation_days=3, holdout_days=3)
+    trained = tp.train(settings, built, lineage, config)
+    version = tp.register(settings, trained, "bench/1")
+    tp.gate(settings, built, trained, version, dag_id="bench", run_id="bench/1")
+
+
+def bookings(settings, n: int = 500) -> list[dict]:
+    """Keys of bookings the online store knows (the newest days')."""
+    from closedloop.core import offline
+
+    table_dir = settings.offline_table_dir("bookings")
+    keys = offline.partition_keys(table_dir)[-4:]
+    frame = offline.read_partitions(table_dir, keys=keys)
+    return frame[settings.usecase.batch.entities].head(n).to_dict("records")
+
+
+# -- the load generator -----------------------------------------------------------------
+class _Connection:
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+    async def open(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+
+    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        self.writer.write(head.encode() + body)
+        status_line = await self.reader.readline()
+        length = 0
+        while True:
+            line = await self.reader.readline()
+            if line in (b"\r\n", b""):
+                break
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        return int(status_line.split()[1]), await self.reader.readexactly(length)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def _load(port: int, path: str, bodies: list[bytes], seconds: float, connections: int):
+    latencies: list[float] = []
+    errors = 0
+    stop = time.perf_counter() + seconds
+
+    async def worker(offset: int) -> None:
+        nonlocal errors
+        conn = _Connection(port)
+        await conn.open()
+        i = offset
+        while time.perf_counter() < stop:
+            t0 = time.perf_counter()
+            status, _ = await conn.post(path, bodies[i % len(bodies)])
+            latencies.append(time.perf_counter() - t0)
+            errors += status != 200
+            i += connections
+        conn.close()
+
+    began = time.perf_counter()
+    await asyncio.gather(*(worker(k) for k in range(connections)))
+    elapsed = time.perf_counter() - began
+    return _summary(latencies, elapsed, errors)
+
+
+def _summary(latencies: list[float], elapsed: float, errors: int = 0) -> dict:
+    ms = np.asarray(latencies) * 1000
+    return {
+        "requests": len(ms),
+        "errors": errors,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "req_s": len(ms) / elapsed,
+    }
+
+
+def _wait(port: int, path: str, proc: subprocess.Popen, timeout: float = 180) -> None:
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError(f"no answer on {path} in {timeout} s")
+
+
+def _measure(port: int, path: str, bodies: list[bytes], args) -> dict:
+    asyncio.run(_load(port, path, bodies, min(3.0, args.seconds), args.connections))  # warm-up
+    return {
+        "sequential": asyncio.run(_load(port, path, bodies, args.seconds, 1)),
+        "concurrent": asyncio.run(_load(port, path, bodies, args.seconds, args.connections)),
+    }
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--home", type=Path, default=None)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--connections", type=int, default=16)
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    tmp = None
+    if args.home is None:
+        tmp = Path(tempfile.mkdtemp(prefix="closedloop-bench-serving-"))
+        args.home = tmp / "home"
+    os.environ["CLOSEDLOOP_HOME"] = str(args.home.resolve())
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ["PATH"] = f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"
+    import prometheus_client  # noqa: F401  (before Feast, as the server does)
+
+    from closedloop.core.batch_inference import load_model
+    from closedloop.core.feature_store import open_store
+    from closedloop.core.settings import load_settings
+    from closedloop.serving.scorer import Deployment, OnlineScorer
+
+    settings = load_settings()
+    procs: list[subprocess.Popen] = []
+    try:
+        if tmp is not None:
+            print("preparing a home with a champion ...", flush=True)
+            prepare(settings)
+        keys = bookings(settings)
+        model = load_model(settings)
+        results: dict[str, dict] = {}
+
+        # (a) in-process: the limit
+        scorer = OnlineScorer(settings, open_store(settings))
+        deployment = Deployment(model)
+        for k in keys[:50]:
+            scorer.score(deployment, [k])
+        latencies, stop, i = [], time.perf_counter() + args.seconds, 0
+        began = time.perf_counter()
+        while time.perf_counter() < stop:
+            t0 = time.perf_counter()
+            scorer.score(deployment, [keys[i % len(keys)]])
+            latencies.append(time.perf_counter() - t0)
+            i += 1
+        results["in-process lookup+predict"] = {
+            "sequential": _summary(latencies, time.perf_counter() - began)
+        }
+        # the features each booking has, for the server that is given them
+        features = [scorer.score(deployment, [k])[0]["_record"] for k in keys]
+
+        # (b) closedloop serve
+        port = _free_port()
+        proc = subprocess.Popen(
+            [str(VENV_BIN / "closedloop"), "serve", "--port", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        procs.append(proc)
+        _wait(port, "/ready", proc)
+        bodies = [json.dumps(k).encode() for k in keys]
+        results["closedloop serve (keys in)"] = _measure(port, "/predict", bodies, args)
+        _stop(proc)
+
+        # (c) mlflow models serve, features given
+        port = _free_port()
+        env = {**os.environ, "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri}
+        proc = subprocess.Popen(
+            [
+                str(VENV_BIN / "mlflow"), "models", "serve", "-m",
+                f"models:/{model.name}/{model.version}", "--env-manager", "local",
+                "-h", "127.0.0.1", "-p", str(port),
+            ],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        procs.append(proc)
+        _wait(port, "/ping", proc)
+        bodies = [
+            json.dumps(
+                {
+                    "dataframe_split": {
+                        "columns": model.feature_names,
+                        "data": [[f[c] for c in model.feature_names]],
+                    }
+                }
+            ).encode()
+            for f in features
+        ]
+        results["mlflow models serve (features in)"] = _measure(port, "/invocations", bodies, args)
+        _stop(proc)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                _stop(proc)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    print(
+        f"\n{model.name} v{model.version}, {type(model.model[-1]).__name__}; {args.seconds:.0f} s "
+        f"per phase, {args.connections} connections when concurrent"
+    )
+    print(f"{'':36} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'errors':>7}")
+    for name, phases in results.items():
+        for phase, r in phases.items():
+            print(
+                f"{name + ' ' + phase:<48.48} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f} "
+                f"{r['req_s']:8.0f} {r['errors']:7d}"
+            )
+    limit = results["in-process lookup+predict"]["sequential"]
+    ours = results["closedloop serve (keys in)"]
+    theirs = results["mlflow models serve (features in)"]
+    print(
+        f"\np99 closedloop serve / in-process (sequential): "
+        f"{ours['sequential']['p99_ms'] / limit['p99_ms']:.2f}x  (goal <= 1.3x; p99 goal 5 ms)"
+    )
+    print(
+        f"req/s closedloop serve / mlflow models serve (concurrent): "
+        f"{ours['concurrent']['req_s'] / theirs['concurrent']['req_s']:.2f}x  (goal >= 1x; "
+        f"closedloop {ours['concurrent']['req_s']:.0f} req/s, goal >= 1000)"
+    )
+
+
+if __name__ == "__main__":
+    main()

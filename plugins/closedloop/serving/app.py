@@ -1,0 +1,387 @@
+"""The HTTP service: ``POST /predict``, ``GET /health``, ``GET /ready``, ``GET /metrics``
+and the OpenAPI docs at ``/docs``.
+
+One process, three threads besides the event loop: the **batcher** (every
+``/predict`` waiting at a moment is looked up and scored in one Feast call and one
+``predict_proba`` per arm, so the fixed cost of both is shared under load and a lone
+request is not delayed — nothing waits for a batch to fill), the **model follower** (hot
+swap, :mod:`closedloop.serving.follower`) and the **prediction-log writer**
+(:mod:`closedloop.serving.logwriter`). Shutdown (uvicorn turns SIGTERM into it) stops
+taking requests, finishes the ones in flight, then flushes the log.
+"""
+
+from __future__ import annotations
+
+# prometheus_client decides at import whether metric values live in per-process files:
+# it checks PROMETHEUS_MULTIPROC_DIR, which `feast.metrics` sets when Feast first reads
+# the online store. Imported first, our metrics stay in memory (one process serves).
+import prometheus_client  # isort: skip
+
+import asyncio
+import concurrent.futures
+import contextlib
+import json
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI, Request, Response
+from pydantic import TypeAdapter, ValidationError
+
+from closedloop.serving.schema import PredictResponse, booking_model, describe_errors
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from closedloop.core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """How the service runs (``closedloop serve`` options)."""
+
+    challenger_share: float = 0.0  # share of keys sent to the challenger (A/B); 0 = off
+    poll_seconds: float = 5.0  # how often the registry's aliases are checked
+    max_bookings: int = 100  # per request; more is a 413
+    max_rows: int = 256  # per scoring call of the batcher
+    max_body_bytes: int = 1_000_000
+    log_flush_seconds: float = 1.0
+    log_max_records: int = 5000
+
+
+class Metrics:
+    """The service's Prometheus metrics, in a registry of its own."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        r = self.registry = CollectorRegistry()
+        buckets = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0)
+        self.requests = Counter(
+            "closedloop_requests", "HTTP requests by endpoint and status", ["endpoint", "status"],
+            registry=r,
+        )  # fmt: skip
+        self.latency = Histogram(
+            "closedloop_request_latency_seconds", "Time in the handler, by endpoint",
+            ["endpoint"], buckets=buckets, registry=r,
+        )  # fmt: skip
+        self.predict_latency = Histogram(
+            "closedloop_predict_latency_seconds", "Answered /predict calls by model version",
+            ["model_version"], buckets=buckets, registry=r,
+        )  # fmt: skip
+        self.predictions = Counter(
+            "closedloop_predictions", "Predictions by model version and A/B arm",
+            ["model_version", "arm"], registry=r,
+        )  # fmt: skip
+        self.batch_rows = Histogram(
+            "closedloop_scoring_batch_rows", "Bookings per lookup+predict call",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r,
+        )  # fmt: skip
+        self.serving = Gauge(
+            "closedloop_serving_model_version", "1 for the version each alias serves",
+            ["alias", "version"], registry=r,
+        )  # fmt: skip
+        self.swaps = Counter("closedloop_model_swaps", "Hot swaps", ["alias"], registry=r)
+        self.failures = Counter(
+            "closedloop_model_reload_failures", "Failed registry polls or model loads",
+            registry=r,
+        )  # fmt: skip
+        self.registry_up = Gauge(
+            "closedloop_registry_up", "1 if the last registry poll succeeded", registry=r
+        )
+        self.log_records = Counter(
+            "closedloop_prediction_log_records", "Prediction records flushed",
+            ["outcome"], registry=r,
+        )  # fmt: skip
+        self.log_pending = Gauge(
+            "closedloop_prediction_log_pending", "Records not yet written", registry=r
+        )
+
+
+_STOP = object()
+
+
+class Batcher:
+    """Scores whatever requests are waiting, together, on one thread (see the module)."""
+
+    def __init__(self, score: Any, max_rows: int) -> None:
+        self.score = score  # list[booking] -> list[result]
+        self.max_rows = max_rows
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="batcher", daemon=True)
+        self._thread.start()
+
+    def submit(self, bookings: list[dict[str, Any]]) -> concurrent.futures.Future:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._queue.put((bookings, future))
+        return future
+
+    def close(self) -> None:
+        self._queue.put(_STOP)
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            items, rows, stop = [item], len(item[0]), False
+            while rows < self.max_rows:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is _STOP:
+                    stop = True
+                    break
+                items.append(more)
+                rows += len(more[0])
+            self._score(items)
+            if stop:
+                return
+
+    def _score(self, items: list[tuple[list[dict[str, Any]], Any]]) -> None:
+        try:
+            results = self.score([b for bookings, _ in items for b in bookings])
+        except Exception as exc:
+            log.exception("scoring failed")
+            for _, future in items:
+                future.set_exception(exc)
+            return
+        at = 0
+        for bookings, future in items:
+            future.set_result(results[at : at + len(bookings)])
+            at += len(bookings)
+
+
+class Service:
+    """The state behind the endpoints: store, scorer, follower, batcher, log writer."""
+
+    def __init__(self, settings: Settings, config: ServeConfig) -> None:
+        self.settings, self.config = settings, config
+        self.metrics = Metrics()
+        self.scorer: Any = None
+        self.follower: Any = None
+        self.batcher: Batcher | None = None
+        self.writer: Any = None
+        self.adapter: TypeAdapter | None = None
+        self.fields: list[str] = []
+        self.error: str | None = None
+        self._probe: dict[str, Any] | None = None
+        self._serving_labels: list[tuple[str, str]] = []
+
+    # -- life cycle -----------------------------------------------------------------
+    def start(self) -> None:
+        from closedloop.core.feature_store import open_store
+        from closedloop.core.prediction_log import PredictionLog
+        from closedloop.serving.follower import ModelFollower
+        from closedloop.serving.logwriter import PredictionLogWriter
+        from closedloop.serving.schema import request_fields
+        from closedloop.serving.scorer import OnlineScorer
+
+        m = self.metrics
+        self.writer = PredictionLogWriter(
+            PredictionLog(self.settings.prediction_log_dir),
+            max_records=self.config.log_max_records,
+            flush_seconds=self.config.log_flush_seconds,
+            on_flush=lambda n, ok: m.log_records.labels("written" if ok else "failed").inc(n),
+        )
+        self.follower = ModelFollower(
+            self.settings,
+            challenger_share=self.config.challenger_share,
+            poll_seconds=self.config.poll_seconds,
+            accept=self._accept,
+            on_event=self._event,
+        )
+        deployment = self.follower.load_initial()  # no champion: the clearest error first
+        self.scorer = OnlineScorer(self.settings, open_store(self.settings))
+        for model in (deployment.champion, deployment.challenger):
+            if model is not None:
+                self._accept(model)
+        self.fields = request_fields(
+            self.settings.usecase,
+            deployment.champion.feature_names,
+            set(self.scorer.served_features),
+        )
+        self.adapter = TypeAdapter(list[booking_model(self.settings.usecase, self.fields)])
+        self._published(deployment)
+        self.batcher = Batcher(self._score, self.config.max_rows)
+        self.follower.start()
+
+    def stop(self) -> None:
+        if self.follower is not None:
+            self.follower.stop()
+        if self.batcher is not None:
+            self.batcher.close()
+        if self.writer is not None:
+            self.writer.close()
+
+    # -- model follower hooks ---------------------------------------------------------
+    def _accept(self, model: Any) -> None:
+        """Refuse a model the service cannot feed; score a probe booking with it."""
+        if self.scorer is None:
+            return
+        provided = set(self.scorer.served_features) | set(self.fields or model.feature_names)
+        missing = [c for c in model.feature_names if c not in provided]
+        if missing:
+            raise ValueError(
+                f"{model.name} v{model.version} reads {missing}, which this "
+                "service's feature service and request schema do not provide"
+            )
+        if self._probe is not None:
+            import pandas as pd
+
+            model.model.predict_proba(pd.DataFrame([self._probe])[model.feature_names])
+
+    def _event(self, kind: str, detail: str) -> None:
+        m = self.metrics
+        if kind == "failure":
+            m.failures.inc()
+            m.registry_up.set(1 if self.follower.status.get("registry_ok") else 0)
+        else:
+            m.swaps.labels(detail).inc()
+            m.registry_up.set(1)
+            self._published(self.follower.deployment)
+
+    def _published(self, deployment: Any) -> None:
+        # remove() rather than clear(): clear() warns whenever Feast has set
+        # PROMETHEUS_MULTIPROC_DIR, although our values live in memory (see the imports)
+        for labels in self._serving_labels:
+            self.metrics.serving.remove(*labels)
+        self._serving_labels = list(deployment.versions().items())
+        for alias, version in self._serving_labels:
+            self.metrics.serving.labels(alias, version).set(1)
+
+    # -- scoring (on the batcher's thread) -------------------------------------------
+    def _score(self, bookings: list[dict[str, Any]]) -> list[Any]:
+        results = self.scorer.score(self.follower.deployment, bookings)
+        self.metrics.batch_rows.observe(len(bookings))
+        if self._probe is None:
+            self._probe = next((r["_record"] for r in results if isinstance(r, dict)), None)
+        return results
+
+
+def create_app(settings: Settings, config: ServeConfig | None = None) -> FastAPI:
+    """The FastAPI application; models and stores load at start-up (lifespan)."""
+    config = config or ServeConfig()
+    service = Service(settings, config)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await asyncio.to_thread(service.start)
+        yield
+        await asyncio.to_thread(service.stop)
+
+    app = FastAPI(
+        title="closedloop online serving",
+        description=f"Predictions of {settings.usecase.name}: {settings.usecase.description}",
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    m = service.metrics
+
+    def _json(status: int, payload: Any) -> Response:
+        return Response(json.dumps(payload), status_code=status, media_type="application/json")
+
+    @app.post(
+        "/predict",
+        response_model=PredictResponse,
+        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+            "schema": {"description": "one booking, or a list of bookings "
+                       f"(at most {config.max_bookings})"}}}}},
+        responses={
+            400: {"description": "the body is not JSON"},
+            404: {"description": "a booking the online store does not know"},
+            413: {"description": "too many bookings or too large a body"},
+            422: {"description": "a field is missing, unknown, of the wrong type or out of range"},
+            503: {"description": "not ready, or the feature store failed"},
+        },
+    )  # fmt: skip
+    async def predict(request: Request) -> Response:
+        """Score bookings: keys in; features from Feast's online store; the champion's
+        (or the A/B challenger's) probability, decision and version out."""
+        began = time.perf_counter()
+        response = await _predict(request)
+        m.requests.labels("/predict", str(response.status_code)).inc()
+        m.latency.labels("/predict").observe(time.perf_counter() - began)
+        return response
+
+    async def _predict(request: Request) -> Response:
+        if service.batcher is None or service.adapter is None:
+            return _json(503, {"detail": ["not ready: models and feature store not loaded"]})
+        size = request.headers.get("content-length")
+        if size is not None and size.isdigit() and int(size) > config.max_body_bytes:
+            return _json(413, {"detail": [f"body of {size} bytes, at most "
+                                          f"{config.max_body_bytes}"]})  # fmt: skip
+        body = await request.body()
+        if len(body) > config.max_body_bytes:
+            return _json(413, {"detail": [f"body larger than {config.max_body_bytes} bytes"]})
+        try:
+            payload = json.loads(body)
+        except ValueError as exc:
+            return _json(400, {"detail": [f"the body is not JSON: {exc}"]})
+        single = isinstance(payload, dict)
+        items = [payload] if single else payload
+        if not isinstance(items, list) or not items:
+            return _json(422, {"detail": ["the body must be a booking object or a non-empty "
+                                          "list of bookings"]})  # fmt: skip
+        if len(items) > config.max_bookings:
+            return _json(413, {"detail": [f"{len(items)} bookings in one request, at most "
+                                          f"{config.max_bookings}"]})  # fmt: skip
+        try:
+            bookings = service.adapter.validate_python(items)
+        except ValidationError as exc:
+            return _json(422, {"detail": describe_errors(exc.errors(), single)})
+        began = time.perf_counter()
+        try:
+            results = await asyncio.wrap_future(
+                service.batcher.submit([b.model_dump() for b in bookings])
+            )
+        except Exception as exc:
+            return _json(503, {"detail": [f"scoring failed: {type(exc).__name__}: {exc}"]})
+        unknown = [str(r) for r in results if isinstance(r, Exception)]
+        if unknown:
+            return _json(404, {"detail": unknown})
+        service.writer.add([r.pop("_record") for r in results])
+        for r in results:
+            m.predictions.labels(r["model_version"], r["arm"]).inc()
+        m.predict_latency.labels(results[0]["model_version"]).observe(time.perf_counter() - began)
+        return _json(200, {"predictions": results})
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        """The process answers."""
+        return {"status": "ok"}
+
+    @app.get("/ready", responses={503: {"description": "models or feature store not loaded"}})
+    async def ready() -> Response:
+        """Models and feature store loaded; which versions serve; the registry's state."""
+        follower = service.follower
+        deployment = follower.deployment if follower else None
+        body = {
+            "ready": deployment is not None and service.batcher is not None,
+            "models": deployment.versions() if deployment else {},
+            "challenger_share": config.challenger_share,
+            "registry_ok": follower.status["registry_ok"] if follower else None,
+            "last_error": (follower.status["last_error"] if follower else None) or service.error,
+            "prediction_log_pending": service.writer.pending if service.writer else 0,
+            "request_fields": service.fields,
+        }
+        return _json(200 if body["ready"] else 503, body)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        """Prometheus metrics: requests, latency histograms, predictions per version."""
+        if service.writer is not None:
+            m.log_pending.set(service.writer.pending)
+        return Response(
+            prometheus_client.generate_latest(m.registry),
+            media_type=prometheus_client.CONTENT_TYPE_LATEST,
+        )
+
+    return app

@@ -1,0 +1,141 @@
+"""Hot swap: follow the registry's aliases and replace the serving models atomically.
+
+A thread polls the registry every ``poll_seconds`` for the versions behind ``champion``
+(and ``challenger`` in an A/B test). When one moved, it loads the new version, checks that
+the service can feed it (its columns are served by the feature service or the request
+schema) and scores a probe booking with it — all off the request path — then publishes a
+new :class:`~closedloop.serving.scorer.Deployment` with one reference assignment. A
+request holds the deployment it started with, so none is dropped or mixes versions.
+
+If the registry cannot be reached or the new version fails to load or to score, the
+current deployment keeps serving; the failure is kept in :attr:`ModelFollower.status`
+(``/ready``) and counted in the metrics, and the next poll tries again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from closedloop.core.registry import CHALLENGER, CHAMPION
+from closedloop.serving.scorer import Deployment
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from closedloop.core.batch_inference import LoadedModel
+    from closedloop.core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class ModelFollower:
+    """Holds the current :class:`Deployment` and keeps it in step with the registry."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        challenger_share: float = 0.0,
+        poll_seconds: float = 5.0,
+        accept: Callable[[LoadedModel], None] | None = None,
+        on_event: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.challenger_share = challenger_share
+        self.poll_seconds = poll_seconds
+        #: raises if the service cannot serve a model (missing columns, probe fails)
+        self.accept = accept or (lambda model: None)
+        self.on_event = on_event or (lambda kind, detail: None)
+        self.deployment: Deployment | None = None
+        self.status: dict[str, Any] = {"registry_ok": None, "last_error": None, "checked_at": None}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- loading --------------------------------------------------------------------
+    def _load(self, alias: str) -> LoadedModel:
+        from closedloop.core.batch_inference import load_model
+
+        model = load_model(self.settings, alias)
+        self.accept(model)
+        return model
+
+    def load_initial(self) -> Deployment:
+        """Load the champion (and the challenger if an A/B share is set); the champion is
+        required, a missing challenger only disables the split until it appears."""
+        champion = self._load(CHAMPION)
+        challenger = None
+        if self.challenger_share > 0:
+            try:
+                challenger = self._load(CHALLENGER)
+            except Exception as exc:  # no challenger yet: serve the champion alone
+                self._failed(f"challenger not loaded: {exc}")
+        self.deployment = Deployment(champion, challenger, self.challenger_share)
+        return self.deployment
+
+    def check(self) -> bool:
+        """One poll: swap in whatever moved. Returns whether the deployment changed."""
+        from closedloop.core.registry import alias_version, client_for
+
+        current = self.deployment
+        assert current is not None, "load_initial first"
+        try:
+            client = client_for(self.settings)
+            wanted = {CHAMPION: alias_version(client, self.settings.model_name, CHAMPION)}
+            if self.challenger_share > 0:
+                wanted[CHALLENGER] = alias_version(client, self.settings.model_name, CHALLENGER)
+        except Exception as exc:
+            return self._failed(f"registry unreachable: {type(exc).__name__}: {exc}")
+        self.status.update(registry_ok=True, checked_at=time.time())
+        have = current.versions()
+        if wanted.get(CHAMPION) is None:
+            return self._failed("the registry has no champion any more; keeping the current one")
+        moved = [a for a, v in wanted.items() if v is not None and have.get(a) != v]
+        if not moved:
+            self.status["last_error"] = None
+            return False
+        loaded = {}
+        for alias in moved:
+            try:
+                loaded[alias] = self._load(alias)
+            except Exception as exc:
+                return self._failed(
+                    f"loading {alias} v{wanted[alias]} failed, still serving "
+                    f"{have}: {type(exc).__name__}: {exc}",
+                    registry_ok=True,
+                )
+        self.deployment = Deployment(
+            loaded.get(CHAMPION, current.champion),
+            loaded.get(CHALLENGER, current.challenger),
+            self.challenger_share,
+        )
+        self.status["last_error"] = None
+        for alias, model in loaded.items():
+            log.info("now serving %s v%s as %s", model.name, model.version, alias)
+            self.on_event("swap", alias)
+        return True
+
+    def _failed(self, message: str, *, registry_ok: bool = False) -> bool:
+        log.warning("%s", message)
+        self.status.update(registry_ok=registry_ok, last_error=message, checked_at=time.time())
+        self.on_event("failure", message)
+        return False
+
+    # -- the polling thread -----------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="model-follower", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll_seconds):
+            try:
+                self.check()
+            except Exception as exc:  # never let the thread die
+                self._failed(f"unexpected: {type(exc).__name__}: {exc}")

@@ -1,0 +1,120 @@
+"""Appends online predictions to the prediction log off the request path.
+
+Requests hand their records to :meth:`PredictionLogWriter.add` (a queue put, no I/O);
+one thread writes them, a flush per ``max_records`` or ``flush_seconds``, grouped by day,
+through :meth:`closedloop.core.prediction_log.PredictionLog.append_online` — each flush a
+file named by its first prediction id, so a retried flush rewrites it. A failed flush
+keeps its records for the next attempt. :meth:`close` (the server's shutdown, e.g. on
+SIGTERM) writes everything still queued before it returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from closedloop.core.prediction_log import PredictionLog
+
+log = logging.getLogger(__name__)
+_STOP = object()
+
+
+class PredictionLogWriter:
+    """A background writer of prediction records (see the module)."""
+
+    def __init__(
+        self,
+        predictions: PredictionLog,
+        *,
+        max_records: int = 5000,
+        flush_seconds: float = 1.0,
+        on_flush: Callable[[int, bool], None] | None = None,
+    ) -> None:
+        self.predictions = predictions
+        self.max_records = max_records
+        self.flush_seconds = flush_seconds
+        self.on_flush = on_flush or (lambda n, ok: None)
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._pending: list[dict[str, Any]] = []
+        self.added = self.written = 0
+        self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
+        self._thread.start()
+
+    def add(self, records: list[dict[str, Any]]) -> None:
+        """Queue records for writing (call from one thread, e.g. the event loop)."""
+        self.added += len(records)
+        self._queue.put(records)
+
+    @property
+    def pending(self) -> int:
+        """Records added but not written yet."""
+        return self.added - self.written
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Write everything queued so far, then stop the thread."""
+        self._queue.put(_STOP)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.error("prediction log writer did not finish in %.0f s", timeout)
+
+    def _run(self) -> None:
+        deadline = None
+        while True:
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                item = self._queue.get(timeout=wait)
+            except queue.Empty:
+                item = None
+            if item is _STOP:
+                self._drain()
+                for _ in range(3):  # last chance: a transient failure gets two retries
+                    if self._flush():
+                        return
+                    time.sleep(0.2)
+                log.error("lost %d prediction records at shutdown", len(self._pending))
+                return
+            if item:
+                self._pending.extend(item)
+                deadline = deadline or time.monotonic() + self.flush_seconds
+            if self._pending and (
+                len(self._pending) >= self.max_records or time.monotonic() >= (deadline or 0)
+            ):
+                self._drain()
+                deadline = None if self._flush() else time.monotonic() + self.flush_seconds
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is _STOP:  # keep it for the loop to see
+                self._queue.put(_STOP)
+                return
+            self._pending.extend(item)
+
+    def _flush(self) -> bool:
+        if not self._pending:
+            return True
+        records = self._pending
+        try:
+            frame = pd.DataFrame.from_records(records)
+            days = frame["predicted_at"].dt.strftime("%Y-%m-%d")
+            for day, part in frame.groupby(days, sort=True):
+                self.predictions.append_online(part.reset_index(drop=True), str(day))
+        except Exception:
+            log.exception("could not write %d prediction records; will retry", len(records))
+            self.on_flush(len(records), False)
+            return False
+        self._pending = []
+        self.written += len(records)
+        self.on_flush(len(records), True)
+        return True

@@ -1,0 +1,253 @@
+"""Lookup and predict: the work of one ``/predict`` call, without HTTP.
+
+:class:`OnlineScorer` turns bookings (entity keys + request-time fields) into scored
+predictions: one ``get_online_features`` call on the model's FeatureService for every
+booking of the call, the use case's declared defaults where the store has no value (as
+the training set and batch inference do), then ``predict_proba`` of the arm's model.
+Calls are made for many bookings at once by the server's batcher, which is why this
+works on lists.
+
+Unknown-entity policy: a feature *with* a declared default that the online store lacks
+(a customer without history, a hotel without recent stats) gets the default and is named
+in the prediction's ``defaults_used``; a feature *without* one (the booking's own
+attributes: a booking the store does not know) makes the booking unanswerable — the
+server answers 404 naming the key, never a guess.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+import warnings
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from closedloop.core.ab import arm_for
+from closedloop.core.registry import CHALLENGER, CHAMPION
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
+    from closedloop.core.batch_inference import LoadedModel
+    from closedloop.core.settings import Settings
+
+SOURCE = "online"
+log = logging.getLogger(__name__)
+# The fast path below hands arrays without column names to transformers fitted on a
+# frame; scikit-learn warns about that on every call. The columns are selected by name
+# here, so the warning says nothing in this process.
+warnings.filterwarnings("ignore", message="X does not have valid feature names")
+
+
+class FastPipeline:
+    """``predict_proba`` of a fitted ``Pipeline(ColumnTransformer, estimator)`` from
+    columns of Python values, without building a DataFrame.
+
+    Why by hand: on one booking, ``Pipeline.predict_proba`` on a pandas frame spends
+    ~5 ms (2 cores, unloaded) in the ColumnTransformer's pandas column selection and
+    validation (narwhals, ``_safe_indexing``), the frame itself ~1 ms, against ~0.8 ms for
+    Feast's ``get_online_features`` — the whole budget of an online answer. Here each
+    fitted transformer's own ``transform`` gets its columns as one array and the fitted
+    estimator's own ``predict_proba`` gets the stacked result, which is what the
+    ColumnTransformer does (same order, same dtype): ~1.5 ms. The model's first call is
+    checked against the pipeline on a frame (:meth:`OnlineScorer.predict`); any
+    difference, or a pipeline of another shape, falls back to the pipeline.
+    """
+
+    def __init__(self, pipeline: Any) -> None:
+        from sklearn.compose import ColumnTransformer
+        from sklearn.pipeline import Pipeline
+
+        if not (
+            isinstance(pipeline, Pipeline)
+            and len(pipeline.steps) == 2
+            and isinstance(pipeline[0], ColumnTransformer)
+            and pipeline[0].remainder == "drop"
+            and not getattr(pipeline[0], "sparse_output_", False)
+        ):
+            raise TypeError("not a Pipeline(ColumnTransformer(remainder='drop'), estimator)")
+        self.parts = [
+            (transformer, list(columns))
+            for _, transformer, columns in pipeline[0].transformers_
+            if transformer != "drop" and len(columns)
+        ]
+        self.estimator = pipeline[-1]
+
+    def predict_proba(self, columns: dict[str, list[Any]], rows: list[int]) -> np.ndarray:
+        blocks = []
+        for transformer, names in self.parts:
+            values = [[columns[n][i] for n in names] for i in rows]
+            numeric = not any(isinstance(v, str) for v in values[0])
+            array = np.array(values, dtype=np.float64 if numeric else object)
+            blocks.append(array if transformer == "passthrough" else transformer.transform(array))
+        stacked = np.hstack([np.asarray(b, dtype=np.float64) for b in blocks])
+        return self.estimator.predict_proba(stacked)
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """What serves now: the champion and, in an A/B test, the challenger with its share
+    of keys. Replaced whole on a swap, never mutated, so a call sees one consistent set."""
+
+    champion: LoadedModel
+    challenger: LoadedModel | None = None
+    challenger_share: float = 0.0
+
+    def model_for(self, key: str) -> LoadedModel:
+        if self.challenger is None or self.challenger_share <= 0.0:
+            return self.champion
+        arm = arm_for(key, self.challenger_share)
+        return self.challenger if arm == CHALLENGER else self.champion
+
+    def versions(self) -> dict[str, str]:
+        out = {CHAMPION: self.champion.version}
+        if self.challenger is not None:
+            out[CHALLENGER] = self.challenger.version
+        return out
+
+
+class UnknownEntityError(LookupError):
+    """A booking whose features have no value and no declared default."""
+
+    def __init__(self, key: str, value: str, view: str, features: list[str]) -> None:
+        super().__init__(
+            f"unknown {key} {value!r}: the online store has no {view} features for it "
+            f"({', '.join(features[:4])}{', ...' if len(features) > 4 else ''}) and they have "
+            "no declared default"
+        )
+        self.key, self.value = key, value
+
+
+class OnlineScorer:
+    """Online features + a :class:`Deployment` -> predictions (see the module)."""
+
+    def __init__(self, settings: Settings, store: FeatureStore) -> None:
+        from closedloop.core.feature_store import feature_refs
+
+        usecase = settings.usecase
+        self.store = store
+        self.service = store.get_feature_service(usecase.feast.feature_service)
+        self.refs = feature_refs(store, self.service)
+        self.keys = list(usecase.batch.entities)
+        self.id_column = usecase.batch.id_column
+        self.defaults = {
+            k: v for k, v in usecase.feast.defaults.items() if k in self.served_features
+        }
+        self._fast: dict[int, tuple[LoadedModel, FastPipeline | None]] = {}
+        # feature -> (view, the view's join key), to name the key of an unknown entity
+        self._owner: dict[str, tuple[str, str]] = {}
+        for proj in self.service.feature_view_projections:
+            view = store.get_feature_view(proj.name)
+            join_key = view.join_keys[0] if view.join_keys else proj.name
+            for f in proj.features:
+                self._owner[f.name] = (proj.name_to_use(), join_key)
+
+    @property
+    def served_features(self) -> list[str]:
+        return [r.split(":", 1)[1] for r in self.refs]
+
+    def lookup(self, bookings: list[dict[str, Any]]) -> tuple[dict[str, list[Any]], list[Any]]:
+        """Columns of features for ``bookings`` (defaults filled in), and per booking
+        either the list of defaulted features or an :class:`UnknownEntityError`."""
+        rows = [{k: b[k] for k in self.keys} for b in bookings]
+        columns = self.store.get_online_features(features=self.service, entity_rows=rows).to_dict()
+        status: list[Any] = [[] for _ in bookings]
+        for name in self.served_features:
+            values = columns[name]
+            for i, value in enumerate(values):
+                if value is not None:
+                    continue
+                if name in self.defaults:
+                    values[i] = self.defaults[name]
+                    if isinstance(status[i], list):
+                        status[i].append(name)
+                elif isinstance(status[i], list):
+                    view, key = self._owner[name]
+                    missing = [
+                        n for n in self.served_features
+                        if self._owner[n][0] == view and n not in self.defaults
+                    ]  # fmt: skip
+                    status[i] = UnknownEntityError(key, str(bookings[i].get(key)), view, missing)
+        for name in bookings[0] if bookings else ():
+            if name not in columns:  # request-time fields
+                columns[name] = [b[name] for b in bookings]
+        return columns, status
+
+    def score(self, deployment: Deployment, bookings: list[dict[str, Any]]) -> list[Any]:
+        """Per booking a prediction dict (with its log record under ``"_record"``) or an
+        :class:`UnknownEntityError`."""
+        columns, status = self.lookup(bookings)
+        now = datetime.now(UTC)
+        out: list[Any] = list(status)
+        groups: dict[int, tuple[LoadedModel, list[int]]] = {}
+        for i, booking in enumerate(bookings):
+            if isinstance(status[i], Exception):
+                continue
+            model = deployment.model_for(str(booking[self.id_column]))
+            groups.setdefault(id(model), (model, []))[1].append(i)
+        for model, index in groups.values():
+            scores = self.predict(model, columns, index)
+            used = [c for c in model.feature_names if c not in self.keys]
+            for i, score in zip(index, scores.tolist(), strict=True):
+                decision = int(score >= model.threshold)
+                pid = uuid.uuid4().hex[:20]
+                record = {
+                    "prediction_id": pid,
+                    "source": SOURCE,
+                    "predicted_at": now,
+                    "model_name": model.name,
+                    "model_version": model.version,
+                    "arm": model.alias,
+                    "score": score,
+                    "decision": decision,
+                    **{k: columns[k][i] for k in self.keys},
+                    **{c: columns[c][i] for c in used},
+                }
+                out[i] = {
+                    "prediction_id": pid,
+                    self.id_column: str(bookings[i][self.id_column]),
+                    "probability": score,
+                    "decision": decision,
+                    "threshold": model.threshold,
+                    "model_name": model.name,
+                    "model_version": model.version,
+                    "arm": model.alias,
+                    "defaults_used": status[i],
+                    "_record": record,
+                }
+        return out
+
+    def predict(self, model: LoadedModel, columns: dict[str, list[Any]], rows: list[int]) -> Any:
+        """The probabilities of ``rows``: by :class:`FastPipeline` once it has given the
+        pipeline's own answer on this model's first rows, else by the pipeline."""
+        entry = self._fast.get(id(model))
+        if entry is None:  # the first call with this model decides
+            entry = (model, self._check_fast(model, columns, rows))
+            self._fast[id(model)] = entry  # the entry keeps the model, so the id stays its
+            while len(self._fast) > 4:  # models swapped out long ago
+                del self._fast[next(iter(self._fast))]
+        if entry[1] is not None:
+            return entry[1].predict_proba(columns, rows)[:, 1]
+        frame = pd.DataFrame({c: [columns[c][i] for i in rows] for c in model.feature_names})
+        return model.model.predict_proba(frame)[:, 1]
+
+    def _check_fast(
+        self, model: LoadedModel, columns: dict[str, list[Any]], rows: list[int]
+    ) -> FastPipeline | None:
+        try:
+            fast = FastPipeline(model.model)
+        except TypeError as exc:
+            log.info("%s v%s scores through its pipeline: %s", model.name, model.version, exc)
+            return None
+        frame = pd.DataFrame({c: [columns[c][i] for i in rows] for c in model.feature_names})
+        want = model.model.predict_proba(frame)
+        if not np.array_equal(fast.predict_proba(columns, rows), want):
+            log.warning(
+                "%s v%s: the fast path differs, using the pipeline", model.name, model.version
+            )
+            return None
+        return fast

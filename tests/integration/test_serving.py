@@ -1,0 +1,442 @@
+"""Online serving against real servers: ``closedloop serve`` in uvicorn subprocesses on
+127.0.0.1, with the real Feast online store (SQLite) and MLflow registry (SQLite) of a
+home built by the feature pipeline and the training functions.
+
+The world: 19 days of bookings backfilled (features materialized through the end of day
+19), a champion trained on them, and day 20's bookings processed by the feature pipeline
+with only the bookings' own features materialized — the online store then holds exactly
+what was known when those bookings were made, which is what batch inference joins for
+them point in time. Version 2 of the model (the same run registered again) is the
+``challenger``.
+
+Two servers start together: A (champion only, fast alias polling) and B (A/B, half the
+keys to the challenger, a long log flush interval so that only the shutdown flush can
+write its log). The tests run in file order: B is stopped by SIGTERM before A's champion
+is moved.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+
+from closedloop.core import offline
+from closedloop.core.ab import arm_for
+from closedloop.core.feature_pipeline import backfill, clean, engineer, extract, load_offline
+from closedloop.core.prediction_log import CORE_COLUMNS, PredictionLog
+from closedloop.core.settings import load_settings
+from closedloop.usecases.hotel.generator import write_batches
+
+pytestmark = pytest.mark.integration
+
+FIRST, HISTORY = date(2026, 1, 1), 19
+DAY = datetime(2026, 1, 20, tzinfo=UTC)  # bookings scored online and in batch
+TRAIN_END = datetime(2026, 1, 18, tzinfo=UTC)
+CLI = str(Path(sys.executable).parent / "closedloop")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from closedloop.core import training_pipeline as tp
+    from closedloop.core.feature_store import open_store
+    from closedloop.core.registry import CHALLENGER, client_for
+
+    root = tmp_path_factory.mktemp("serving") / "home"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CLOSEDLOOP_HOME", str(root))
+        settings = load_settings()
+        write_batches(settings.landing_dir, FIRST, HISTORY + 1, n_bookings=150)
+        backfill(settings, FIRST, HISTORY)
+        built = tp.build_training_set(settings, datetime(2026, 1, 1, tzinfo=UTC), TRAIN_END, "s/1")
+        lineage = tp.lineage_for(
+            settings, built, {"success": True}, dag_id="test", dag_run_id="s/1", reason="test"
+        )
+        config = tp.training_config(settings, trials=2, validation_days=3, holdout_days=3)
+        trained = tp.train(settings, built, lineage, config)
+        version = tp.register(settings, trained, "s/1")
+        assert tp.gate(settings, built, trained, version, dag_id="t", run_id="s/1")["action"] == (
+            "promoted"
+        )
+        client = client_for(settings)
+        first = client.get_model_version(settings.model_name, "1")
+        second = client.create_model_version(settings.model_name, first.source, run_id=first.run_id)
+        client.set_registered_model_alias(settings.model_name, CHALLENGER, second.version)
+        # Day 20 through the feature pipeline; online: only the bookings' own features.
+        end = DAY + timedelta(days=1)
+        extract(settings, DAY, end)
+        load_offline(settings, DAY, engineer(settings, DAY, end, clean(settings, DAY)))
+        open_store(settings).materialize(
+            start_date=DAY, end_date=end - timedelta(microseconds=1),
+            feature_views=["booking_features"],
+        )  # fmt: skip
+        yield settings
+
+
+class Server:
+    def __init__(self, home: Path, *args: str) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "CLOSEDLOOP_HOME": str(home)}
+        # output to a file: a pipe nobody reads would block the server once full
+        self.output = home.parent / f"server-{self.port}.log"
+        with self.output.open("wb") as sink:
+            self.proc = subprocess.Popen(
+                [CLI, "serve", "--port", str(self.port), *args],
+                env=env,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+            )
+        self.client = httpx.Client(base_url=self.url, timeout=30)
+
+    def wait_ready(self, timeout: float = 240) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(self.output.read_text()[-3000:])
+            try:
+                if self.client.get("/ready").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError("server not ready in time")
+
+    def predict(self, body) -> httpx.Response:
+        return self.client.post("/predict", json=body)
+
+    def stop(self) -> None:
+        self.client.close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def servers(world):
+    a = Server(world.home, "--poll-seconds", "0.3")
+    b = Server(
+        world.home, "--challenger-share", "0.5", "--log-flush-seconds", "600", "--log-level", "info"
+    )
+    try:
+        a.wait_ready()
+        b.wait_ready()
+        yield {"a": a, "b": b}
+    finally:
+        a.stop()
+        b.stop()
+
+
+def _bookings(settings, day: str) -> pd.DataFrame:
+    path = offline.partition_path(settings.offline_table_dir("bookings"), day)
+    return pd.read_parquet(path)
+
+
+def _keys(frame: pd.DataFrame) -> list[dict]:
+    return frame[["booking_id", "customer_id", "hotel"]].to_dict("records")
+
+
+def test_ready_reports_the_loaded_models_and_the_request_schema(servers):
+    a = servers["a"]
+    assert a.client.get("/health").json() == {"status": "ok"}
+    ready = a.client.get("/ready").json()
+    assert ready["ready"] is True and ready["models"] == {"champion": "1"}
+    assert ready["request_fields"] == ["booking_id", "customer_id", "hotel"]
+    b = servers["b"].client.get("/ready").json()
+    assert b["models"] == {"champion": "1", "challenger": "2"}
+    spec = a.client.get("/openapi.json").json()
+    assert "/predict" in spec["paths"] and "PredictResponse" in json.dumps(spec)
+    assert a.client.get("/docs").status_code == 200
+
+
+def test_online_predictions_equal_batch_predictions_for_the_same_bookings(world, servers):
+    from closedloop.core.batch_inference import score_interval
+
+    out = score_interval(world, DAY, DAY + timedelta(days=1))
+    batch = pd.read_parquet(out["predictions_uri"]).set_index("booking_id")
+    keys = _keys(_bookings(world, "2026-01-20"))
+    assert len(keys) == out["rows"] > 100
+    online = []
+    for start in range(0, len(keys), 50):  # lists of bookings, and a single one below
+        response = servers["a"].predict(keys[start : start + 50])
+        assert response.status_code == 200, response.text
+        online += response.json()["predictions"]
+    single = servers["a"].predict(keys[0]).json()["predictions"]
+    assert [p["booking_id"] for p in online] == [k["booking_id"] for k in keys]
+    scores = np.array([p["probability"] for p in online])
+    want = batch.loc[[k["booking_id"] for k in keys], "score"].to_numpy()
+    np.testing.assert_allclose(scores, want, rtol=0, atol=1e-12)
+    assert [p["decision"] for p in online] == batch.loc[
+        [k["booking_id"] for k in keys], "decision"
+    ].tolist()
+    assert single[0]["probability"] == pytest.approx(want[0], abs=1e-12)
+    # new customers get the declared defaults, flagged, as batch fills them in
+    flagged = [p for p in online if p["defaults_used"]]
+    assert flagged and all("cust_bookings" in p["defaults_used"] for p in flagged)
+
+
+def test_a_prediction_equals_predict_proba_on_the_feast_online_features(world, servers):
+    from closedloop.core.batch_inference import load_model
+    from closedloop.core.feature_store import open_store
+
+    champion = load_model(world)
+    store = open_store(world)
+    service = store.get_feature_service(world.usecase.feast.feature_service)
+    keys = _keys(_bookings(world, "2026-01-19").head(20))
+    keys.append({**keys[0], "customer_id": "C-NEVER-SEEN"})  # a first-time customer
+    got = servers["a"].predict(keys).json()["predictions"]
+    features = store.get_online_features(features=service, entity_rows=keys).to_df()
+    features = features.fillna(world.usecase.feast.defaults)
+    want = champion.model.predict_proba(features[champion.feature_names])[:, 1]
+    np.testing.assert_allclose([p["probability"] for p in got], want, rtol=0, atol=1e-12)
+    assert [p["decision"] for p in got] == [int(w >= champion.threshold) for w in want]
+    assert {p["model_version"] for p in got} == {"1"} and got[-1]["defaults_used"] == [
+        "cust_bookings", "cust_known_outcomes", "cust_cancellations", "cust_cancel_rate"
+    ]  # fmt: skip
+    assert got[-1]["probability"] != got[0]["probability"]
+
+
+KNOWN = {"booking_id": "BK-20260119-00000", "customer_id": "C000001", "hotel": "H01"}
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "names"),
+    [
+        pytest.param({**KNOWN, "booking_id": 12}, 422, "'booking_id'", id="wrong-type"),
+        pytest.param(
+            {"booking_id": "x", "hotel": "H01"},
+            422,
+            "'customer_id' is required",
+            id="missing-field",
+        ),
+        pytest.param(
+            {**KNOWN, "lead_tim": 3}, 422, "'lead_tim' is not a field", id="unknown-field"
+        ),
+        pytest.param({**KNOWN, "hotel": "H99"}, 422, "'hotel'", id="category-out-of-set"),
+        pytest.param(
+            [KNOWN, {**KNOWN, "hotel": None}], 422, "'bookings[1].hotel'", id="bad-item-in-list"
+        ),
+        pytest.param([KNOWN] * 101, 413, "101 bookings", id="oversized-batch"),
+        pytest.param([], 422, "non-empty list", id="empty-list"),
+        pytest.param("just a string", 422, "booking object", id="not-an-object"),
+        pytest.param(
+            {**KNOWN, "booking_id": "BK-NOPE"},
+            404,
+            "unknown booking_id 'BK-NOPE'",
+            id="unknown-booking",
+        ),
+    ],
+)
+def test_bad_input_is_a_4xx_that_names_the_field_and_the_server_keeps_serving(
+    servers, body, status, names
+):
+    a = servers["a"]
+    response = a.predict(body)
+    assert response.status_code == status, response.text
+    assert any(names in message for message in response.json()["detail"]), response.text
+    assert a.predict(KNOWN).status_code == 200
+
+
+def test_a_body_that_is_not_json_is_a_400(servers):
+    response = servers["a"].client.post("/predict", content=b"{not json")
+    assert response.status_code == 400 and "not JSON" in response.json()["detail"][0]
+    assert servers["a"].predict(KNOWN).status_code == 200
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name) and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_metrics_count_requests_and_latency_per_model_version(servers):
+    a = servers["a"]
+    before = a.client.get("/metrics").text
+    for _ in range(5):
+        assert a.predict(KNOWN).status_code == 200
+    assert a.predict({**KNOWN, "hotel": 1}).status_code == 422
+    after = a.client.get("/metrics").text
+    for name, labels, delta in [
+        ("closedloop_requests_total", {"endpoint": "/predict", "status": "200"}, 5),
+        ("closedloop_requests_total", {"endpoint": "/predict", "status": "422"}, 1),
+        ("closedloop_predictions_total", {"model_version": "1", "arm": "champion"}, 5),
+        ("closedloop_predict_latency_seconds_count", {"model_version": "1"}, 5),
+        ("closedloop_request_latency_seconds_count", {"endpoint": "/predict"}, 6),
+    ]:
+        assert _metric(after, name, **labels) - _metric(before, name, **labels) == delta, name
+    assert _metric(after, "closedloop_serving_model_version", alias="champion", version="1") == 1
+
+
+@pytest.fixture(scope="module")
+def ab_answers(world, servers):
+    """Server B's answers to the bookings of days 19 and 20, each asked twice."""
+    keys = _keys(pd.concat([_bookings(world, "2026-01-19"), _bookings(world, "2026-01-20")]))
+    answers = []
+    for _ in range(2):
+        for start in range(0, len(keys), 100):
+            response = servers["b"].predict(keys[start : start + 100])
+            assert response.status_code == 200, response.text
+            answers += response.json()["predictions"]
+    return answers
+
+
+def test_ab_split_is_sticky_per_booking_and_each_arm_uses_its_model(ab_answers):
+    by_booking: dict[str, set] = {}
+    for p in ab_answers:
+        assert p["arm"] == arm_for(p["booking_id"], 0.5)
+        assert p["model_version"] == {"champion": "1", "challenger": "2"}[p["arm"]]
+        by_booking.setdefault(p["booking_id"], set()).add((p["arm"], p["probability"]))
+    assert all(len(answers) == 1 for answers in by_booking.values())  # same arm, same answer
+    share = np.mean([p["arm"] == "challenger" for p in ab_answers])
+    assert 0.4 < share < 0.6
+
+
+def test_sigterm_flushes_every_answered_prediction_to_the_log(world, servers, ab_answers):
+    b = servers["b"]
+    log = PredictionLog(world.prediction_log_dir)
+    now = datetime.now(UTC)
+    window = (now - timedelta(days=1), now + timedelta(days=1))
+    ids = [p["prediction_id"] for p in ab_answers]
+    # The flush interval is 600 s: nothing B answered can be on disk before shutdown.
+    before = log.read(*window, sources=("online",))
+    assert not set(ids) & set(before["prediction_id"])
+    b.proc.send_signal(signal.SIGTERM)
+    # uvicorn shuts down gracefully, then re-raises the signal to exit with its status
+    assert b.proc.wait(timeout=60) == -signal.SIGTERM
+    assert "Application shutdown complete" in b.output.read_text()
+    logged = log.read(*window, sources=("online",)).set_index("prediction_id")
+    assert len(set(ids)) == len(ids) and set(ids) <= set(logged.index)
+    mine = logged.loc[ids]
+    assert (mine["source"] == "online").all()
+    assert mine["arm"].tolist() == [p["arm"] for p in ab_answers]
+    assert mine["model_version"].tolist() == [p["model_version"] for p in ab_answers]
+    assert mine["score"].tolist() == [p["probability"] for p in ab_answers]
+    assert mine["booking_id"].tolist() == [p["booking_id"] for p in ab_answers]
+    # the same record layout as batch inference's log
+    batch = pd.read_parquet(log.batch_partition("2026-01-20"))
+    assert list(batch.columns[: len(CORE_COLUMNS)]) == CORE_COLUMNS
+    assert set(logged.reset_index().columns) == set(batch.columns)
+
+
+def test_ab_report_compares_the_arms_on_the_logged_predictions(world, ab_answers, servers):
+    from closedloop.core.ab import ab_report
+
+    servers["b"].stop()
+    report = ab_report(world, datetime.now(UTC) + timedelta(hours=1), window_days=2,
+                       min_labelled=30)  # fmt: skip
+    arms = report["arms"]
+    # each booking counts once, with the arm it was sticky to
+    asked = {p["booking_id"]: p["arm"] for p in ab_answers}
+    for arm in ("champion", "challenger"):
+        assert arms[arm]["predictions"] == sum(a == arm for a in asked.values())
+        assert arms[arm]["labelled"] > 30 and arms[arm]["metric"] is not None
+    # the same model in both arms: no difference can be significant
+    assert report["verdict"] == "inconclusive"
+    assert report["ci_low"] < 0 < report["ci_high"]
+
+
+def _load(server: Server, stop: threading.Event, out: list, errors: list) -> None:
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        while not stop.is_set():
+            try:
+                r = client.post("/predict", json=KNOWN)
+                out.append((r.status_code, r.json()["predictions"][0]["model_version"]))
+            except Exception as exc:
+                errors.append(repr(exc))
+
+
+def test_an_alias_move_under_concurrent_load_loses_no_request(world, servers):
+    from closedloop.core.registry import CHAMPION, client_for
+
+    a = servers["a"]
+    stop, results, errors = threading.Event(), [[] for _ in range(4)], []
+    threads = [threading.Thread(target=_load, args=(a, stop, r, errors)) for r in results]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.0)
+        client_for(world).set_registered_model_alias(world.model_name, CHAMPION, "2")
+        deadline = time.time() + 60
+        while time.time() < deadline and not all(r and r[-1][1] == "2" for r in results):
+            time.sleep(0.2)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not errors
+    for r in results:
+        assert r and all(status == 200 for status, _ in r)
+        versions = [v for _, v in r]
+        first_new = versions.index("2")
+        assert set(versions[:first_new]) == {"1"} and set(versions[first_new:]) == {"2"}
+    assert sum(len(r) for r in results) > 20
+    assert a.client.get("/ready").json()["models"] == {"champion": "2"}
+    assert _metric(a.client.get("/metrics").text, "closedloop_model_swaps_total",
+                   alias="champion") == 1  # fmt: skip
+
+
+def test_a_registry_outage_keeps_the_current_model_serving(world, servers):
+    from closedloop.core.registry import CHAMPION, client_for
+
+    a = servers["a"]
+    db = world.mlflow_dir / "mlflow.db"
+    saved = db.read_bytes()
+    try:
+        db.write_bytes(b"this is not a database " * 4096)  # the same file, broken
+        deadline = time.time() + 30
+        while time.time() < deadline and a.client.get("/ready").json()["registry_ok"]:
+            time.sleep(0.2)
+        ready = a.client.get("/ready").json()
+        assert ready["registry_ok"] is False and "registry unreachable" in ready["last_error"]
+        assert ready["ready"] is True and ready["models"] == {"champion": "2"}
+        for _ in range(10):
+            response = a.predict(KNOWN)
+            assert response.status_code == 200
+            assert response.json()["predictions"][0]["model_version"] == "2"
+        text = a.client.get("/metrics").text
+        assert _metric(text, "closedloop_registry_up") == 0
+        assert _metric(text, "closedloop_model_reload_failures_total") >= 1
+    finally:
+        db.write_bytes(saved)
+    # the registry is back: the service follows the alias again
+    client_for(world).set_registered_model_alias(world.model_name, CHAMPION, "1")
+    deadline = time.time() + 30
+    while time.time() < deadline and a.client.get("/ready").json()["models"] != {"champion": "1"}:
+        time.sleep(0.2)
+    ready = a.client.get("/ready").json()
+    assert ready["models"] == {"champion": "1"} and ready["registry_ok"] is True
+    assert a.predict(KNOWN).json()["predictions"][0]["model_version"] == "1"
+
+
+def test_serving_without_a_champion_exits_with_a_clear_message(home):
+    server = Server(home.home)
+    try:
+        code = server.proc.wait(timeout=120)
+        output = server.output.read_text()
+    finally:
+        server.stop()
+    assert code != 0 and "no version under the alias 'champion'" in output

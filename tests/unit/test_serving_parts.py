@@ -1,0 +1,291 @@
+"""The serving layer's pure parts: A/B assignment and statistics, the request schema, the
+batcher and the prediction-log writer (no server, no stores)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime
+
+import numpy as np
+import pandas as pd
+import pytest
+from pydantic import ValidationError
+
+from closedloop.core.ab import arm_for, compare_arms
+from closedloop.core.prediction_log import PredictionLog
+from closedloop.serving.app import Batcher
+from closedloop.serving.logwriter import PredictionLogWriter
+from closedloop.serving.schema import booking_model, describe_errors, request_fields
+
+KEYS = [f"BK-{i:06d}" for i in range(20_000)]
+
+
+@pytest.mark.parametrize("share", [0.1, 0.5, 0.9])
+def test_the_challenger_gets_its_share_of_keys(share):
+    got = np.mean([arm_for(k, share) == "challenger" for k in KEYS])
+    assert abs(got - share) < 0.015
+
+
+def test_arms_are_sticky_and_nested_as_the_share_grows():
+    small = {k for k in KEYS if arm_for(k, 0.2) == "challenger"}
+    large = {k for k in KEYS if arm_for(k, 0.5) == "challenger"}
+    assert small < large  # ramping the share up never moves a key back to the champion
+    assert small == {k for k in KEYS if arm_for(k, 0.2) == "challenger"}
+    assert {arm_for(k, 0.0) for k in KEYS} == {"champion"}
+    assert {arm_for(k, 1.0) for k in KEYS} == {"challenger"}
+    with pytest.raises(ValueError, match="challenger_share"):
+        arm_for("x", 1.5)
+
+
+def _arm(arm: str, n: int, noise: float, rng: np.random.Generator) -> pd.DataFrame:
+    label = rng.integers(0, 2, n)
+    return pd.DataFrame(
+        {
+            "arm": arm,
+            "model_version": {"champion": "1", "challenger": "2"}[arm],
+            "label": label,
+            "label_known": True,
+            "score": 1 / (1 + np.exp(-(label - 0.5 + rng.normal(0, noise, n)))),
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("champion_noise", "challenger_noise", "verdict"),
+    [
+        pytest.param(1.5, 0.5, "challenger_better", id="challenger-separates-better"),
+        pytest.param(0.5, 1.5, "champion_better", id="champion-separates-better"),
+        pytest.param(1.0, 1.0, "inconclusive", id="same-model"),
+    ],
+)
+def test_the_verdict_follows_the_bootstrap_interval(champion_noise, challenger_noise, verdict):
+    rng = np.random.default_rng(3)
+    frame = pd.concat([_arm("champion", 600, champion_noise, rng),
+                       _arm("challenger", 600, challenger_noise, rng)])  # fmt: skip
+    result = compare_arms(frame, min_labelled=200, resamples=300)
+    assert result.verdict == verdict, result.reasons
+    assert result.ci_low < result.difference < result.ci_high
+    assert result.arms["challenger"].model_versions == ["2"]
+    again = compare_arms(frame, min_labelled=200, resamples=300)
+    assert (again.ci_low, again.ci_high) == (result.ci_low, result.ci_high)  # seeded
+
+
+def test_too_few_labelled_rows_is_insufficient_data_and_unknown_labels_do_not_count():
+    rng = np.random.default_rng(0)
+    frame = pd.concat([_arm("champion", 400, 1.0, rng), _arm("challenger", 400, 1.0, rng)])
+    frame.loc[frame["arm"] == "challenger", "label_known"] = [True] * 150 + [False] * 250
+    result = compare_arms(frame, min_labelled=200)
+    assert result.verdict == "insufficient_data" and result.difference is None
+    assert result.arms["challenger"].predictions == 400
+    assert result.arms["challenger"].labelled == 150
+    assert "challenger: 150 labelled rows" in result.reasons[0]
+
+
+def test_the_request_schema_comes_from_the_use_case_and_the_model(usecase):
+    served = {"lead_time", "adr", "cust_bookings"}
+    assert request_fields(usecase, ["hotel", "lead_time", "adr"], served) == [
+        "booking_id", "customer_id", "hotel"
+    ]  # fmt: skip
+    # a model column nobody serves becomes a typed request field
+    fields = request_fields(usecase, ["hotel", "adults", "adr"], served)
+    assert fields[-1] == "adults"
+    model = booking_model(usecase, fields)
+    ok = model.model_validate({"booking_id": "b", "customer_id": "c", "hotel": "H01", "adults": 2})
+    assert ok.adults == 2
+    with pytest.raises(ValueError, match="neither the feature service"):
+        request_fields(usecase, ["hotel", "not_declared"], served)
+
+
+@pytest.mark.parametrize(
+    ("booking", "message"),
+    [
+        pytest.param({"customer_id": "c", "hotel": "H01", "adults": 2}, "'booking_id' is required",
+                     id="missing"),
+        pytest.param({"booking_id": 1, "customer_id": "c", "hotel": "H01", "adults": 2},
+                     "field 'booking_id': Input should be a valid string", id="int-for-string"),
+        pytest.param({"booking_id": "b", "customer_id": "c", "hotel": "H01", "adults": "2"},
+                     "field 'adults': Input should be a valid integer", id="string-for-int"),
+        pytest.param({"booking_id": "b", "customer_id": "c", "hotel": "H01", "adults": 99},
+                     "field 'adults': Input should be less than or equal to 10", id="range"),
+        pytest.param({"booking_id": "b", "customer_id": "c", "hotel": "H01", "adults": 2, "x": 1},
+                     "field 'x' is not a field of a booking", id="unknown"),
+    ],
+)  # fmt: skip
+def test_validation_errors_name_the_field(usecase, booking, message):
+    from pydantic import TypeAdapter
+
+    fields = request_fields(usecase, ["hotel", "adults"], set())
+    adapter = TypeAdapter(list[booking_model(usecase, fields)])
+    with pytest.raises(ValidationError) as caught:
+        adapter.validate_python([booking])
+    assert any(message in m for m in describe_errors(caught.value.errors(), single=True))
+    listed = describe_errors(caught.value.errors(), single=False)
+    assert all(m.startswith("field 'bookings[0].") for m in listed)
+
+
+def test_the_batcher_scores_waiting_requests_together_and_returns_each_its_own():
+    calls: list[int] = []
+    busy, release = threading.Event(), threading.Event()
+
+    def score(rows):
+        busy.set()
+        release.wait(5)  # the first call blocks until the others have queued
+        calls.append(len(rows))
+        return [r["n"] * 10 for r in rows]
+
+    batcher = Batcher(score, max_rows=100)
+    futures = [batcher.submit([{"n": 0}, {"n": 100}])]
+    assert busy.wait(5)
+    futures += [batcher.submit([{"n": i}, {"n": i + 100}]) for i in range(1, 5)]
+    release.set()
+    assert [f.result(5) for f in futures] == [[i * 10, (i + 100) * 10] for i in range(5)]
+    assert calls == [2, 8]  # the first alone, then the four that waited, in one call
+    batcher.close()
+
+
+def test_a_scoring_failure_fails_the_waiting_requests_not_the_batcher():
+    state = {"fail": True}
+
+    def score(rows):
+        if state.pop("fail", False):
+            raise RuntimeError("online store down")
+        return rows
+
+    batcher = Batcher(score, max_rows=10)
+    with pytest.raises(RuntimeError, match="online store down"):
+        batcher.submit([1]).result(5)
+    assert batcher.submit([2]).result(5) == [2]
+    batcher.close()
+
+
+def _records(n: int, start: int = 0) -> list[dict]:
+    when = datetime(2026, 2, 1, 12, tzinfo=UTC)
+    return [
+        {"prediction_id": f"p{start + i:05d}", "source": "online", "predicted_at": when,
+         "model_name": "m", "model_version": "1", "arm": "champion", "score": 0.5,
+         "decision": 1, "booking_id": f"b{start + i}"}
+        for i in range(n)
+    ]  # fmt: skip
+
+
+class _FlakyLog(PredictionLog):
+    def __init__(self, root, failures: int) -> None:
+        super().__init__(root)
+        self.failures = failures
+
+    def append_online(self, records, day):
+        if self.failures:
+            self.failures -= 1
+            raise OSError("disk full")
+        return super().append_online(records, day)
+
+
+def test_the_log_writer_flushes_everything_on_close(tmp_path):
+    log = PredictionLog(tmp_path)
+    writer = PredictionLogWriter(log, flush_seconds=3600, max_records=10_000)
+    for k in range(5):
+        writer.add(_records(7, start=k * 7))
+    assert writer.pending == 35 and not list(tmp_path.rglob("*.parquet"))
+    writer.close()
+    read = log.read(datetime(2026, 2, 1, tzinfo=UTC), datetime(2026, 2, 2, tzinfo=UTC))
+    assert sorted(read["prediction_id"]) == [f"p{i:05d}" for i in range(35)]
+
+
+def test_a_failed_flush_is_retried_and_loses_nothing(tmp_path):
+    outcomes: list[tuple[int, bool]] = []
+    log = _FlakyLog(tmp_path, failures=1)
+    writer = PredictionLogWriter(
+        log, flush_seconds=0.05, on_flush=lambda n, ok: outcomes.append((n, ok))
+    )
+    writer.add(_records(4))
+    deadline = time.time() + 5
+    while time.time() < deadline and writer.written < 4:
+        time.sleep(0.02)
+    writer.close()
+    assert outcomes[0] == (4, False) and (4, True) in outcomes
+    read = log.read(datetime(2026, 2, 1, tzinfo=UTC), datetime(2026, 2, 2, tzinfo=UTC))
+    assert len(read) == 4 and read["prediction_id"].is_unique
+
+
+def test_the_ab_test_task_reports_per_arm_performance_from_the_log(home):
+    """The monitoring DAG's ab_test task on a log whose challenger separates better."""
+    import json
+
+    from closedloop.core import offline
+    from closedloop.operators.monitoring import ABTestReportOperator
+
+    rng = np.random.default_rng(5)
+    frames = [_arm("champion", 400, 2.0, rng), _arm("challenger", 400, 0.4, rng)]
+    log = pd.concat(frames, ignore_index=True)
+    n = len(log)
+    log = log.assign(
+        prediction_id=[f"p{i:05d}" for i in range(n)],
+        source="online",
+        predicted_at=datetime(2026, 2, 10, 9, tzinfo=UTC),
+        model_name="hotel_cancellation",
+        decision=(log["score"] > 0.5).astype(int),
+        booking_id=[f"BK-{i:05d}" for i in range(n)],
+    )
+    PredictionLog(home.prediction_log_dir).append_online(log.drop(columns="label"), "2026-02-10")
+    outcomes = pd.DataFrame(
+        {
+            "booking_id": log["booking_id"],
+            "is_canceled": log["label"],
+            # a tenth of the stays begin after the interval: their outcome is not known yet
+            "arrival_date": [datetime(2026, 2, 12 if i % 10 else 20, tzinfo=UTC) for i in range(n)],
+        }
+    )
+    offline.write_partition(outcomes, home.offline_table_dir("bookings"), "2026-02-10")
+    context = {
+        "data_interval_start": datetime(2026, 2, 14, tzinfo=UTC),
+        "data_interval_end": datetime(2026, 2, 15, tzinfo=UTC),
+        "ti": None,
+        "run_id": "manual__ab",
+    }
+    report = ABTestReportOperator(task_id="ab_test", window_days=14).execute(context)
+    assert report["verdict"] == "challenger_better" and report["ci_low"] > 0
+    assert report["arms"]["champion"]["predictions"] == 400
+    assert report["arms"]["champion"]["labelled"] == 360  # 40 outcomes not known by the end
+    assert report["arms"]["challenger"]["model_versions"] == ["2"]
+    written = home.home / "reports" / "hotel_bookings" / "2026-02-14" / "ab_test.json"
+    assert json.loads(written.read_text())["verdict"] == "challenger_better"
+
+
+@pytest.mark.filterwarnings("ignore:X does not have valid feature names")
+@pytest.mark.parametrize("family", ["logistic_regression", "hist_gradient_boosting"])
+def test_the_fast_path_gives_the_pipelines_own_probabilities(family):
+    from closedloop.core.modeling import build_model
+    from closedloop.serving.scorer import FastPipeline
+
+    rng = np.random.default_rng(1)
+    n = 400
+    frame = pd.DataFrame(
+        {
+            "hotel": rng.choice(["H01", "H02", "H03"], n),
+            "segment": rng.choice(["Direct", "Groups"], n),
+            "lead_time": rng.integers(0, 300, n),
+            "adr": rng.normal(100, 20, n),
+        }
+    )
+    label = (frame["lead_time"] / 300 + (frame["hotel"] == "H02") + rng.normal(0, 0.3, n)) > 0.8
+    params = {"C": 1.0} if family == "logistic_regression" else {"max_iter": 20}
+    pipeline = build_model(family, params, frame, seed=0).fit(frame, label.astype(int))
+    # an unseen category scores as the pipeline scores it
+    frame.loc[0, "segment"] = "Complementary"
+    columns = {c: frame[c].tolist() for c in frame.columns}
+    rows = list(range(n))
+    got = FastPipeline(pipeline).predict_proba(columns, rows)
+    np.testing.assert_array_equal(got, pipeline.predict_proba(frame))
+    np.testing.assert_array_equal(
+        FastPipeline(pipeline).predict_proba(columns, [7]), pipeline.predict_proba(frame.iloc[[7]])
+    )
+
+
+def test_other_model_shapes_are_not_taken_by_the_fast_path():
+    from sklearn.linear_model import LogisticRegression
+
+    from closedloop.serving.scorer import FastPipeline
+
+    with pytest.raises(TypeError, match="not a Pipeline"):
+        FastPipeline(LogisticRegression())
