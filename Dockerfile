@@ -25,10 +25,9 @@ COPY pyproject.toml README.md ./
 COPY plugins ./plugins
 COPY dags ./dags
 COPY feature_repo ./feature_repo
-RUN uv pip install --python /opt/venv/bin/python --compile-bytecode --no-deps -e .
-
-RUN useradd --system --uid 10001 --create-home --home-dir /var/lib/closedloop closedloop
-USER closedloop
+RUN uv pip install --python /opt/venv/bin/python --compile-bytecode --no-deps -e . \
+    && useradd --system --uid 10001 --create-home --home-dir /var/lib/closedloop closedloop
+USER 10001
 ENV CLOSEDLOOP_HOME=/var/lib/closedloop \
     CLOSEDLOOP_PROFILE=production
 

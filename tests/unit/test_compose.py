@@ -197,3 +197,11 @@ def test_images_are_pinned_and_the_project_image_is_built_from_the_dockerfile(se
     if "serve" in cli.commands:  # the serving service's command, where it exists
         options = {o for p in cli.commands["serve"].params for o in p.opts}
         assert {"--host", "--port"} <= options
+
+
+def test_dockerfile_passes_hadolint():
+    hadolint = Path(sys.executable).with_name("hadolint")
+    done = subprocess.run(
+        [str(hadolint), "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
