@@ -110,22 +110,50 @@ def historical_features(store: FeatureStore, entity_df: Any, features: Any) -> A
     """Point-in-time correct features for every row of ``entity_df``, in its order.
 
     Written by hand on top of ``get_historical_features`` because Feast 0.67's file
-    (dask) offline store silently drops an entity row whose key has feature rows that
-    are *all* newer than the row's timestamp (or all older than the TTL): its left join
-    is followed by a timestamp filter that removes the only matching rows, and the row
-    then vanishes for every view. A missing value must stay a missing value, so each
-    view is joined separately on tagged rows and what Feast dropped comes back as nulls
-    for that view only.
+    (dask) offline store loses entity rows in two ways, silently:
+
+    * it drops an entity row whose key has feature rows that are *all* newer than the
+      row's timestamp (or all older than the TTL): its left join is followed by a
+      timestamp filter that removes the only matching rows, and the row then vanishes
+      for every view;
+    * it keeps one row per view join key and entity timestamp (``drop_duplicates`` on
+      them after the join), so of two entity rows with the same key and timestamp for a
+      view — two bookings of one hotel in the same second — only one survives.
+
+    A missing value must stay a missing value and a present one present, so each view
+    is joined separately, on the distinct (join keys, timestamp) pairs of the entity
+    rows, tagged; every entity row then takes the features of its pair, and what Feast
+    dropped comes back as nulls for that view only.
     """
-    tagged = entity_df.reset_index(drop=True).assign(**{_ROW_ID: range(len(entity_df))})
+    frame = entity_df.reset_index(drop=True)
+    ts = _entity_timestamp(frame)
     by_view: dict[str, list[str]] = {}
     for ref in feature_refs(store, features):
         by_view.setdefault(ref.split(":", 1)[0], []).append(ref)
-    out = tagged
-    for refs in by_view.values():
+    out = frame
+    for view_name, refs in by_view.items():
+        view = store.get_feature_view(view_name)
+        keys = [view.projection.join_key_map.get(c.name, c.name) for c in view.entity_columns]
+        pairs = frame[[*keys, ts]].drop_duplicates(ignore_index=True)
+        tagged = pairs.assign(**{_ROW_ID: range(len(pairs))})
         got = store.get_historical_features(entity_df=tagged, features=refs).to_df()
         if got[_ROW_ID].duplicated().any():
             raise RuntimeError(f"Feast returned more than one row per entity row for {refs}")
         names = [r.split(":", 1)[1] for r in refs]
-        out = out.merge(got[[_ROW_ID, *names]], on=_ROW_ID, how="left", validate="one_to_one")
-    return out.sort_values(_ROW_ID).drop(columns=_ROW_ID).reset_index(drop=True)
+        found = tagged.merge(got[[_ROW_ID, *names]], on=_ROW_ID, how="left", validate="one_to_one")
+        out = out.merge(
+            found.drop(columns=_ROW_ID), on=[*keys, ts], how="left", validate="many_to_one"
+        )
+    return out
+
+
+def _entity_timestamp(entity_df: Any) -> str:
+    """The entity rows' timestamp column, found as Feast finds it."""
+    if "event_timestamp" in entity_df.columns:
+        return "event_timestamp"
+    import pandas as pd
+
+    times = [c for c in entity_df.columns if pd.api.types.is_datetime64_any_dtype(entity_df[c])]
+    if len(times) != 1:
+        raise ValueError(f"entity rows need one timestamp column, found {times}")
+    return times[0]
