@@ -1,10 +1,15 @@
 """Throughput and peak memory of batch inference: the batch path vs. the bare model.
 
 The batch path is ``closedloop.core.batch_inference.score_interval``: entity rows
-streamed from the offline store, Feast's point-in-time join per chunk (+ the declared
-defaults), the champion's ``predict_proba`` and two streamed Parquet outputs. The
-baseline is the same champion's ``predict_proba`` on an in-memory frame of the very same
-feature values (read back from the prediction log the batch path wrote).
+streamed from the offline store with the booking view's own features, the other views'
+point-in-time join per chunk (+ the declared defaults), the champion's ``predict_proba``
+and two streamed Parquet outputs. The baseline is the same champion's ``predict_proba``
+on an in-memory frame of the very same feature values (read back from the prediction
+log the batch path wrote).
+
+Goals (issue 4), each printed PASS or MISS: batch rows/s >= 0.8x raw ``predict_proba``
+rows/s; memory flat in the number of rows — the batch path's working set (peak RSS
+minus RSS before scoring) at 5M rows at most 1.5x the one at 1M (``--also``).
 
 Set-up (not timed): a home with ``--history-days`` of generated bookings (backfilled
 through the real feature pipeline) and a champion trained, registered and promoted by
@@ -36,6 +41,9 @@ from pathlib import Path
 
 FIRST = date(2026, 1, 1)
 BIG = 5_000_000
+GOAL_RATIO = 0.8
+#: "flat": the working set at BIG rows may exceed the one at --rows by this factor
+GOAL_FLAT = 1.5
 
 
 def _vm(key: str) -> int:
@@ -240,11 +248,35 @@ def main() -> None:
             _report(rows[-1:], args.chunk, header=len(rows) == 1)
         print()
         _report(rows, args.chunk, header=True)
+        _verdicts(rows)
     finally:
         if args.keep:
             print(f"home kept: {home}")
         else:
             shutil.rmtree(home, ignore_errors=True)
+
+
+def _verdicts(rows: list) -> None:
+    """PASS/MISS against the goals (see the module docstring)."""
+    print()
+    for n, batch, base in rows:
+        ratio = (n / batch["wall"]) / (n / base["wall"])
+        verdict = "PASS" if ratio >= GOAL_RATIO else "MISS"
+        goal = f"goal >= {GOAL_RATIO}x"
+        print(f"{verdict}  {n:>9,} rows: batch {ratio:.3f}x raw predict_proba ({goal})")
+    if len(rows) > 1:
+        (n1, small, _), (n2, big, _) = rows[0], rows[-1]
+        used = [r["peak_rss_mib"] - r["rss_before_mib"] for r in (small, big)]
+        growth = used[1] / max(used[0], 1)
+        verdict = "PASS" if growth <= GOAL_FLAT else "MISS"
+        print(
+            f"{verdict}  memory: working set {used[0]:,} MiB at {n1:,} rows, {used[1]:,} MiB at "
+            f"{n2:,} rows ({growth:.2f}x for {n2 / n1:.0f}x the rows; goal <= {GOAL_FLAT}x); "
+            f"peak RSS {small['peak_rss_mib']:,} / {big['peak_rss_mib']:,} MiB"
+        )
+    else:
+        print("(memory flatness needs a second size: --also)")
+    sys.stdout.flush()
 
 
 def _report(rows: list, chunk: int, *, header: bool) -> None:
