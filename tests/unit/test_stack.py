@@ -117,3 +117,25 @@ def test_production_environ_is_celery_on_postgres_and_redis(production):
 def test_embedded_settings_are_not_a_stack(tmp_path: Path):
     with pytest.raises(ValueError, match="production"):
         production_environ(load_settings(home=tmp_path))
+
+
+def test_stack_up_refuses_before_touching_any_server(tmp_path: Path):
+    """Every credential of every component is checked before the first process starts."""
+    env = {k: v for k, v in os.environ.items() if k not in CREDENTIALS}
+    env.update(
+        CLOSEDLOOP_HOME=str(tmp_path),
+        CLOSEDLOOP_PROFILE="production",
+        # nothing listens here: reaching it would fail differently
+        CLOSEDLOOP_STORES__POSTGRES_URL="postgresql://nobody@127.0.0.1:1",
+        CLOSEDLOOP_STORES__REDIS_URL="redis://127.0.0.1:1/0",
+        AIRFLOW__API_AUTH__JWT_SECRET="j" * 64,
+    )
+    done = subprocess.run(
+        [CLOSEDLOOP, "stack", "up"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode != 0
+    assert "refusing to start" in done.stderr
+    missing = set(CREDENTIALS) - {"AIRFLOW__API_AUTH__JWT_SECRET"}
+    assert all(name in done.stderr for name in missing), done.stderr
+    assert "AIRFLOW__API_AUTH__JWT_SECRET:" not in done.stderr
+    assert not (tmp_path / "airflow" / "logs" / "init.log").exists(), "nothing was started"
