@@ -138,8 +138,9 @@ class Server:
 def servers(world):
     a = Server(world.home, "--poll-seconds", "0.3")
     b = Server(
-        world.home, "--challenger-share", "0.5", "--log-flush-seconds", "600", "--log-level", "info"
-    )
+        world.home, "--challenger-share", "0.5", "--poll-seconds", "0.3",
+        "--log-flush-seconds", "600", "--log-level", "info",
+    )  # fmt: skip
     try:
         a.wait_ready()
         b.wait_ready()
@@ -314,6 +315,39 @@ def test_ab_split_is_sticky_per_booking_and_each_arm_uses_its_model(ab_answers):
     assert 0.4 < share < 0.6
 
 
+@pytest.fixture(scope="module")
+def b_answers_after_the_split(world):
+    """Server B's answers outside the A/B fixture's bookings (day 18)."""
+    return []
+
+
+def test_without_a_challenger_alias_the_champion_takes_every_key(
+    world, servers, ab_answers, b_answers_after_the_split
+):
+    from closedloop.core.registry import CHALLENGER, client_for
+
+    b, client = servers["b"], client_for(world)
+    keys = _keys(_bookings(world, "2026-01-18").head(60))
+    client.delete_registered_model_alias(world.model_name, CHALLENGER)
+    try:
+        deadline = time.time() + 30
+        while time.time() < deadline and b.client.get("/ready").json()["models"] != {
+            "champion": "1"
+        }:
+            time.sleep(0.2)
+        answers = b.predict(keys).json()["predictions"]
+        b_answers_after_the_split.extend(answers)
+        assert {p["arm"] for p in answers} == {"champion"}
+    finally:
+        client.set_registered_model_alias(world.model_name, CHALLENGER, "2")
+    deadline = time.time() + 30
+    while time.time() < deadline and "challenger" not in b.client.get("/ready").json()["models"]:
+        time.sleep(0.2)
+    again = b.predict(keys).json()["predictions"]
+    b_answers_after_the_split.extend(again)
+    assert [p["arm"] for p in again] == [arm_for(k["booking_id"], 0.5) for k in keys]
+
+
 def test_sigterm_flushes_every_answered_prediction_to_the_log(world, servers, ab_answers):
     b = servers["b"]
     log = PredictionLog(world.prediction_log_dir)
@@ -341,7 +375,9 @@ def test_sigterm_flushes_every_answered_prediction_to_the_log(world, servers, ab
     assert set(logged.reset_index().columns) == set(batch.columns)
 
 
-def test_ab_report_compares_the_arms_on_the_logged_predictions(world, ab_answers, servers):
+def test_ab_report_compares_the_arms_on_the_logged_predictions(
+    world, ab_answers, servers, b_answers_after_the_split
+):
     from closedloop.core.ab import ab_report
 
     servers["b"].stop()
@@ -349,7 +385,7 @@ def test_ab_report_compares_the_arms_on_the_logged_predictions(world, ab_answers
                        min_labelled=30)  # fmt: skip
     arms = report["arms"]
     # each booking counts once, with the arm it was sticky to
-    asked = {p["booking_id"]: p["arm"] for p in ab_answers}
+    asked = {p["booking_id"]: p["arm"] for p in ab_answers + b_answers_after_the_split}
     for arm in ("champion", "challenger"):
         assert arms[arm]["predictions"] == sum(a == arm for a in asked.values())
         assert arms[arm]["labelled"] > 30 and arms[arm]["metric"] is not None

@@ -93,7 +93,9 @@ class ModelFollower:
         if wanted.get(CHAMPION) is None:
             return self._failed("the registry has no champion any more; keeping the current one")
         moved = [a for a, v in wanted.items() if v is not None and have.get(a) != v]
-        if not moved:
+        # the challenger alias was removed (promoted or withdrawn): the split stops
+        dropped = CHALLENGER in wanted and wanted[CHALLENGER] is None and CHALLENGER in have
+        if not moved and not dropped:
             self.status["last_error"] = None
             return False
         loaded = {}
@@ -108,13 +110,16 @@ class ModelFollower:
                 )
         self.deployment = Deployment(
             loaded.get(CHAMPION, current.champion),
-            loaded.get(CHALLENGER, current.challenger),
+            None if dropped else loaded.get(CHALLENGER, current.challenger),
             self.challenger_share,
         )
         self.status["last_error"] = None
         for alias, model in loaded.items():
             log.info("now serving %s v%s as %s", model.name, model.version, alias)
             self.on_event("swap", alias)
+        if dropped:
+            log.info("no challenger in the registry any more: the champion takes all keys")
+            self.on_event("swap", CHALLENGER)
         return True
 
     def _failed(self, message: str, *, registry_ok: bool = False) -> bool:
