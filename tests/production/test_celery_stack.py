@@ -153,6 +153,17 @@ def test_hotel_features_on_celery_fills_offline_store_and_redis(stack):
         failure_report(stack, "hotel_features", r) for r in runs
     ]
     print(f"hotel_features x{len(runs)} under Celery: {seconds:.1f}s")
+    # The worker imported the heavy libraries before forking its pool: no task pays
+    # the ~20 s of imports (closedloop.celery_config).
+    durations = sorted(
+        ti["duration"]
+        for r in runs
+        for ti in stack._request(
+            "GET", f"/api/v2/dags/hotel_features/dagRuns/{r}/taskInstances?limit=100"
+        )["task_instances"]
+    )
+    print(f"task durations: {[round(d, 1) for d in durations]}")
+    assert durations[len(durations) // 2] < 8, durations
 
     # Offline: every landed booking of the watched days is in its partition.
     counts = offline.row_counts(settings.offline_table_dir("bookings"))
