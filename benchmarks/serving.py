@@ -200,6 +200,7 @@ def main() -> None:
 
     settings = load_settings()
     procs: list[subprocess.Popen] = []
+    load_before = os.getloadavg()[0]
     try:
         if tmp is not None:
             print("preparing a home with a champion ...", flush=True)
@@ -274,7 +275,9 @@ def main() -> None:
 
     print(
         f"\n{model.name} v{model.version}, {type(model.model[-1]).__name__}; {args.seconds:.0f} s "
-        f"per phase, {args.connections} connections when concurrent"
+        f"per phase, {args.connections} connections when concurrent; {os.cpu_count()} CPUs, "
+        f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after "
+        "(other processes share the CPUs: compare the ratios, measured in the same run)"
     )
     print(f"{'':36} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'errors':>7}")
     for name, phases in results.items():
