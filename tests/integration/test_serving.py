@@ -159,7 +159,7 @@ def _keys(frame: pd.DataFrame) -> list[dict]:
     return frame[["booking_id", "customer_id", "hotel"]].to_dict("records")
 
 
-def test_ready_reports_the_loaded_models_and_the_request_schema(servers):
+def test_ready_reports_the_loaded_models_and_the_request_schema(world, servers):
     a = servers["a"]
     assert a.client.get("/health").json() == {"status": "ok"}
     ready = a.client.get("/ready").json()
@@ -168,7 +168,12 @@ def test_ready_reports_the_loaded_models_and_the_request_schema(servers):
     b = servers["b"].client.get("/ready").json()
     assert b["models"] == {"champion": "1", "challenger": "2"}
     spec = a.client.get("/openapi.json").json()
-    assert "/predict" in spec["paths"] and "PredictResponse" in json.dumps(spec)
+    assert "PredictResponse" in json.dumps(spec)
+    body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]
+    one, many = body["schema"]["anyOf"]
+    assert sorted(one["required"]) == ["booking_id", "customer_id", "hotel"]
+    assert one["properties"]["hotel"]["enum"] == world.usecase.columns["hotel"].categories
+    assert many["items"] == one and many["maxItems"] == 100
     assert a.client.get("/docs").status_code == 200
 
 

@@ -170,6 +170,7 @@ class Service:
         self.batcher: Batcher | None = None
         self.writer: Any = None
         self.adapter: TypeAdapter | None = None
+        self.booking: Any = None
         self.fields: list[str] = []
         self.error: str | None = None
         self._probe: dict[str, Any] | None = None
@@ -208,7 +209,8 @@ class Service:
             deployment.champion.feature_names,
             set(self.scorer.served_features),
         )
-        self.adapter = TypeAdapter(list[booking_model(self.settings.usecase, self.fields)])
+        self.booking = booking_model(self.settings.usecase, self.fields)
+        self.adapter = TypeAdapter(list[self.booking])
         self._published(deployment)
         self.batcher = Batcher(self._score, self.config.max_rows)
         self.follower.start()
@@ -384,4 +386,22 @@ def create_app(settings: Settings, config: ServeConfig | None = None) -> FastAPI
             media_type=prometheus_client.CONTENT_TYPE_LATEST,
         )
 
+    def openapi() -> dict[str, Any]:
+        """FastAPI's schema, with the request body the use case and model define (known
+        once the model has loaded: the body is validated by hand, see ``_predict``)."""
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        from fastapi.openapi.utils import get_openapi
+
+        spec = get_openapi(title=app.title, version=app.version, description=app.description,
+                           routes=app.routes)  # fmt: skip
+        if service.booking is not None:
+            one = service.booking.model_json_schema()
+            many = {"type": "array", "items": one, "minItems": 1, "maxItems": config.max_bookings}
+            body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]
+            body["schema"] = {"anyOf": [one, many], "description": body["schema"]["description"]}
+            app.openapi_schema = spec
+        return spec
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
