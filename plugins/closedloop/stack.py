@@ -314,15 +314,15 @@ class ProductionStack(LocalAirflow):
     def _spawn(self, name: str, env: dict[str, str]) -> subprocess.Popen:
         logs = self.settings.airflow_home / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        log = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - owned by the process
         closedloop = str(Path(sys.executable).with_name("closedloop"))
-        return subprocess.Popen(
-            [closedloop, "stack", "run", name],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        with open(logs / f"{name}.log", "ab") as log:  # the child keeps its own descriptor
+            return subprocess.Popen(
+                [closedloop, "stack", "run", name],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def start(self, timeout: float = 300) -> None:
         """Check every credential, create the databases, migrate, start every component,

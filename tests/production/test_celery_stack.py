@@ -154,7 +154,7 @@ def test_hotel_features_on_celery_fills_offline_store_and_redis(stack):
     ]
     print(f"hotel_features x{len(runs)} under Celery: {seconds:.1f}s")
     # The worker imported the heavy libraries before forking its pool: no task pays
-    # the ~20 s of imports (closedloop.celery_config).
+    # 10-20 s of imports (closedloop.celery_config).
     durations = sorted(
         ti["duration"]
         for r in runs
@@ -163,7 +163,8 @@ def test_hotel_features_on_celery_fills_offline_store_and_redis(stack):
         )["task_instances"]
     )
     print(f"task durations: {[round(d, 1) for d in durations]}")
-    assert durations[len(durations) // 2] < 8, durations
+    # (Preloaded, the slowest task took 5 s here; without it, six took 10-17 s.)
+    assert sum(d > 8 for d in durations) <= 1, durations
 
     # Offline: every landed booking of the watched days is in its partition.
     counts = offline.row_counts(settings.offline_table_dir("bookings"))
