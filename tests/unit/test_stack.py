@@ -139,3 +139,21 @@ def test_stack_up_refuses_before_touching_any_server(tmp_path: Path):
     assert all(name in done.stderr for name in missing), done.stderr
     assert "AIRFLOW__API_AUTH__JWT_SECRET:" not in done.stderr
     assert not (tmp_path / "airflow" / "logs" / "init.log").exists(), "nothing was started"
+
+
+@pytest.mark.parametrize(("ci", "outcome"), [("true", "1 error"), ("", "1 skipped")])
+def test_production_suite_fails_in_ci_when_a_server_is_missing(ci: str, outcome: str):
+    """tests/production against a PostgreSQL that is not there: an error under CI, a skip
+    on a developer's machine."""
+    env = {**os.environ, "CI": ci, "CLOSEDLOOP_TEST_POSTGRES_URL": "postgresql://x@127.0.0.1:1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "require_login"],
+        cwd=Path(__file__).resolve().parents[2] / "tests" / "production",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert outcome in done.stdout, done.stdout[-3000:]
+    assert "PostgreSQL is not reachable" in done.stdout
+    assert (done.returncode != 0) == bool(ci)
