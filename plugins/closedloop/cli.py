@@ -237,10 +237,14 @@ def serve(
 
 @main.command("airflow-env")
 def airflow_env() -> None:
-    """Print the environment for running Airflow's own CLI on closedloop's state."""
+    """Print the environment for running Airflow's own CLI on closedloop's state
+    (the production profile's too; its credentials stay in your environment)."""
     from closedloop.runtime import airflow_environ
+    from closedloop.stack import production_environ
 
-    for key, value in sorted(airflow_environ(load_settings()).items()):
+    settings = load_settings()
+    environ = production_environ if settings.profile == "production" else airflow_environ
+    for key, value in sorted(environ(settings).items()):
         click.echo(f"export {key}={json.dumps(value)}")
 
 

@@ -157,3 +157,19 @@ def test_production_suite_fails_in_ci_when_a_server_is_missing(ci: str, outcome:
     assert outcome in done.stdout, done.stdout[-3000:]
     assert "PostgreSQL is not reachable" in done.stdout
     assert (done.returncode != 0) == bool(ci)
+
+
+def test_airflow_env_prints_the_production_configuration(tmp_path: Path):
+    env = {
+        **os.environ,
+        "CLOSEDLOOP_HOME": str(tmp_path),
+        "CLOSEDLOOP_PROFILE": "production",
+        "CLOSEDLOOP_STORES__POSTGRES_URL": "postgresql://cl@db:5432",
+        "CLOSEDLOOP_STORES__REDIS_URL": "redis://cache:6379/1",
+    }
+    done = subprocess.run(
+        [CLOSEDLOOP, "airflow-env"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert 'export AIRFLOW__CORE__EXECUTOR="CeleryExecutor"' in done.stdout
+    assert "postgresql+psycopg2://cl@db:5432/airflow" in done.stdout
