@@ -47,15 +47,21 @@ interval's start date and replaced whole (temporary file + ``os.replace``) on a 
 An interval without bookings writes no file, and removes the files an earlier run of the
 same interval wrote: the outputs always say what the latest run found.
 
-Cost (``benchmarks/batch_inference.py --also``, 1M and 5M bookings, chunks of 50,000):
-1M rows 29.6 s (read 5.6, join 10.3, predict 5.6, waiting for writes 1.0; the rest is
-building frames and prediction ids) against 16.5 s for ``predict_proba`` on the same
-rows in memory: 0.56x (before: 0.012x); 5M rows 0.30x. The bare model is not the whole
-story: converting Arrow strings to pandas objects, hashing a prediction id per row and
-the joins' pandas bookkeeping cost about what the model does. Peak RSS 742 MiB at 1M
-and 990 MiB at 5M rows (357 MiB before scoring): the chunks are flat, the growth is the
-customer table's TTL window, which the benchmark grows with the rows (one customer per
-five bookings).
+Cost (``benchmarks/batch_inference.py --also``, 1M and 5M bookings, chunks of 50,000,
+on a shared 2-core machine whose load swung the bare model's time 3x between runs):
+first run 1M rows 29.6 s (read 5.6, join 10.3, predict 5.6, waiting for writes 1.0;
+the rest is building frames and prediction ids) against 16.5 s for ``predict_proba``
+on the same rows in memory, 0.56x (before this change: 0.012x), 5M rows 0.30x; second
+run 0.25x at 1M (the bare model took 6.1 s) and 0.43x at 5M. Batch throughput itself
+was steady at 34,000-48,000 rows/s. The bare model is not the whole story: converting
+Arrow strings to pandas objects, hashing a prediction id per row and pandas'
+bookkeeping in the joins cost more than the model does. A hand-written lookup (binary
+search over the sorted key/time pairs) instead of ``merge_asof`` gave identical
+frames at the same speed (0.18 vs 0.19 s per chunk, interleaved), so ``merge_asof``
+stays. Peak RSS 742-750 MiB at 1M and 989-990 MiB at 5M rows (357 MiB before
+scoring): the chunks are flat; the growth is the customer table's TTL window, which the
+benchmark grows with the rows (one customer per five bookings: 200,000 rows at 1M,
+1M rows at 5M).
 """
 
 from __future__ import annotations
@@ -376,7 +382,7 @@ class AsOfIndex:
         frame = frame.sort_values([*keys, _FEATURE_TS], kind="stable").reset_index(drop=True)
         codes = _key_index(frame, keys).factorize()[0]  # sorted: one run of rows per key
         firsts = np.flatnonzero(np.diff(codes, prepend=-1)) if len(codes) else np.array([], int)
-        # merge_asof matches on the integer code of a key: ~10x faster than on strings
+        # merge_asof matches on a key's integer code: it need not hash string keys
         self.frame = frame[[_FEATURE_TS, *view.features]].assign(**{_CODE: codes})
         self.uniques = _key_index(frame.iloc[firsts], keys)
         self.starts = firsts
