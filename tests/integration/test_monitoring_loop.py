@@ -8,6 +8,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
+import yaml
 
 from closedloop.core.feature_pipeline import backfill
 from closedloop.core.monitoring import DecisionLog
@@ -31,8 +32,16 @@ def watched(tmp_path_factory, airflow_db):
     from closedloop.airflow_runs import load_dag, run_dag, run_day
 
     root = tmp_path_factory.mktemp("monitoring") / "home"
+    # Six drift days are too few for outcomes of the new regime to arrive, so the
+    # deferral is switched off here: this test is about detection and the trigger's
+    # deduplication; the real-scheduler end-to-end test runs the configured policy.
+    usecase = yaml.safe_load(load_settings().usecase_file.read_text())
+    usecase["model"]["monitoring"]["drift_min_new_labels"] = 0
+    usecase_file = root.parent / "hotel_bookings.yaml"
+    usecase_file.write_text(yaml.safe_dump(usecase))
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CLOSEDLOOP_HOME", str(root))
+        mp.setenv("CLOSEDLOOP_USECASE_FILE", str(usecase_file))
         settings = load_settings()
         drift = DriftSpec(start=DRIFT_START, covariate=1.0, concept=1.0)
         write_batches(settings.landing_dir, FIRST, HISTORY + WATCHED, n_bookings=200, drift=drift)

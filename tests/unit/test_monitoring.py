@@ -82,3 +82,47 @@ def test_one_verdict_per_day_and_a_stable_trigger_id(tmp_path):
     assert log.last_retrain("m", before=DAY) is None
     log.record(_decide(day=date(2026, 3, 11)))
     assert [v.day for v in log.verdicts("m")] == ["2026-03-10", "2026-03-11"]
+
+
+DEFERRING = MonitoringPolicy(
+    drift_share_threshold=0.3, min_labelled_rows=100, cooldown_days=7, drift_min_new_labels=50
+)
+
+
+def test_a_drift_retrain_waits_for_outcomes_of_the_new_regime():
+    kwargs = dict(model="m", day=DAY, drift=DRIFTED, live_auc=None, labelled_rows=0)
+    kwargs |= dict(reference_auc=None, last_retrain=None, policy=DEFERRING)
+    early = decide(**kwargs, drift_since=date(2026, 3, 8), new_labels=49)
+    assert not early.retrain
+    assert any("deferred" in r and "2026-03-08" in r for r in early.reasons)
+    assert early.extra == {"drift_since": "2026-03-08", "new_labels": 49}
+    assert decide(**kwargs, drift_since=date(2026, 3, 8), new_labels=50).retrain
+
+
+def test_a_performance_drop_is_not_deferred():
+    verdict = decide(
+        model="m",
+        day=DAY,
+        drift=DRIFTED,
+        live_auc=0.70,
+        labelled_rows=500,
+        reference_auc=0.82,
+        last_retrain=None,
+        policy=DEFERRING,
+        drift_since=DAY,
+        new_labels=0,
+    )
+    assert verdict.retrain
+
+
+def test_the_drift_streak_starts_on_its_first_drifted_day(tmp_path):
+    log = DecisionLog(f"sqlite:///{tmp_path / 'decisions.db'}")
+    shares = {8: 0.5, 5: 0.4, 6: 0.2, 7: 0.5}  # 6 breaks the streak; 9 is missing
+    for d, share in shares.items():
+        drift = {**STABLE, "drift_share": share}
+        log.record(_decide(drift=drift, day=date(2026, 3, d)))
+    assert log.drift_since("m", date(2026, 3, 9), 0.3) == date(2026, 3, 7)
+    assert log.drift_since("m", date(2026, 3, 7), 0.3) == date(2026, 3, 7)
+    assert log.drift_since("m", date(2026, 3, 10), 0.3) == date(2026, 3, 10)
+    assert log.drift_since("m", date(2026, 3, 9), 0.6) == date(2026, 3, 9)
+    log.dispose()

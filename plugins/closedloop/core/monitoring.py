@@ -30,6 +30,10 @@ class MonitoringPolicy:
     collapse_drop: float = 0.15
     min_labelled_rows: int = 200
     cooldown_days: int = 7
+    #: a drift retrain waits until this many predictions made since the drift began have
+    #: their outcome known: a model retrained before any outcome of the new regime is
+    #: known learns the old one again (0: retrain on drift at once)
+    drift_min_new_labels: int = 0
 
 
 @dataclass(frozen=True)
@@ -72,9 +76,13 @@ def decide(
     last_retrain: date | None,
     policy: MonitoringPolicy,
     report: str | None = None,
+    drift_since: date | None = None,
+    new_labels: int | None = None,
 ) -> Verdict:
     """Judge one day. ``drift`` is a ``DriftResult.to_dict()``; ``last_retrain`` the day
-    of the last retraining this monitoring triggered (for the cooldown)."""
+    of the last retraining this monitoring triggered (for the cooldown); ``drift_since``
+    the first day of the drift that is still going on and ``new_labels`` the outcomes
+    known so far of predictions made since then (for the deferral)."""
     reasons: list[str] = []
     share = float(drift["drift_share"])
     drifted = share >= policy.drift_share_threshold
@@ -100,6 +108,16 @@ def decide(
     degraded = drop is not None and drop >= policy.performance_drop
     collapsed = drop is not None and drop >= policy.collapse_drop
     wants = drifted or degraded
+    extra: dict[str, Any] = {}
+    if drifted:
+        extra = {"drift_since": (drift_since or day).isoformat(), "new_labels": new_labels or 0}
+    if drifted and not degraded and (new_labels or 0) < policy.drift_min_new_labels:
+        reasons.append(
+            f"retrain deferred: {new_labels or 0} outcomes known of predictions made since "
+            f"the drift began on {drift_since or day} (< {policy.drift_min_new_labels}); "
+            "a model retrained now could not learn the new regime"
+        )
+        wants = False
     cooldown_until = None
     if wants and last_retrain is not None and not collapsed:
         until = last_retrain + timedelta(days=policy.cooldown_days)
@@ -124,6 +142,7 @@ def decide(
         reasons=reasons,
         cooldown_until=cooldown_until,
         report=report,
+        extra=extra,
     )
 
 
@@ -179,6 +198,16 @@ class DecisionLog:
         with self._engine.connect() as conn:
             found = conn.scalar(query)
         return date.fromisoformat(found) if found else None
+
+    def drift_since(self, model: str, day: date, threshold: float) -> date:
+        """The first day of the unbroken run of drifted days (share >= ``threshold``)
+        that ends the day before ``day``, or ``day`` itself if the day before was not
+        drifted."""
+        recorded = {v.day: v.drift_share for v in self.verdicts(model)}
+        first = day
+        while recorded.get((first - timedelta(days=1)).isoformat(), -1.0) >= threshold:
+            first -= timedelta(days=1)
+        return first
 
     def dispose(self) -> None:
         self._engine.dispose()

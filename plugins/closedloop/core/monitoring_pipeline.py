@@ -9,7 +9,8 @@ version, and in an Evidently workspace for ``evidently ui``.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+import os
+from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -41,13 +42,45 @@ def _champion(settings: Settings) -> tuple[str, dict[str, str], dict[str, float]
     return version, dict(run.data.tags), dict(run.data.metrics)
 
 
+def reference_path(settings: Settings, version: str, rows: int, seed: int) -> Path:
+    """Where the reference of a model version is kept, per sample size and seed."""
+    return (
+        settings.home
+        / "monitoring"
+        / "reference"
+        / settings.model_name
+        / f"v{version}-rows{rows}-seed{seed}.parquet"
+    )
+
+
 def reference_frame(
     settings: Settings, tags: dict[str, str], loaded: Any, *, rows: int, seed: int
 ) -> pd.DataFrame:
     """What the champion was trained on, as production sees it: every booking made in its
     recorded training window (not only the labelled ones, which over-represent short
     lead times), sampled with a recorded seed, with its features and the champion's score.
+
+    The reference of a version never changes (its window and the model are fixed), and
+    building it is a point-in-time join over the whole window — most of a monitoring
+    run's cost — so it is built on the first run that needs it and kept as a Parquet
+    file next to the reports (:func:`reference_path`), written atomically. A correction
+    re-delivered later for a day inside the window is not reflected; delete the file to
+    rebuild it.
     """
+    path = reference_path(settings, loaded.version, rows, seed)
+    if path.exists():
+        return pd.read_parquet(path)
+    frame = _build_reference(settings, tags, loaded, rows=rows, seed=seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    frame.to_parquet(partial, index=False)
+    os.replace(partial, path)
+    return frame
+
+
+def _build_reference(
+    settings: Settings, tags: dict[str, str], loaded: Any, *, rows: int, seed: int
+) -> pd.DataFrame:
     from closedloop.core.batch_inference import features_for
     from closedloop.core.feature_store import feature_refs, open_store
     from closedloop.core.training_pipeline import EVENT_TIMESTAMP
@@ -100,9 +133,10 @@ def check_drift(
         prediction_column="score",
         drift_share_threshold=monitoring.drift_share_threshold,
     )
-    reference = reference_frame(
-        settings, tags, load_model(settings), rows=policy.max_rows, seed=policy.seed
-    )
+    loaded = load_model(settings)
+    if loaded.version != version:  # promoted in between: the task's retry sees one version
+        raise RuntimeError(f"the champion moved from v{version} to v{loaded.version}; retry")
+    reference = reference_frame(settings, tags, loaded, rows=policy.max_rows, seed=policy.seed)
     columns = [*policy.columns, "score"]
     out = reports_dir(settings, start)
     result, snapshot = run_drift(
@@ -148,6 +182,10 @@ def _labelled(
         as_of=as_of,
     )
     return joined[joined["label_known"]]
+
+
+def _midnight(day: date) -> datetime:
+    return datetime.combine(day, datetime.min.time(), UTC)
 
 
 def _auc(labelled: pd.DataFrame) -> float | None:
@@ -203,6 +241,11 @@ def decide_and_record(
             if "drift_share" in drift
             else {"drift_share": 0.0, "drifted_columns": [], "prediction_drift": None}
         )
+        policy = MonitoringPolicy(**settings.usecase.model.monitoring)
+        since = log.drift_since(model, day, policy.drift_share_threshold)
+        version = str(performance["champion_version"])
+        end = start + timedelta(days=1)
+        new_labels = len(_labelled(settings, version, _midnight(since), end, end))
         verdict = decide(
             model=model,
             day=day,
@@ -211,8 +254,10 @@ def decide_and_record(
             labelled_rows=performance["labelled_rows"],
             reference_auc=performance["reference_auc"],
             last_retrain=log.last_retrain(model, before=day),
-            policy=MonitoringPolicy(**settings.usecase.model.monitoring),
+            policy=policy,
             report=drift.get("report"),
+            drift_since=since,
+            new_labels=new_labels,
         )
         log.record(verdict)
     finally:
