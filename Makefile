@@ -8,7 +8,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 export CLOSEDLOOP_HOME ?= $(CURDIR)/.closedloop
 
-.PHONY: demo test lint env clean distclean bench
+.PHONY: demo up test audit lint env clean distclean bench
 
 # The environment: exactly the versions in requirements.lock, with compiled bytecode
 # (the stack's imports are 2-3x slower without .pyc files; see ../shared/STACK.md).
@@ -25,9 +25,19 @@ env: $(BIN)/.closedloop-installed
 demo: env
 	$(BIN)/closedloop demo
 
+# The Airflow, MLflow and Evidently UIs on the state the demo left (Ctrl-C stops them).
+up: env
+	$(BIN)/closedloop up
+
 test: env
 	$(BIN)/ruff check plugins dags feature_repo tests benchmarks
 	$(BIN)/python -m pytest tests
+
+# Known vulnerabilities of the pinned dependencies (PyPI's advisory data). A finding fails:
+# bump the pin, or ignore it with --ignore-vuln ID and the reason in docs/production.md.
+# --strict: a package PyPI cannot answer for fails too, instead of a vacuous pass.
+audit: env
+	$(BIN)/pip-audit -r requirements.lock --no-deps --disable-pip --strict --progress-spinner off
 
 lint: env
 	$(BIN)/ruff check plugins dags feature_repo tests benchmarks

@@ -91,19 +91,41 @@ def generate(
 
 @main.command()
 @click.option(
-    "--days",
-    type=click.IntRange(20, 365),
-    default=30,
+    "--history-days",
+    type=click.IntRange(14, 365),
+    default=35,
     show_default=True,
-    help="Days of bookings to run through the feature pipeline.",
+    help="Days loaded before Airflow starts watching (one bulk backfill).",
 )
+@click.option("--stable-days", type=click.IntRange(1, 60), default=4, show_default=True)
+@click.option("--drift-days", type=click.IntRange(2, 60), default=9, show_default=True)
 @click.option("--rows", type=click.IntRange(50), default=300, show_default=True)
 @click.option("--keep", is_flag=True, help="Keep existing state instead of starting clean.")
-def demo(days: int, rows: int, keep: bool) -> None:
-    """Run the loop, as far as it exists, on generated data through Airflow."""
+def demo(history_days: int, stable_days: int, drift_days: int, rows: int, keep: bool) -> None:
+    """The closed loop through a real Airflow scheduler: history, first champion, daily
+    scoring and monitoring, drift, retraining triggered by monitoring, promotion.
+    Exits non-zero if the loop did not close."""
     from closedloop.demo import run_demo
+    from closedloop.loop import Scenario
 
-    sys.exit(run_demo(load_settings(), days=days, rows=rows, keep=keep))
+    scenario = Scenario(
+        history_days=history_days,
+        stable_days=stable_days,
+        drift_days=drift_days,
+        rows_per_day=rows,
+    )
+    sys.exit(run_demo(load_settings(), scenario, keep=keep))
+
+
+@main.command()
+@click.option("--port", type=int, default=8080, show_default=True, help="Airflow UI port.")
+@click.option("--mlflow-port", type=int, default=5000, show_default=True)
+@click.option("--evidently-port", type=int, default=8000, show_default=True)
+def up(port: int, mlflow_port: int, evidently_port: int) -> None:
+    """Start the Airflow, MLflow and Evidently UIs on the current state (Ctrl-C stops)."""
+    from closedloop.demo import run_up
+
+    sys.exit(run_up(load_settings(), port, mlflow_port, evidently_port))
 
 
 @main.command()

@@ -1,7 +1,5 @@
-"""``closedloop demo``: generate data, run the DAGs through Airflow, show what landed.
-
-So far the loop runs its first stage: the feature pipeline, one Airflow run per day.
-"""
+"""``closedloop demo``: the closed loop on generated data, through a real Airflow scheduler,
+and the summaries it prints."""
 
 from __future__ import annotations
 
@@ -10,7 +8,6 @@ import shutil
 import time
 import warnings
 from contextlib import redirect_stderr, redirect_stdout
-from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import click
@@ -19,11 +16,16 @@ from closedloop.core import offline
 
 if TYPE_CHECKING:
     from closedloop.core.settings import Settings
+    from closedloop.loop import Scenario
 
-DEMO_START = date(2026, 1, 1)
 #: Folders the demo owns under the home folder; it never deletes anything else.
 _STATE_DIRS = (
     "landing",
+    "predictions",
+    "prediction_log",
+    "reports",
+    "evidently",
+    "monitoring",
     "quarantine",
     "staging",
     "offline",
@@ -33,7 +35,7 @@ _STATE_DIRS = (
     "mlflow",
     "training",
 )
-_STATE_FILES = ("closedloop.db", "demo.log")
+_STATE_FILES = ("closedloop.db", "demo.log", "loop.json")
 
 
 def _say(message: str) -> None:
@@ -59,59 +61,100 @@ def reset_state(settings: Settings) -> None:
         (settings.home / name).unlink(missing_ok=True)
 
 
-def run_demo(settings: Settings, *, days: int, rows: int, keep: bool) -> int:
-    """Run the demo; returns the process exit code (non-zero if any run failed)."""
+def run_demo(settings: Settings, scenario: Scenario, *, keep: bool = False) -> int:
+    """The closed loop through a real Airflow scheduler (see :mod:`closedloop.loop`);
+    returns the exit code: 0 only if the loop closed."""
+    from closedloop.core.feature_pipeline import backfill
+    from closedloop.local_airflow import LocalAirflow
+    from closedloop.loop import ClosedLoop, summary_table, to_json
     from closedloop.runtime import apply_airflow_environ
-    from closedloop.usecases.hotel.generator import write_batches
+    from closedloop.usecases.hotel.generator import DriftSpec, write_batches
 
     started = time.monotonic()
     if not keep:
         _say(f"starting from a clean state in {settings.home}")
         reset_state(settings)
-    _say(f"generating {days} days of bookings from {DEMO_START} (~{rows}/day)")
-    write_batches(settings.landing_dir, DEMO_START, days, n_bookings=rows)
-
-    apply_airflow_environ(settings)
-    # The progress lines below are the demo's output; task logs only when something fails.
-    os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
-    _say("loading Airflow (metadata DB, DAG folder) — the first run pays the imports")
-    _quiet_library_warnings()
-    from closedloop.airflow_runs import ensure_metadata_db, load_dag, run_dag, run_day
-
-    log_path = settings.home / "demo.log"
-    _say(f"task logs go to {log_path}")
-    with open(log_path, "a") as log, redirect_stdout(log), redirect_stderr(log):
-        ensure_metadata_db()
-        dag = load_dag("hotel_features")
-        training_dag = load_dag("hotel_training")
-    failures = 0
-    for i in range(days):
-        day = DEMO_START + timedelta(days=i)
-        t0 = time.monotonic()
-        with open(log_path, "a") as log, redirect_stdout(log), redirect_stderr(log):
-            outcome = run_day(dag, day)
-        failures += not outcome.succeeded
-        detail = "" if outcome.succeeded else f" failed: {outcome.failed_tasks()} (see the log)"
-        _say(f"hotel_features {day}: {outcome.state} in {time.monotonic() - t0:.1f}s{detail}")
-
-    print_status(settings)
-    show_customer(settings)
-
-    as_of = datetime.combine(DEMO_START + timedelta(days=days), datetime.min.time(), UTC)
+    watched = scenario.watched
     _say(
-        f"hotel_training: training on the {settings.usecase.model.training_window_days} days "
-        f"before {as_of:%Y-%m-%d}"
+        f"generating {scenario.history_days + len(watched)} days of bookings from "
+        f"{scenario.first_day} (~{scenario.rows_per_day}/day); drift from "
+        f"{scenario.drift_start}"
     )
-    t0 = time.monotonic()
-    with open(log_path, "a") as log, redirect_stdout(log), redirect_stderr(log):
-        outcome = run_dag(training_dag, as_of, {"reason": "demo", "as_of": as_of.isoformat()})
-    failures += not outcome.succeeded
-    detail = "" if outcome.succeeded else f" failed: {outcome.failed_tasks()} (see the log)"
-    _say(f"hotel_training: {outcome.state} in {time.monotonic() - t0:.1f}s{detail}")
-    if outcome.succeeded:
-        show_model(settings)
-    _say(f"demo finished in {time.monotonic() - started:.0f}s")
-    return 1 if failures else 0
+    drift = DriftSpec(
+        start=scenario.drift_start, covariate=scenario.covariate, concept=scenario.concept
+    )
+    write_batches(
+        settings.landing_dir,
+        scenario.first_day,
+        scenario.history_days + len(watched),
+        seed=scenario.seed,
+        n_bookings=scenario.rows_per_day,
+        drift=drift,
+    )
+    apply_airflow_environ(settings)
+    log_path = settings.home / "demo.log"
+    airflow = LocalAirflow(settings)
+    _say(f"starting Airflow: api-server, scheduler, dag-processor (logs {airflow.logs_dir})")
+    # One log file for the rest of the process: the libraries' log handlers bind to the
+    # stream they first see, so it is never closed before the process ends.
+    log = open(log_path, "a")  # noqa: SIM115
+    with redirect_stdout(log), redirect_stderr(log):
+        _quiet_library_warnings()
+        airflow.launch()
+    try:
+        _say(
+            f"while it starts: the feature pipeline over the {scenario.history_days}-day "
+            "history in one bulk backfill (same steps, this process)"
+        )
+        t0 = time.monotonic()
+        with redirect_stdout(log), redirect_stderr(log):
+            loaded = backfill(settings, scenario.first_day, scenario.history_days)
+        _say(f"  {loaded['rows']} bookings in the stores in {time.monotonic() - t0:.0f}s")
+        airflow.wait_ready()
+        airflow.wait_for_dags(list(DAG_IDS))
+        _say(
+            f"Airflow is up at {airflow.base_url} (user admin, password in {airflow.password_file})"
+        )
+        result = ClosedLoop(settings, scenario, airflow, say=_say).run()
+    finally:
+        _say("stopping Airflow")
+        airflow.stop()
+    click.echo("")
+    for line in summary_table(result):
+        click.echo("  " + line)
+    click.echo("")
+    show_model(settings)
+    (settings.home / "loop.json").write_text(to_json(result))
+    where_to_look(settings)
+    problems = result.problems()
+    total = time.monotonic() - started
+    if problems:
+        _say(f"the loop did NOT close ({total:.0f}s):")
+        for problem in problems:
+            click.echo(f"  - {problem}")
+        return 1
+    old, new = result.holdout_comparison()
+    _say(
+        f"the loop closed in {total:.0f}s: drift detected, retrained by monitoring, "
+        f"v{result.promotion().version} promoted (post-drift holdout ROC AUC "
+        f"{new:.3f} vs {old:.3f} for the old champion)"
+    )
+    return 0
+
+
+#: the DAGs the loop drives
+DAG_IDS = ("hotel_features", "hotel_training", "hotel_batch_inference", "hotel_monitoring")
+
+
+def where_to_look(settings: Settings) -> None:
+    home = settings.home
+    click.echo("Where to look (make up starts the UIs on this state):")
+    click.echo("  Airflow UI    http://127.0.0.1:8080  (closedloop up)")
+    click.echo(f"  MLflow UI     mlflow ui --backend-store-uri {settings.mlflow_tracking_uri}")
+    click.echo(f"  Evidently UI  evidently ui --workspace {home / 'evidently'}")
+    click.echo(f"  Reports       {home / 'reports' / settings.usecase.name}/<day>/drift.html")
+    click.echo(f"  Predictions   {home / 'predictions'} and the log {settings.prediction_log_dir}")
+    click.echo(f"  Loop summary  {home / 'loop.json'}; ledger: closedloop ledger")
 
 
 def _online_hits(settings: Settings) -> dict[str, str]:
@@ -216,3 +259,83 @@ def show_model(settings: Settings) -> None:
     click.echo(
         f"MLflow UI:   .venv/bin/mlflow ui --backend-store-uri {settings.mlflow_tracking_uri}"
     )
+
+
+def run_up(settings: Settings, port: int, mlflow_port: int, evidently_port: int) -> int:
+    """``closedloop up``: Airflow (api-server, scheduler, dag-processor), the MLflow UI
+    and the Evidently UI on the current state, all on 127.0.0.1, until Ctrl-C."""
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from closedloop.local_airflow import LocalAirflow
+    from closedloop.runtime import apply_airflow_environ
+
+    env = apply_airflow_environ(settings)
+    bin_dir = Path(sys.executable).parent
+    airflow = LocalAirflow(settings, port=port)
+    logs = airflow.logs_dir
+    logs.mkdir(parents=True, exist_ok=True)
+    uis: dict[str, subprocess.Popen] = {}
+    commands = {
+        "mlflow": [
+            str(bin_dir / "mlflow"),
+            "ui",
+            "--backend-store-uri",
+            settings.mlflow_tracking_uri,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(mlflow_port),
+        ],
+        "evidently": [
+            str(bin_dir / "evidently"),
+            "ui",
+            "--workspace",
+            str(settings.home / "evidently"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(evidently_port),
+        ],
+    }
+    stop = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        for name, command in commands.items():
+            log = open(logs / f"{name}-ui.log", "ab")  # noqa: SIM115 - owned by the process
+            uis[name] = subprocess.Popen(
+                command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        _say("starting Airflow (api-server, scheduler, dag-processor) ...")
+        airflow.start()
+        click.echo(
+            f"Airflow UI    {airflow.base_url}  (user admin, password in {airflow.password_file})"
+        )
+        click.echo(f"MLflow UI     http://127.0.0.1:{mlflow_port}")
+        click.echo(f"Evidently UI  http://127.0.0.1:{evidently_port}")
+        click.echo(f"Logs          {logs}")
+        click.echo("Ctrl-C stops everything.")
+        while not stop:
+            for name, proc in uis.items():
+                if proc.poll() is not None:
+                    _say(f"{name} UI exited with {proc.returncode}; see {logs}")
+                    return 1
+            airflow.check_alive()
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        _say("stopping")
+        airflow.stop()
+        for proc in uis.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=30)
+    return 0

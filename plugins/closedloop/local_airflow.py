@@ -90,7 +90,13 @@ class LocalAirflow:
         return env
 
     def start(self, timeout: float = 240) -> None:
-        """Start the components and wait until the API answers and the DAGs are parsed."""
+        """Start the components and wait until the API answers and the scheduler is up."""
+        self.launch()
+        self.wait_ready(timeout)
+
+    def launch(self) -> None:
+        """Migrate the metadata DB and start the components; returns without waiting, so
+        the caller can work while they come up (see :meth:`wait_ready`)."""
         from closedloop.airflow_runs import ensure_metadata_db
 
         airflow_home = self.settings.airflow_home
@@ -103,24 +109,33 @@ class LocalAirflow:
             local_settings.unlink(missing_ok=True)
         ensure_metadata_db()
         env = self.environ()
-        logs = airflow_home / "logs"
+        logs = self.logs_dir
         logs.mkdir(parents=True, exist_ok=True)
         airflow = str(Path(sys.executable).with_name("airflow"))
         for name in self.components:
             log = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - owned by the process
             self.processes[name] = subprocess.Popen(
-                [airflow, name],
+                [airflow, *name.split()],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.settings.airflow_home / "logs"
+
+    def wait_ready(self, timeout: float = 240) -> None:
+        """Wait until the API answers and the scheduler reports healthy."""
         deadline = time.monotonic() + timeout
         while not self._healthy():
-            self._check_alive()
+            self.check_alive()
             if time.monotonic() > deadline:
                 self.stop()
-                raise TimeoutError(f"Airflow did not come up within {timeout:.0f}s; see {logs}")
+                raise TimeoutError(
+                    f"Airflow did not come up within {timeout:.0f}s; see {self.logs_dir}"
+                )
             time.sleep(1)
         # One request to the execution API builds it now instead of on the first task.
         self._request("GET", "/execution/health", auth=False, ok=(200, 404))
@@ -132,13 +147,13 @@ class LocalAirflow:
             return False
         return health.get("scheduler", {}).get("status") == "healthy"
 
-    def _check_alive(self) -> None:
+    def check_alive(self) -> None:
         for name, proc in self.processes.items():
             if proc.poll() is not None:
                 self.stop()
                 raise RuntimeError(
                     f"airflow {name} exited with {proc.returncode}; see "
-                    f"{self.settings.airflow_home / 'logs' / (name + '.log')}"
+                    f"{self.logs_dir / (name + '.log')}"
                 )
 
     def stop(self, timeout: float = 60) -> None:
@@ -163,9 +178,13 @@ class LocalAirflow:
         self.stop()
 
     # -- REST API ----------------------------------------------------------------------
+    @property
+    def password_file(self) -> Path:
+        """Where Airflow's simple auth manager wrote the generated admin password."""
+        return self.settings.airflow_home / "simple_auth_manager_passwords.json.generated"
+
     def _password(self) -> str:
-        path = self.settings.airflow_home / "simple_auth_manager_passwords.json.generated"
-        return json.loads(path.read_text())["admin"]
+        return json.loads(self.password_file.read_text())["admin"]
 
     def _request(
         self,
@@ -234,6 +253,16 @@ class LocalAirflow:
     def runs(self, dag_id: str) -> list[dict[str, Any]]:
         return self._request("GET", f"/api/v2/dags/{dag_id}/dagRuns?limit=100")["dag_runs"]
 
+    def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
+        answer = self._request(
+            "GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances?limit=100"
+        )
+        return {t["task_id"]: str(t["state"]) for t in answer["task_instances"]}
+
+    def failed_tasks(self, dag_id: str, run_id: str) -> list[str]:
+        states = self.task_states(dag_id, run_id)
+        return sorted(t for t, s in states.items() if s == "failed")
+
     def wait(self, dag_id: str, run_id: str, timeout: float = 600) -> str:
         """Wait until the run finishes; returns its state."""
         deadline = time.monotonic() + timeout
@@ -241,7 +270,7 @@ class LocalAirflow:
             state = self.run(dag_id, run_id)["state"]
             if state in FINISHED:
                 return state
-            self._check_alive()
+            self.check_alive()
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{dag_id} {run_id} still {state} after {timeout:.0f}s")
             time.sleep(0.5)

@@ -1,0 +1,364 @@
+"""The closed loop under a real Airflow scheduler: the scenario of ``make demo`` and of the
+end-to-end test.
+
+A history of bookings is generated with a drift starting in its last weeks. The history
+before the watched days is loaded in one bulk backfill (the feature pipeline's own steps,
+in this process, while Airflow starts), and then everything goes through Airflow's
+scheduler, API server and DAG processor, started as processes on the embedded profile:
+
+1. ``hotel_training`` trains the first champion on the history;
+2. for each watched day this driver plays the clock — it triggers, over the REST API and
+   with the day's logical date, the runs the daily schedules would start at midnight:
+   ``hotel_features``, then ``hotel_batch_inference`` and ``hotel_monitoring``;
+3. the **monitoring DAG itself** decides to retrain and triggers ``hotel_training``; the
+   scheduler runs it, the gate promotes the challenger or not. The driver only waits for
+   that run before it scores the next day, as a real deployment's batch scoring would
+   simply pick up the new champion.
+
+The feature run of the next day does not depend on the current day's scoring and
+monitoring, so it is triggered as soon as the current day's features are in: the two
+chains overlap, which keeps both cores busy.
+
+``LoopResult.problems`` says whether the loop closed: no alarm in the stable period, a
+detection in the drift period, exactly one retraining triggered by monitoring, its version
+promoted through the gate, better than the old champion on post-drift data.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from closedloop.core.settings import Settings
+    from closedloop.local_airflow import LocalAirflow
+
+RETRAIN_PREFIX = "retrain__"
+#: run ids of the day runs the loop starts (the schedule's own would be ``scheduled__``)
+DAY_PREFIX = "loop__"
+
+
+def midnight(day: date) -> datetime:
+    return datetime.combine(day, datetime.min.time(), UTC)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """What the loop is shown on: ``history_days`` loaded before Airflow watches, then
+    ``stable_days`` like the history and ``drift_days`` with covariate and concept drift.
+    """
+
+    first_day: date = date(2026, 1, 1)
+    history_days: int = 35
+    stable_days: int = 4
+    drift_days: int = 9
+    rows_per_day: int = 300
+    covariate: float = 1.0
+    concept: float = 1.0
+    seed: int = 7
+
+    def __post_init__(self) -> None:
+        if self.history_days < 14:
+            raise ValueError("history_days: the first model needs at least 14 days")
+        if self.stable_days < 1 or self.drift_days < 2:
+            raise ValueError("the loop needs >= 1 stable and >= 2 drift days to watch")
+
+    @property
+    def drift_start(self) -> date:
+        return self.first_day + timedelta(days=self.history_days + self.stable_days)
+
+    @property
+    def watched(self) -> list[date]:
+        start = self.first_day + timedelta(days=self.history_days)
+        return [start + timedelta(days=i) for i in range(self.stable_days + self.drift_days)]
+
+    @property
+    def history_end(self) -> datetime:
+        """The as-of time of the first training: midnight after the history."""
+        return midnight(self.first_day + timedelta(days=self.history_days))
+
+    def phase(self, day: date) -> str:
+        return "drift" if day >= self.drift_start else "stable"
+
+
+@dataclass
+class DayReport:
+    """What one watched day looked like."""
+
+    day: date
+    phase: str
+    runs: dict[str, str] = field(default_factory=dict)  # dag_id -> state
+    rows: int = 0
+    scored_by: str | None = None
+    drift_share: float | None = None
+    drifted_columns: list[str] = field(default_factory=list)
+    live_auc: float | None = None
+    labelled_rows: int = 0
+    retrain: bool = False
+    reasons: list[str] = field(default_factory=list)
+    retrain_run: str | None = None
+    retrain_state: str | None = None
+    champion_after: str | None = None
+
+    def succeeded(self) -> bool:
+        return all(state == "success" for state in self.runs.values())
+
+
+@dataclass
+class LoopResult:
+    scenario: Scenario
+    days: list[DayReport]
+    initial_version: str | None
+    retrain_runs: dict[str, str]  # run id -> state, every hotel_training run of monitoring
+    ledger: list[Any]
+    seconds: float
+    runs_failed: list[str] = field(default_factory=list)
+
+    def problems(self) -> list[str]:
+        """Why the loop did not close; empty when it did."""
+        found = [f"run failed: {r}" for r in self.runs_failed]
+        if self.initial_version is None:
+            found.append("the initial training registered no champion")
+        false_alarms = [d.day for d in self.days if d.phase == "stable" and d.retrain]
+        if false_alarms:
+            found.append(f"retraining requested in the stable period: {false_alarms}")
+        detected = [d for d in self.days if d.phase == "drift" and d.retrain]
+        if not detected:
+            found.append("the drift was never detected")
+        if len(self.retrain_runs) != 1:
+            found.append(f"expected exactly one retraining run, got {sorted(self.retrain_runs)}")
+        elif set(self.retrain_runs.values()) != {"success"}:
+            found.append(f"the retraining run did not succeed: {self.retrain_runs}")
+        promotion = self.promotion()
+        if promotion is None:
+            found.append("no version was promoted by the retraining run")
+        else:
+            old, new = self.holdout_comparison()
+            if old is None or new is None or new <= old:
+                found.append(f"the new champion is not better on post-drift data ({new} vs {old})")
+            after = [d for d in self.days if d.scored_by == promotion.version]
+            if not after:
+                found.append("no day was scored by the new champion")
+        return found
+
+    @property
+    def closed(self) -> bool:
+        return not self.problems()
+
+    def promotion(self) -> Any | None:
+        """The ledger's promotion made by the retraining run."""
+        for entry in self.ledger:
+            if entry.action == "promote" and (entry.run_id or "").startswith(RETRAIN_PREFIX):
+                return entry
+        return None
+
+    def holdout_comparison(self) -> tuple[float | None, float | None]:
+        """Old and new champion's primary metric on the retrained model's holdout — the
+        most recent, post-drift days — as the gate measured them."""
+        entry = self.promotion()
+        if entry is None or not entry.numbers.get("champion"):
+            return None, None
+        key = "roc_auc"
+        return entry.numbers["champion"].get(key), entry.numbers["candidate"].get(key)
+
+
+class ClosedLoop:
+    """Drive the scenario through a started :class:`LocalAirflow`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        scenario: Scenario,
+        airflow: LocalAirflow,
+        say: Callable[[str], None] = print,
+        run_timeout: float = 600,
+    ) -> None:
+        self.settings = settings
+        self.scenario = scenario
+        self.airflow = airflow
+        self.say = say
+        self.run_timeout = run_timeout
+        self.failed: list[str] = []
+
+    # -- the steps ---------------------------------------------------------------------
+    def _wait(self, dag_id: str, run_id: str, label: str) -> str:
+        t0 = time.monotonic()
+        state = self.airflow.wait(dag_id, run_id, self.run_timeout)
+        mark = "ok" if state == "success" else state.upper()
+        self.say(f"  {label:<34} {mark:<7} {time.monotonic() - t0:5.1f}s")
+        if state != "success":
+            failed = self.airflow.failed_tasks(dag_id, run_id)
+            self.failed.append(f"{dag_id} {run_id} (tasks {failed})")
+        return state
+
+    def initial_training(self) -> str | None:
+        as_of = self.scenario.history_end
+        run_id = self.airflow.trigger(
+            "hotel_training",
+            as_of,
+            {"reason": "initial", "as_of": as_of.isoformat()},
+            run_id=f"initial__{as_of:%Y-%m-%d}",
+        )
+        self._wait("hotel_training", run_id, f"hotel_training as of {as_of:%Y-%m-%d}")
+        return self._champion()
+
+    def _trigger_day(self, dag_id: str, day: date) -> str:
+        """The run the daily schedule would start at the midnight after ``day``."""
+        return self.airflow.trigger(
+            dag_id, midnight(day + timedelta(days=1)), run_id=f"{DAY_PREFIX}{day:%Y-%m-%d}"
+        )
+
+    def watch(self) -> list[DayReport]:
+        reports = []
+        days = self.scenario.watched
+        features = {days[0]: self._trigger_day("hotel_features", days[0])}
+        for i, day in enumerate(days):
+            report = DayReport(day, self.scenario.phase(day))
+            self.say(f"{day} ({report.phase}, day {i + 1}/{len(days)})")
+            report.runs["hotel_features"] = self._wait(
+                "hotel_features", features[day], "hotel_features"
+            )
+            if i + 1 < len(days):  # tomorrow's features overlap today's scoring
+                features[days[i + 1]] = self._trigger_day("hotel_features", days[i + 1])
+            for dag_id in ("hotel_batch_inference", "hotel_monitoring"):
+                report.runs[dag_id] = self._wait(dag_id, self._trigger_day(dag_id, day), dag_id)
+            self._read_day(report)
+            if report.retrain:
+                report.retrain_run = self._retrain_run_of(day)
+                if report.retrain_run:
+                    report.retrain_state = self._wait(
+                        "hotel_training", report.retrain_run, "hotel_training (by monitoring)"
+                    )
+            report.champion_after = self._champion()
+            self.say("  " + self.describe(report))
+            reports.append(report)
+        return reports
+
+    def run(self) -> LoopResult:
+        from closedloop.core.ledger import PromotionLedger
+
+        started = time.monotonic()
+        self.say("initial training through the scheduler")
+        initial = self.initial_training()
+        days = self.watch()
+        retrains = {
+            r["dag_run_id"]: r["state"]
+            for r in self.airflow.runs("hotel_training")
+            if r["dag_run_id"].startswith(RETRAIN_PREFIX)
+        }
+        ledger = PromotionLedger(self.settings.closedloop_db).history(self.settings.model_name)
+        return LoopResult(
+            self.scenario,
+            days,
+            initial,
+            retrains,
+            ledger,
+            time.monotonic() - started,
+            list(self.failed),
+        )
+
+    # -- reading what happened -----------------------------------------------------------
+    def _champion(self) -> str | None:
+        from closedloop.core.registry import CHAMPION, alias_version, client_for
+
+        return alias_version(client_for(self.settings), self.settings.model_name, CHAMPION)
+
+    def _retrain_run_of(self, day: date) -> str | None:
+        from closedloop.core.monitoring import DecisionLog
+
+        for verdict in DecisionLog(self.settings.closedloop_db).verdicts(self.settings.model_name):
+            if verdict.day == day.isoformat() and verdict.retrain:
+                run_id = verdict.trigger_run_id
+                known = {r["dag_run_id"] for r in self.airflow.runs("hotel_training")}
+                return run_id if run_id in known else None
+        return None
+
+    def _read_day(self, report: DayReport) -> None:
+        from closedloop.core.batch_inference import predictions_dir
+        from closedloop.core.monitoring import DecisionLog
+
+        path = predictions_dir(self.settings) / f"{report.day:%Y-%m-%d}.parquet"
+        if path.exists():
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(path, columns=["model_version"])
+            report.rows = table.num_rows
+            versions = sorted(set(table.column("model_version").to_pylist()))
+            report.scored_by = ",".join(versions)
+        for verdict in DecisionLog(self.settings.closedloop_db).verdicts(self.settings.model_name):
+            if verdict.day == report.day.isoformat():
+                report.drift_share = verdict.drift_share
+                report.drifted_columns = verdict.drifted_columns
+                report.live_auc = verdict.live_auc
+                report.labelled_rows = verdict.labelled_rows
+                report.retrain = verdict.retrain
+                report.reasons = verdict.reasons
+
+    @staticmethod
+    def describe(report: DayReport) -> str:
+        share = "n/a" if report.drift_share is None else f"{report.drift_share:.0%}"
+        auc = "n/a" if report.live_auc is None else f"{report.live_auc:.3f}"
+        action = "RETRAIN" if report.retrain else "no action"
+        return (
+            f"{report.rows} bookings scored by v{report.scored_by}, drift {share}, "
+            f"live AUC {auc} -> {action}; champion v{report.champion_after}"
+        )
+
+
+def summary_table(result: LoopResult) -> list[str]:
+    """One line per watched day: the table ``make demo`` ends with."""
+    lines = [
+        f"{'day':<11} {'phase':<7} {'rows':>5} {'scored by':>9} {'drift':>6} "
+        f"{'live AUC':>9} {'labelled':>8}  {'decision':<10} champion after",
+    ]
+    for d in result.days:
+        share = "-" if d.drift_share is None else f"{d.drift_share:.0%}"
+        auc = "-" if d.live_auc is None else f"{d.live_auc:.3f}"
+        decision = "retrain" if d.retrain else ("cooldown" if _cooled(d) else "-")
+        lines.append(
+            f"{d.day!s:<11} {d.phase:<7} {d.rows:>5} {'v' + str(d.scored_by):>9} "
+            f"{share:>6} {auc:>9} {d.labelled_rows:>8}  {decision:<10} v{d.champion_after}"
+        )
+    return lines
+
+
+def _cooled(report: DayReport) -> bool:
+    return any(r.startswith("cooldown") for r in report.reasons)
+
+
+def to_json(result: LoopResult) -> str:
+    """The result as JSON (``<home>/loop.json``), for tools and the test."""
+    return json.dumps(
+        {
+            "closed": result.closed,
+            "problems": result.problems(),
+            "seconds": round(result.seconds, 1),
+            "initial_version": result.initial_version,
+            "retrain_runs": result.retrain_runs,
+            "holdout_roc_auc": dict(
+                zip(("old_champion", "new_champion"), result.holdout_comparison(), strict=True)
+            ),
+            "days": [
+                {
+                    "day": d.day.isoformat(),
+                    "phase": d.phase,
+                    "rows": d.rows,
+                    "scored_by": d.scored_by,
+                    "drift_share": d.drift_share,
+                    "live_auc": d.live_auc,
+                    "retrain": d.retrain,
+                    "reasons": d.reasons,
+                    "retrain_run": d.retrain_run,
+                    "champion_after": d.champion_after,
+                    "runs": d.runs,
+                }
+                for d in result.days
+            ],
+        },
+        indent=2,
+    )
