@@ -75,15 +75,22 @@ def prepare(args: argparse.Namespace) -> dict:
     write_batches(settings.landing_dir, FIRST, args.history_days, n_bookings=150)
     backfill(settings, FIRST, args.history_days)
     end = _scoring_day(args.history_days) - timedelta(days=1)
-    built = tp.build_training_set(settings, datetime(2026, 1, 1, tzinfo=UTC), end, "bench/1")
-    lineage = tp.lineage_for(
-        settings, built, {"success": True}, dag_id="bench", dag_run_id="bench/1", reason="bench"
+    gate = tp.run_in_process(
+        settings,
+        datetime(2026, 1, 1, tzinfo=UTC),
+        end,
+        "bench/1",
+        reason="bench",
+        dag_id="bench",
+        trials=2,
+        validation_days=3,
+        holdout_days=3,
     )
-    config = tp.training_config(settings, trials=2, validation_days=3, holdout_days=3)
-    trained = tp.train(settings, built, lineage, config)
-    version = tp.register(settings, trained, "bench/1")
-    gate = tp.gate(settings, built, trained, version, dag_id="bench", run_id="bench/1")
-    return {"version": version, "action": gate["action"], "family": trained["family"]}
+    return {
+        "version": gate["version"],
+        "action": gate["action"],
+        "family": gate["trained"]["family"],
+    }
 
 
 def scale(args: argparse.Namespace) -> dict:

@@ -53,18 +53,11 @@ def _prepare(scenario: Any) -> Any:
 def _train(settings: Any, as_of: Any, reason: str, run_key: str) -> str:
     """hotel_training's tasks in order; returns the gate's action."""
     from closedloop.core import training_pipeline as tp
-    from closedloop.core.lineage import git_commit
 
     start, end = tp.training_window(settings, as_of)
-    built = tp.build_training_set(settings, start, end, run_key)
-    gx = tp.validate_training(settings, built, run_name=run_key)
-    config = tp.training_config(settings)
-    if tp.unchanged_since_champion(settings, tp.cache_key(built, config, git_commit())):
-        return "skipped"
-    lineage = tp.lineage_for(settings, built, gx, dag_id="plain", dag_run_id=run_key, reason=reason)
-    trained = tp.train(settings, built, lineage, config)
-    version = tp.register(settings, trained, run_key)
-    return tp.gate(settings, built, trained, version, dag_id="plain", run_id=run_key)["action"]
+    return tp.run_in_process(
+        settings, start, end, run_key, reason=reason, dag_id="plain", skip_unchanged=True
+    )["action"]
 
 
 def plain_loop(settings: Any, scenario: Any) -> dict[str, Any]:

@@ -60,14 +60,17 @@ def prepare(settings) -> None:
     write_batches(settings.landing_dir, FIRST, DAYS, n_bookings=150)
     backfill(settings, FIRST, DAYS)
     end = datetime(2026, 1, DAYS - 1, tzinfo=UTC)
-    built = tp.build_training_set(settings, datetime(2026, 1, 1, tzinfo=UTC), end, "bench/1")
-    lineage = tp.lineage_for(
-        settings, built, {"success": True}, dag_id="bench", dag_run_id="bench/1", reason="bench"
+    tp.run_in_process(
+        settings,
+        datetime(2026, 1, 1, tzinfo=UTC),
+        end,
+        "bench/1",
+        reason="bench",
+        dag_id="bench",
+        trials=2,
+        validation_days=3,
+        holdout_days=3,
     )
-    config = tp.training_config(settings, trials=2, validation_days=3, holdout_days=3)
-    trained = tp.train(settings, built, lineage, config)
-    version = tp.register(settings, trained, "bench/1")
-    tp.gate(settings, built, trained, version, dag_id="bench", run_id="bench/1")
 
 
 def bookings(settings, n: int = 500) -> list[dict]:

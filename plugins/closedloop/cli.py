@@ -297,7 +297,7 @@ def stack_up(no_schedule: bool) -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         while True:
-            processes.raise_if_exited()
+            processes.check_alive()
             time.sleep(2)
     except KeyboardInterrupt:
         pass

@@ -194,25 +194,36 @@ class LocalAirflow:
         *,
         auth: bool = True,
         ok: tuple[int, ...] = (200, 201, 204),
+        attempts: int = 4,
     ) -> Any:
+        """One REST call. A 5xx is retried (``attempts`` in all, backing off): on SQLite
+        the API server's write can lose a race for the database lock to the scheduler's
+        and answer 500. Every call made here may be repeated — reads, pauses, and runs
+        triggered with an explicit run id (see :meth:`trigger`)."""
         headers = {"Content-Type": "application/json"}
         if auth:
             headers["Authorization"] = f"Bearer {self.token()}"
         data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(
-            self.base_url + path, data=data, headers=headers, method=method
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=60) as response:
-                raw = response.read()
-                status = response.status
-        except urllib.error.HTTPError as exc:
-            if exc.code in ok:
-                return {}
-            raise RuntimeError(f"{method} {path}: {exc.code} {exc.read().decode()[:500]}") from exc
-        if status not in ok:
-            raise RuntimeError(f"{method} {path}: {status}")
-        return json.loads(raw) if raw else {}
+        for attempt in range(1, attempts + 1):
+            request = urllib.request.Request(
+                self.base_url + path, data=data, headers=headers, method=method
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=60) as response:
+                    raw = response.read()
+                    status = response.status
+            except urllib.error.HTTPError as exc:
+                if exc.code in ok:
+                    return {}
+                detail = exc.read().decode()[:500]
+                if exc.code >= 500 and attempt < attempts:
+                    time.sleep(attempt)
+                    continue
+                raise RuntimeError(f"{method} {path}: {exc.code} {detail}") from exc
+            if status not in ok:
+                raise RuntimeError(f"{method} {path}: {status}")
+            return json.loads(raw) if raw else {}
+        raise AssertionError("unreachable")
 
     def token(self) -> str:
         if self._token is None:
@@ -242,10 +253,15 @@ class LocalAirflow:
         conf: dict | None = None,
         run_id: str | None = None,
     ) -> str:
+        """Start a run; with ``run_id`` the call is idempotent: if a retried request finds
+        the run already created (409), that run is the answer."""
         body: dict[str, Any] = {"logical_date": logical_date.isoformat(), "conf": conf or {}}
-        if run_id:
-            body["dag_run_id"] = run_id
-        return self._request("POST", f"/api/v2/dags/{dag_id}/dagRuns", body)["dag_run_id"]
+        path = f"/api/v2/dags/{dag_id}/dagRuns"
+        if run_id is None:
+            return self._request("POST", path, body, attempts=1)["dag_run_id"]
+        body["dag_run_id"] = run_id
+        self._request("POST", path, body, ok=(200, 201, 409))
+        return run_id
 
     def run(self, dag_id: str, run_id: str) -> dict[str, Any]:
         return self._request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")

@@ -15,11 +15,23 @@ if TYPE_CHECKING:
 
 from closedloop.core.settings import PROJECT_ROOT
 
+#: Airflow's SQLite connections wait this long for the database lock (pysqlite's default
+#: is 5 s): the scheduler, the API server and each task write to the one file, and on a
+#: busy machine a writer can hold it longer. Named by
+#: ``AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS`` in the embedded profile.
+SQLITE_CONNECT_ARGS = {"timeout": 60}
+
 
 def airflow_environ(settings: Settings) -> dict[str, str]:
     """``AIRFLOW__*`` and friends for running this project's DAGs on ``settings``."""
     settings.airflow_home.mkdir(parents=True, exist_ok=True)
+    sqlite = (
+        {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "closedloop.runtime.SQLITE_CONNECT_ARGS"}
+        if settings.airflow_sql_alchemy_conn.startswith("sqlite")
+        else {}
+    )
     return {
+        **sqlite,
         "CLOSEDLOOP_HOME": str(settings.home),
         "CLOSEDLOOP_PROFILE": settings.profile,
         "CLOSEDLOOP_USECASE_FILE": str(settings.usecase_file),

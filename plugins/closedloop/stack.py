@@ -340,7 +340,7 @@ class ProductionStack(LocalAirflow):
                 self.processes[name] = self._spawn(name, env)
             deadline = time.monotonic() + timeout
             while not (self._mlflow_healthy() and self._healthy()):
-                self.raise_if_exited()
+                self.check_alive()
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"the stack did not come up within {timeout:.0f}s")
                 time.sleep(1)
@@ -349,24 +349,13 @@ class ProductionStack(LocalAirflow):
             self.stop()
             raise
 
-    def raise_if_exited(self) -> None:
-        """Raise naming the first component that has exited (and its log)."""
+    def check_alive(self) -> None:
+        """Raise naming the first component that has exited (and its log); unlike the
+        embedded profile's, it leaves the others running (``start`` stops them)."""
         for name, proc in self.processes.items():
             if proc.poll() is not None:
                 log = self.settings.airflow_home / "logs" / f"{name}.log"
                 raise RuntimeError(f"{name} exited with {proc.returncode}; see {log}")
-
-    def wait(self, dag_id: str, run_id: str, timeout: float = 600) -> str:
-        """Wait until the run finishes; returns its state."""
-        deadline = time.monotonic() + timeout
-        while True:
-            state = self.run(dag_id, run_id)["state"]
-            if state in ("success", "failed"):
-                return state
-            self.raise_if_exited()
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{dag_id} {run_id} still {state} after {timeout:.0f}s")
-            time.sleep(0.5)
 
     def _mlflow_healthy(self) -> bool:
         if "mlflow" not in self.processes:
@@ -388,9 +377,3 @@ class ProductionStack(LocalAirflow):
 
     def set_paused(self, dag_id: str, paused: bool) -> None:
         self._request("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": paused})
-
-    def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
-        answer = self._request(
-            "GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances?limit=100"
-        )
-        return {ti["task_id"]: ti["state"] for ti in answer["task_instances"]}

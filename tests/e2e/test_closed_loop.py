@@ -29,7 +29,8 @@ SCENARIO = Scenario()  # the demo's defaults
 @pytest.fixture(scope="module")
 def loop(tmp_path_factory):
     home = tmp_path_factory.mktemp("closed-loop") / "home"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "CLOSEDLOOP_"))}
+    strip = ("AIRFLOW", "CLOSEDLOOP_", "MLFLOW_TRACKING_URI")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(strip)}
     env["CLOSEDLOOP_HOME"] = str(home)
     command = [str(Path(sys.executable).with_name("closedloop")), "demo"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800)

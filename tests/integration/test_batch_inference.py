@@ -45,14 +45,16 @@ def world(tmp_path_factory):
         settings = load_settings()
         write_batches(settings.landing_dir, FIRST, DAYS, n_bookings=150)
         backfill(settings, FIRST, DAYS)
-        built = tp.build_training_set(settings, datetime(2026, 1, 1, tzinfo=UTC), TRAIN_END, "t/1")
-        lineage = tp.lineage_for(
-            settings, built, {"success": True}, dag_id="test", dag_run_id="t/1", reason="test"
+        decision = tp.run_in_process(
+            settings,
+            datetime(2026, 1, 1, tzinfo=UTC),
+            TRAIN_END,
+            "t/1",
+            reason="test",
+            trials=2,
+            validation_days=3,
+            holdout_days=3,
         )
-        config = tp.training_config(settings, trials=2, validation_days=3, holdout_days=3)
-        trained = tp.train(settings, built, lineage, config)
-        version = tp.register(settings, trained, "t/1")
-        decision = tp.gate(settings, built, trained, version, dag_id="test", run_id="t/1")
         assert decision["action"] == "promoted", decision
         yield settings
 

@@ -66,16 +66,17 @@ def world(tmp_path_factory):
         settings = load_settings()
         write_batches(settings.landing_dir, FIRST, HISTORY + 1, n_bookings=150)
         backfill(settings, FIRST, HISTORY)
-        built = tp.build_training_set(settings, datetime(2026, 1, 1, tzinfo=UTC), TRAIN_END, "s/1")
-        lineage = tp.lineage_for(
-            settings, built, {"success": True}, dag_id="test", dag_run_id="s/1", reason="test"
+        decision = tp.run_in_process(
+            settings,
+            datetime(2026, 1, 1, tzinfo=UTC),
+            TRAIN_END,
+            "s/1",
+            reason="test",
+            trials=2,
+            validation_days=3,
+            holdout_days=3,
         )
-        config = tp.training_config(settings, trials=2, validation_days=3, holdout_days=3)
-        trained = tp.train(settings, built, lineage, config)
-        version = tp.register(settings, trained, "s/1")
-        assert tp.gate(settings, built, trained, version, dag_id="t", run_id="s/1")["action"] == (
-            "promoted"
-        )
+        assert decision["action"] == "promoted", decision
         client = client_for(settings)
         first = client.get_model_version(settings.model_name, "1")
         second = client.create_model_version(settings.model_name, first.source, run_id=first.run_id)

@@ -311,8 +311,13 @@ def gate(
     *,
     dag_id: str,
     run_id: str,
+    config: TrainingConfig | None = None,
 ) -> dict[str, Any]:
-    """Score the champion on the candidate's holdout, decide, move aliases, record it."""
+    """Score the champion on the candidate's holdout, decide, move aliases, record it.
+
+    ``config`` must be the one the candidate was trained with (its holdout is the one
+    the champion is scored on); the use case's when not given.
+    """
     import mlflow
 
     from closedloop.core.gate import GatePolicy, decide
@@ -322,7 +327,7 @@ def gate(
 
     usecase = settings.usecase
     client = client_for(settings)
-    config = training_config(settings)
+    config = config or training_config(settings)
     frame = pd.read_parquet(built["uri"])
     split = split_training_set(settings, frame, config)
     champion_version = alias_version(client, settings.model_name, CHAMPION)
@@ -357,6 +362,40 @@ def gate(
     finally:
         ledger.dispose()
     return {"version": version, "action": action, **decision.to_dict()}
+
+
+def run_in_process(
+    settings: Settings,
+    start: datetime,
+    end: datetime,
+    run_key: str,
+    *,
+    reason: str,
+    dag_id: str = "in-process",
+    skip_unchanged: bool = False,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """``hotel_training``'s steps in order, in this process, for the window
+    ``[start, end)`` — for tests, benchmarks and the plain side of the loop benchmark.
+
+    ``overrides`` change the use case's training config (e.g. ``trials=2``). Returns the
+    gate's decision with ``built`` and ``trained``; the action is ``"skipped"`` when
+    ``skip_unchanged`` and nothing changed since the champion.
+    """
+    from closedloop.core.lineage import git_commit
+
+    built = build_training_set(settings, start, end, run_key)
+    gx = validate_training(settings, built, run_name=_safe(run_key))
+    config = training_config(settings, **overrides)
+    if skip_unchanged and unchanged_since_champion(
+        settings, cache_key(built, config, git_commit())
+    ):
+        return {"action": "skipped", "built": built}
+    lineage = lineage_for(settings, built, gx, dag_id=dag_id, dag_run_id=run_key, reason=reason)
+    trained = train(settings, built, lineage, config)
+    version = register(settings, trained, run_key)
+    decision = gate(settings, built, trained, version, dag_id=dag_id, run_id=run_key, config=config)
+    return {**decision, "built": built, "trained": trained}
 
 
 def lineage_for(

@@ -206,15 +206,18 @@ class PromotionGateOperator(ClosedLoopOperator):
         self.built, self.trained, self.version = built, trained, version
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from closedloop.core.training_pipeline import gate
+        from closedloop.core.training_pipeline import gate, training_config
 
+        settings = self.settings()
         decision = gate(
-            self.settings(),
+            settings,
             self.built,
             self.trained,
             str(self.version),
             dag_id=context["dag"].dag_id,
             run_id=context["run_id"],
+            # the config the candidate was trained with: its holdout is the one compared
+            config=training_config(settings, **_overrides(_conf(context))),
         )
         self.log.info(
             "Version %s %s: %s", self.version, decision["action"], "; ".join(decision["reasons"])
