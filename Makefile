@@ -31,7 +31,7 @@ up: env
 
 test: env
 	$(BIN)/ruff check plugins dags feature_repo tests benchmarks
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests --durations=15
 
 # Known vulnerabilities of the pinned dependencies (PyPI's advisory data). A finding fails:
 # bump the pin, or ignore it with --ignore-vuln ID and the reason in docs/production.md.
