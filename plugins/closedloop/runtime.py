@@ -20,18 +20,21 @@ from closedloop.core.settings import PROJECT_ROOT
 #: busy machine a writer can hold it longer. Named by
 #: ``AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS`` in the embedded profile.
 SQLITE_CONNECT_ARGS = {"timeout": 60}
+#: ... and other databases get none (set explicitly, so that an embedded profile's value
+#: inherited from the environment never reaches a PostgreSQL driver)
+NO_CONNECT_ARGS: dict[str, object] = {}
 
 
 def airflow_environ(settings: Settings) -> dict[str, str]:
     """``AIRFLOW__*`` and friends for running this project's DAGs on ``settings``."""
     settings.airflow_home.mkdir(parents=True, exist_ok=True)
-    sqlite = (
-        {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "closedloop.runtime.SQLITE_CONNECT_ARGS"}
+    connect_args = (
+        "SQLITE_CONNECT_ARGS"
         if settings.airflow_sql_alchemy_conn.startswith("sqlite")
-        else {}
+        else "NO_CONNECT_ARGS"
     )
     return {
-        **sqlite,
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": f"closedloop.runtime.{connect_args}",
         "CLOSEDLOOP_HOME": str(settings.home),
         "CLOSEDLOOP_PROFILE": settings.profile,
         "CLOSEDLOOP_USECASE_FILE": str(settings.usecase_file),

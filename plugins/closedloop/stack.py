@@ -331,9 +331,10 @@ class ProductionStack(LocalAirflow):
         check_credentials(["init", *self.components], env)
         init = self._spawn("init", env)
         if init.wait(timeout=timeout) != 0:
+            log = self.settings.airflow_home / "logs" / "init.log"
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
             raise RuntimeError(
-                f"closedloop stack run init failed ({init.returncode}); see "
-                f"{self.settings.airflow_home / 'logs' / 'init.log'}"
+                f"closedloop stack run init failed ({init.returncode}); see {log}:\n{tail}"
             )
         try:
             for name in self.components:

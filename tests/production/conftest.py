@@ -100,11 +100,14 @@ def drop_databases(urls: list[str]) -> None:
             )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def production_env():
     """The environment of a production-profile session: own databases, own Redis
     database, own home, random credentials — put into this process's environment (the
-    Feast declarations and MLflow's client read it) and removed afterwards."""
+    Feast declarations and MLflow's client read it) and removed afterwards.
+
+    Module-scoped, not session-scoped: ``pytest tests`` runs ``tests/unit`` after this
+    folder, and those tests must see the embedded profile again."""
     from closedloop.local_airflow import free_port
 
     require(POSTGRES_URL, 5432, "PostgreSQL")
