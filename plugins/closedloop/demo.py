@@ -256,9 +256,6 @@ def show_model(settings: Settings) -> None:
     click.echo("Promotion ledger")
     for entry in PromotionLedger(settings.closedloop_db).history(settings.model_name):
         click.echo(f"  {entry.line()}")
-    click.echo(
-        f"MLflow UI:   .venv/bin/mlflow ui --backend-store-uri {settings.mlflow_tracking_uri}"
-    )
 
 
 def run_up(settings: Settings, port: int, mlflow_port: int, evidently_port: int) -> int:

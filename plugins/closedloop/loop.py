@@ -229,7 +229,7 @@ class ClosedLoop:
                 report.runs[dag_id] = self._wait(dag_id, self._trigger_day(dag_id, day), dag_id)
             self._read_day(report)
             if report.retrain:
-                report.retrain_run = self._retrain_run_of(day)
+                report.retrain_run = self._retrain_run_of(report)
                 if report.retrain_run:
                     report.retrain_state = self._wait(
                         "hotel_training", report.retrain_run, "hotel_training (by monitoring)"
@@ -268,15 +268,11 @@ class ClosedLoop:
 
         return alias_version(client_for(self.settings), self.settings.model_name, CHAMPION)
 
-    def _retrain_run_of(self, day: date) -> str | None:
-        from closedloop.core.monitoring import DecisionLog
-
-        for verdict in DecisionLog(self.settings.closedloop_db).verdicts(self.settings.model_name):
-            if verdict.day == day.isoformat() and verdict.retrain:
-                run_id = verdict.trigger_run_id
-                known = {r["dag_run_id"] for r in self.airflow.runs("hotel_training")}
-                return run_id if run_id in known else None
-        return None
+    def _retrain_run_of(self, report: DayReport) -> str | None:
+        """The training run the day's verdict triggered (its id is derived from the
+        verdict, see ``Verdict.trigger_run_id``), if Airflow has it."""
+        known = {r["dag_run_id"] for r in self.airflow.runs("hotel_training")}
+        return report.retrain_run if report.retrain_run in known else None
 
     def _read_day(self, report: DayReport) -> None:
         from closedloop.core.batch_inference import predictions_dir
@@ -290,7 +286,12 @@ class ClosedLoop:
             report.rows = table.num_rows
             versions = sorted(set(table.column("model_version").to_pylist()))
             report.scored_by = ",".join(versions)
-        for verdict in DecisionLog(self.settings.closedloop_db).verdicts(self.settings.model_name):
+        log = DecisionLog(self.settings.closedloop_db)
+        try:
+            verdicts = log.verdicts(self.settings.model_name)
+        finally:
+            log.dispose()
+        for verdict in verdicts:
             if verdict.day == report.day.isoformat():
                 report.drift_share = verdict.drift_share
                 report.drifted_columns = verdict.drifted_columns
@@ -298,6 +299,7 @@ class ClosedLoop:
                 report.labelled_rows = verdict.labelled_rows
                 report.retrain = verdict.retrain
                 report.reasons = verdict.reasons
+                report.retrain_run = verdict.trigger_run_id if verdict.retrain else None
 
     @staticmethod
     def describe(report: DayReport) -> str:
