@@ -121,11 +121,14 @@ def predictions_dir(settings: Settings) -> Path:
 def load_model(settings: Settings, alias: str = CHAMPION) -> LoadedModel:
     """The version ``alias`` points at in the project's registry, with its threshold.
 
-    Raises :class:`NoChampionError` when the model or the alias does not exist.
+    Raises :class:`NoChampionError` when the model or the alias does not exist, and
+    :class:`~closedloop.core.errors.UntrustedModelError` when the version points at
+    anything but a model this project's training logged
+    (:func:`~closedloop.core.registry.trusted_model_uri`).
     """
     import mlflow
 
-    from closedloop.core.registry import alias_version, client_for, use_mlflow
+    from closedloop.core.registry import alias_version, client_for, load_version
 
     name, uri = settings.model_name, settings.mlflow_tracking_uri
     client = client_for(settings)
@@ -142,8 +145,8 @@ def load_model(settings: Settings, alias: str = CHAMPION) -> LoadedModel:
             f"{name} v{version} (run {run_id}) has no {THRESHOLD_TAG!r} tag: it was not "
             "trained by closedloop's training pipeline"
         )
-    use_mlflow(settings)
-    model = mlflow.sklearn.load_model(f"models:/{name}/{version}")
+    # only a model this project's training logged (UntrustedModelError otherwise)
+    model = load_version(settings, version)
     names = getattr(model, "feature_names_in_", None)
     if names is None:
         info = mlflow.models.get_model_info(f"models:/{name}/{version}")

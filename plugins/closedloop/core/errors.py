@@ -46,3 +46,9 @@ class DataValidationError(DecisionError):
 class NoChampionError(ClosedLoopError):
     """The registry has no version under the alias asked for (usually ``champion``): there
     is nothing to score or monitor with until a training run promotes one."""
+
+
+class UntrustedModelError(DecisionError):
+    """A registered version whose artifacts are not a model that this project's training
+    logged (its source is another path or URI, another experiment's model, or a run it
+    does not belong to): closedloop refuses to load it."""

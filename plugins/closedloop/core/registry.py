@@ -8,8 +8,10 @@ receive ``champion`` here: :func:`apply_decision` only moves it for a blessed de
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
+from closedloop.core.errors import UntrustedModelError
 from closedloop.core.ledger import LedgerEntry, PromotionLedger, now
 
 if TYPE_CHECKING:
@@ -19,6 +21,8 @@ if TYPE_CHECKING:
     from closedloop.core.settings import Settings
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
+#: the source closedloop's training registers: an MLflow 3 logged model, by id
+LOGGED_MODEL = re.compile(r"models:/(m-[0-9a-f]+)")
 TAG_RUN = "closedloop.dag_run_id"
 TAG_BLESSED = "closedloop.blessed"
 
@@ -49,13 +53,17 @@ def use_mlflow(settings: Settings) -> None:
     mlflow.set_registry_uri(settings.mlflow_tracking_uri)
 
 
+def experiment_name(settings: Settings, suffix: str = "") -> str:
+    return f"closedloop/{settings.usecase.name}{suffix}"
+
+
 def experiment_id(settings: Settings, suffix: str = "") -> str:
     """The MLflow experiment ``closedloop/<use case><suffix>``, created on first use with
     its artifacts under the home folder in the embedded profile (the server's artifact
     store in production)."""
     import mlflow
 
-    name = f"closedloop/{settings.usecase.name}{suffix}"
+    name = experiment_name(settings, suffix)
     found = mlflow.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
@@ -211,3 +219,50 @@ def version_run_tags(client: MlflowClient, model: str, version: str) -> dict[str
     """The tags of the MLflow run that produced a model version (its lineage)."""
     mv = client.get_model_version(model, version)
     return dict(client.get_run(mv.run_id).data.tags)
+
+
+def trusted_model_uri(client: MlflowClient, settings: Settings, version: str) -> str:
+    """``models:/<the use case's model>/<version>``, once the version is known to be a model
+    this project's training logged; raises :class:`UntrustedModelError` otherwise.
+
+    A registered version can point at any artifact location (``create_model_version``
+    takes any source: a path, a bucket, another project's model), and ``models:/name/N``
+    loads whatever it points at. So before anything is loaded, the version must point at
+    an MLflow logged model (``models:/m-<id>``, what :func:`register_version` registers)
+    that the version's own run logged, in this use case's experiment. The name and the
+    registry come from the settings only; no caller passes a URI.
+    """
+    name = settings.model_name
+    where = f"{name} v{version}"
+    if not str(version).isdigit():
+        raise UntrustedModelError(f"{version!r} is not a version number of {name!r}")
+    mv = client.get_model_version(name, str(version))
+    found = LOGGED_MODEL.fullmatch(mv.source or "")
+    if found is None:
+        raise UntrustedModelError(
+            f"{where} points at {mv.source!r}, not at a model logged by a training run of "
+            "this project: refusing to load it"
+        )
+    logged = client.get_logged_model(found.group(1))
+    experiment = client.get_experiment(logged.experiment_id).name
+    if experiment != experiment_name(settings):
+        raise UntrustedModelError(
+            f"{where} is model {logged.model_id} of experiment {experiment!r}, not of "
+            f"{experiment_name(settings)!r}: refusing to load it"
+        )
+    if not mv.run_id or logged.source_run_id != mv.run_id:
+        raise UntrustedModelError(
+            f"{where} names run {mv.run_id!r}, but its model {logged.model_id} was logged by "
+            f"run {logged.source_run_id!r}: refusing to load it"
+        )
+    return f"models:/{name}/{version}"
+
+
+def load_version(settings: Settings, version: str) -> Any:
+    """The fitted model of ``version`` of the use case's registered model, from the
+    settings' registry, after :func:`trusted_model_uri` has accepted it."""
+    import mlflow
+
+    uri = trusted_model_uri(client_for(settings), settings, version)
+    use_mlflow(settings)
+    return mlflow.sklearn.load_model(uri)

@@ -318,8 +318,6 @@ def gate(
     ``config`` must be the one the candidate was trained with (its holdout is the one
     the champion is scored on); the use case's when not given.
     """
-    import mlflow
-
     from closedloop.core.gate import GatePolicy, decide
     from closedloop.core.ledger import PromotionLedger
     from closedloop.core.modeling import evaluate
@@ -335,10 +333,9 @@ def gate(
     if champion_version is not None and champion_version != version:
         mv = client.get_model_version(settings.model_name, champion_version)
         threshold = float(client.get_run(mv.run_id).data.tags["closedloop.threshold"])
-        from closedloop.core.registry import use_mlflow
+        from closedloop.core.registry import load_version
 
-        use_mlflow(settings)
-        champion = mlflow.sklearn.load_model(f"models:/{settings.model_name}/{champion_version}")
+        champion = load_version(settings, champion_version)
         champion_metrics = evaluate(
             champion,
             split.holdout,
