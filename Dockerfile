@@ -13,7 +13,9 @@ ENV VIRTUAL_ENV=/opt/venv \
 WORKDIR /opt/closedloop
 
 # The exact versions that were tested together, with bytecode (imports are 2-3x slower
-# without it). The lock changes less often than the code: its own layer.
+# without it). The lock changes less often than the code: its own layer. It includes the
+# `s3` extra (boto3), with which the MLflow server writes artifacts to an object store
+# (compose's `s3` profile).
 COPY requirements.lock ./
 RUN python -m venv /opt/venv \
     && pip install uv==0.13.8 \

@@ -70,6 +70,38 @@ class MissingCredentials(RuntimeError):
     """A credential the component needs is not in the environment (or is empty)."""
 
 
+#: the MLflow server's object store, for an ``s3://`` artifacts destination: optional,
+#: so compose passes them empty when there is none (``--profile s3`` runs MinIO)
+OBJECT_STORE_VARIABLES = ("MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+
+
+class ObjectStoreUnusable(MissingCredentials):
+    """An ``s3://`` artifacts destination the MLflow server could not write to."""
+
+
+def check_object_store(destination: str, environ) -> None:
+    """Refuse an ``s3://`` artifacts destination without boto3 (the ``s3`` extra) or, on an
+    S3-compatible server (``MLFLOW_S3_ENDPOINT_URL``, e.g. MinIO), without its access key
+    — at start-up, not at the first artifact a training run uploads. On AWS itself the
+    key may come from elsewhere (an instance role), so none is required there."""
+    import importlib.util
+
+    if urlsplit(destination).scheme != "s3":
+        return
+    if importlib.util.find_spec("boto3") is None:
+        raise ObjectStoreUnusable(
+            f"artifacts destination {destination} needs boto3: install closedloop[s3]"
+        )
+    if environ.get("MLFLOW_S3_ENDPOINT_URL"):
+        missing = [n for n in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY") if not environ.get(n)]
+        if missing:
+            raise ObjectStoreUnusable(
+                f"refusing to start mlflow: the object store at "
+                f"{environ['MLFLOW_S3_ENDPOINT_URL']} needs {' and '.join(missing)} "
+                "(there are no defaults)"
+            )
+
+
 def check_credentials(components: list[str] | tuple[str, ...], environ=None) -> None:
     """Raise :class:`MissingCredentials` naming every missing credential of ``components``."""
     environ = os.environ if environ is None else environ
@@ -244,7 +276,13 @@ def prepare(settings: Settings, component: str, environ=None) -> dict[str, str]:
     if component == "init":
         ensure_databases(settings)
     elif component == "mlflow":
-        Path(settings.mlflow_artifacts_destination).mkdir(parents=True, exist_ok=True)
+        for name in OBJECT_STORE_VARIABLES:
+            if not env.get(name):  # an empty endpoint would reach boto3 as a URL
+                env.pop(name, None)
+        destination = settings.mlflow_artifacts_destination
+        check_object_store(destination, env)
+        if urlsplit(destination).scheme in ("", "file"):
+            Path(destination.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
         config = mlflow_auth_config(settings)
         _write_private(
             config,

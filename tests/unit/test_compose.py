@@ -23,6 +23,19 @@ DOCKERFILE = PROJECT_ROOT / "Dockerfile"
 VARIABLE = re.compile(r"\$\{(\w+)(?:(:?[-?])([^}]*))?\}")
 #: what a user needs from outside: the two UIs and the prediction service
 PUBLISHED = {"airflow-api-server", "mlflow", "serving"}
+#: the object store's access key (optional: only with an s3:// artifacts destination),
+#: by the name each service reads it under -> the compose variable it comes from
+OBJECT_STORE_KEYS = {
+    "AWS_ACCESS_KEY_ID": "S3_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY": "S3_SECRET_ACCESS_KEY",
+    "MINIO_ROOT_USER": "S3_ACCESS_KEY_ID",
+    "MINIO_ROOT_PASSWORD": "S3_SECRET_ACCESS_KEY",
+}
+#: the MinIO set-up .env.example documents
+S3_SETUP = {
+    "MLFLOW_ARTIFACTS_DESTINATION": "s3://mlflow/artifacts",
+    "MLFLOW_S3_ENDPOINT_URL": "http://minio:9000",
+}
 
 
 @pytest.fixture(scope="module")
@@ -85,9 +98,13 @@ def test_one_service_per_component_with_exactly_its_credentials(services):
 
 
 def test_credentials_come_only_from_the_environment(services):
-    """Every credential is ``${VAR:?...}``: compose refuses to start without it."""
+    """Every credential is ``${VAR:?...}``: compose refuses to start without it. The
+    optional object store's key is ``${VAR:-}``, empty unless set, never a value."""
     for name, service in services.items():
         for key, value in (service.get("environment") or {}).items():
+            if key in OBJECT_STORE_KEYS:
+                assert value == f"${{{OBJECT_STORE_KEYS[key]}:-}}", (name, key, value)
+                continue
             secret = key in CREDENTIALS or "PASSWORD" in key or "SECRET" in key
             if secret:
                 assert re.fullmatch(rf"\$\{{{key}:\?[^}}]+\}}", str(value)), (name, key, value)
@@ -144,19 +161,27 @@ def test_settings_of_the_services_point_at_the_services(services, tmp_path):
     assert settings_env["CLOSEDLOOP_HOME"] == home
 
 
+def _one_shot(service: dict) -> bool:
+    """A service that does its job and exits (``init``, ``minio-init``)."""
+    return service.get("restart") == "no"
+
+
 def test_health_checks_and_dependencies(services):
+    assert _one_shot(services["init"])
     for name, service in services.items():
-        if name == "init":
-            assert service["restart"] == "no"
-            continue
-        assert "healthcheck" in service, name
-        test = service["healthcheck"]["test"]
-        if test[1:4] == ["closedloop", "stack", "health"]:
-            assert test[4] == _component(service)
+        if not _one_shot(service):
+            assert "healthcheck" in service, name
+            test = service["healthcheck"]["test"]
+            if test[1:4] == ["closedloop", "stack", "health"]:
+                assert test[4] == _component(service)
         for needed, how in (service.get("depends_on") or {}).items():
             assert needed in services, (name, needed)
-            wanted = "service_completed_successfully" if needed == "init" else "service_healthy"
+            done = _one_shot(services[needed])
+            wanted = "service_completed_successfully" if done else "service_healthy"
             assert how["condition"] == wanted, (name, needed)
+            # a service of every stack may wait for an optional one only if it is there
+            optional = set(services[needed].get("profiles", [])) - set(service.get("profiles", []))
+            assert how.get("required", True) is not bool(optional), (name, needed)
     for name, service in services.items():
         if _component(service) not in (None, "init"):
             assert "init" in service["depends_on"], name
@@ -205,3 +230,127 @@ def test_dockerfile_passes_hadolint():
         [str(hadolint), "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_s3_profile_runs_minio_for_the_mlflow_server_only(compose, services):
+    s3 = {name for name, service in services.items() if "s3" in service.get("profiles", [])}
+    assert s3 == {"minio", "minio-init"}
+    minio = services["minio"]
+    assert "minio-data:/data" in minio["volumes"] and "minio-data" in compose["volumes"]
+    assert minio["healthcheck"]["test"] == ["CMD", "mc", "ready", "local"]
+    assert "ports" not in minio  # only the MLflow server talks to it, on the stack's network
+    assert services["mlflow"]["depends_on"]["minio-init"]["required"] is False
+    # clients never hold the object store's key: artifacts go through the MLflow server
+    for name, service in services.items():
+        has_key = set(OBJECT_STORE_KEYS) & set(service.get("environment") or {})
+        assert bool(has_key) == (name in {"mlflow", *s3}), name
+    text = ENV_EXAMPLE.read_text()
+    assert all(f"{key}={value}" in text for key, value in S3_SETUP.items())
+
+
+def test_the_documented_s3_setup_starts_mlflow_on_minio(services, tmp_path, monkeypatch):
+    """The mlflow service's environment, filled in as .env.example says for MinIO, gives
+    the server an s3:// destination on the minio service, with the key MinIO runs with."""
+    from closedloop.stack import component_command, prepare
+
+    monkeypatch.chdir(tmp_path)
+    env = {key: value or f"x{key.lower()}" for key, value in _example().items()}
+    env.update(S3_SETUP)
+    service_env = {
+        key: _interpolate(str(value), env)
+        for key, value in services["mlflow"]["environment"].items()
+    }
+    service_env["CLOSEDLOOP_HOME"] = str(tmp_path / "home")  # not the container's path
+    stores = {
+        key.removeprefix("CLOSEDLOOP_STORES__").lower(): value
+        for key, value in service_env.items()
+        if key.startswith("CLOSEDLOOP_STORES__")
+    }
+    settings = load_settings(profile="production", home=tmp_path / "home", stores=stores)
+    server_env = prepare(settings, "mlflow", service_env)
+    command = component_command(settings, "mlflow")
+    assert (
+        command[command.index("--artifacts-destination") + 1]
+        == S3_SETUP["MLFLOW_ARTIFACTS_DESTINATION"]
+    )
+    endpoint = urlsplit(server_env["MLFLOW_S3_ENDPOINT_URL"])
+    assert endpoint.hostname in services and "s3" in services[endpoint.hostname]["profiles"]
+    minio_env = {
+        key: _interpolate(str(value), env)
+        for key, value in services["minio"]["environment"].items()
+    }
+    assert server_env["AWS_ACCESS_KEY_ID"] == minio_env["MINIO_ROOT_USER"]
+    assert server_env["AWS_SECRET_ACCESS_KEY"] == minio_env["MINIO_ROOT_PASSWORD"]
+
+
+def _fake(bin_dir: Path, name: str) -> None:
+    """A stand-in for one of the MinIO image's programs that prints how it was called."""
+    path = bin_dir / name
+    path.write_text(f'#!/bin/sh\necho "{name} $* MC_HOST_store=$MC_HOST_store"\n')
+    path.chmod(0o755)
+
+
+def _run_service_command(service: dict, environment: dict, tmp_path: Path):
+    """The service's entrypoint + command under a real ``sh``, its programs faked."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for name in ("minio", "mc"):
+        _fake(bin_dir, name)
+    script = service["command"][0].replace("$$", "$")
+    assert service["entrypoint"] == ["/bin/sh", "-c"]
+    return subprocess.run(
+        ["sh", "-c", script],
+        env={"PATH": f"{bin_dir}:/usr/bin:/bin", **environment},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+@pytest.mark.parametrize(
+    "environment",
+    [
+        pytest.param({}, id="no-key"),
+        pytest.param({"MINIO_ROOT_USER": "ops"}, id="no-password"),
+        pytest.param({"MINIO_ROOT_USER": "", "MINIO_ROOT_PASSWORD": "p" * 12}, id="empty-user"),
+    ],
+)
+def test_minio_refuses_to_start_without_its_key(services, tmp_path, environment):
+    """MinIO would fall back to its well-known default pair: the command refuses first."""
+    done = _run_service_command(services["minio"], environment, tmp_path)
+    assert done.returncode != 0 and "minio server" not in done.stdout
+    assert "S3_ACCESS_KEY_ID" in done.stderr
+    started = _run_service_command(
+        services["minio"], {"MINIO_ROOT_USER": "ops", "MINIO_ROOT_PASSWORD": "p" * 12}, tmp_path
+    )
+    assert started.returncode == 0 and started.stdout.startswith("minio server /data")
+
+
+@pytest.mark.parametrize(
+    ("destination", "bucket"),
+    [
+        pytest.param("s3://mlflow/artifacts", "mlflow", id="bucket-and-prefix"),
+        pytest.param("s3://artifacts", "artifacts", id="bucket-only"),
+        pytest.param("/var/lib/closedloop/mlflow/artifacts", None, id="not-s3"),
+        pytest.param("", None, id="unset"),
+    ],
+)
+def test_minio_init_creates_the_destinations_bucket(services, tmp_path, destination, bucket):
+    environment = {
+        "MLFLOW_ARTIFACTS_DESTINATION": destination,
+        "MINIO_ROOT_USER": "ops",
+        "MINIO_ROOT_PASSWORD": "p" * 12,
+    }
+    done = _run_service_command(services["minio-init"], environment, tmp_path)
+    if bucket is None:
+        assert done.returncode != 0 and "MLFLOW_ARTIFACTS_DESTINATION" in done.stderr
+        assert "mc " not in done.stdout
+    else:
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == [
+            "mc",
+            "mb",
+            "--ignore-existing",
+            f"store/{bucket}",
+            f"MC_HOST_store=http://ops:{'p' * 12}@minio:9000",
+        ]
