@@ -24,7 +24,7 @@ keys, timestamp field and TTL, read from the registry):
   point-in-time match (:func:`feature_views`);
 * every other view is read once per interval, only the rows stamped in
   ``[start - ttl, end)`` (Parquet statistics skip the other partitions and row
-  groups), and joined per chunk with ``pandas.merge_asof`` on the chunk's keys only
+  groups), sorted by key and time once, and looked up per chunk by a binary search
   (:class:`AsOfIndex`).
 
 ``tests/integration/test_batch_join.py`` checks the result equals Feast's (through the
@@ -32,11 +32,14 @@ workaround) on real bookings and on the rule's edges: a row exactly at the entit
 none before it, one exactly TTL old and one just beyond, an unknown key.
 Measured with the benchmark, 1M rows: see the numbers below.
 
-Rows are read, joined, scored and written ``chunk_rows`` at a time (the entity rows are
-streamed from the Parquet files, the outputs streamed as row groups, one chunk written
-while the next is scored), so the memory for rows is about two chunks however many rows
-the interval has — plus the joined views' rows of the TTL window, which depend on the
-feature tables, not on the rows scored. Two outputs, both keyed by the
+Rows are read, joined, scored and written ``chunk_rows`` at a time, in three stages at
+once: a thread decodes the next chunk of entity rows from the Parquet files, this
+thread joins and scores the current one, a thread writes the previous one (Arrow's
+Parquet reader and writer release the GIL). So the memory for rows is a few chunks
+however many rows the interval has — plus the joined views' rows of the TTL window,
+which depend on the feature tables, not on the rows scored. Only what the model reads
+becomes pandas; keys, times and the own views' features go from the entity table to
+the outputs as Arrow columns (:class:`_ChunkScorer`). Two outputs, both keyed by the
 interval's start date and replaced whole (temporary file + ``os.replace``) on a rerun:
 
 * ``<home>/predictions/<use case>/<YYYY-MM-DD>.parquet`` — entity keys, event time,
@@ -47,21 +50,7 @@ interval's start date and replaced whole (temporary file + ``os.replace``) on a 
 An interval without bookings writes no file, and removes the files an earlier run of the
 same interval wrote: the outputs always say what the latest run found.
 
-Cost (``benchmarks/batch_inference.py --also``, 1M and 5M bookings, chunks of 50,000,
-on a shared 2-core machine whose load swung the bare model's time 3x between runs):
-first run 1M rows 29.6 s (read 5.6, join 10.3, predict 5.6, waiting for writes 1.0;
-the rest is building frames and prediction ids) against 16.5 s for ``predict_proba``
-on the same rows in memory, 0.56x (before this change: 0.012x), 5M rows 0.30x; second
-run 0.25x at 1M (the bare model took 6.1 s) and 0.43x at 5M. Batch throughput itself
-was steady at 34,000-48,000 rows/s. The bare model is not the whole story: converting
-Arrow strings to pandas objects, hashing a prediction id per row and pandas'
-bookkeeping in the joins cost more than the model does. A hand-written lookup (binary
-search over the sorted key/time pairs) instead of ``merge_asof`` gave identical
-frames at the same speed (0.18 vs 0.19 s per chunk, interleaved), so ``merge_asof``
-stays. Peak RSS 742-750 MiB at 1M and 989-990 MiB at 5M rows (357 MiB before
-scoring): the chunks are flat; the growth is the customer table's TTL window, which the
-benchmark grows with the rows (one customer per five bookings: 200,000 rows at 1M,
-1M rows at 5M).
+Cost: ``benchmarks/batch_inference.py`` (figures in the README's benchmark table).
 """
 
 from __future__ import annotations
@@ -82,7 +71,7 @@ import pyarrow.parquet as pq
 
 from closedloop.core import offline
 from closedloop.core.errors import BatchNotFoundError, NoChampionError
-from closedloop.core.prediction_log import CORE_COLUMNS, PredictionLog
+from closedloop.core.prediction_log import CORE_COLUMNS, PredictionLog, prediction_id
 from closedloop.core.registry import CHAMPION
 from closedloop.core.training_pipeline import EVENT_TIMESTAMP
 
@@ -169,8 +158,9 @@ def score_interval(
     ``model`` defaults to the champion (:func:`load_model`). Returns ``rows``, ``chunks``,
     ``model_version``, ``predictions_uri`` and ``log_uri`` (``None`` when there were no
     rows), ``positive_rate`` (share decided positive; ``None`` without rows) and
-    ``seconds`` spent per stage (read, join, predict, total; write: the time spent
-    waiting for the background writes).
+    ``seconds`` spent per stage (read: decoding the entity rows, in a thread of its own;
+    join: the other views' features and the model's input frame; predict; write: the
+    time spent waiting for the background writes; total: the wall time).
     """
     from closedloop.core.feature_store import feature_refs, open_store
 
@@ -212,20 +202,20 @@ def score_interval(
         own = [f for v in views if v.own for f in v.features]
         indexes = [AsOfIndex(v, start, end) for v in views if not v.own]
         seconds["join"] += time.perf_counter() - t0
+        scorer = _ChunkScorer(settings, indexes, loaded, pred_schema, log_schema)
+        tables = _entity_tables(paths, settings, start, end, chunk_rows, own, seconds=seconds)
         with (
             offline.PartitionWriter(predictions_dir(settings), key, pred_schema) as pred_out,
             predictions.batch_writer(key, log_schema) as log_out,
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-write") as writer,
         ):
-            # A chunk is written while the next one is read, joined and scored: Arrow's
-            # Parquet writer releases the GIL. One write in flight, in chunk order; its
-            # error is raised here, and leaving the block discards both temporary files.
+            # Three stages at once: the next chunk is decoded (a thread), this one is
+            # joined and scored (here), the previous one is written (a thread; Arrow's
+            # Parquet writer releases the GIL too). One write in flight, in chunk order;
+            # an error anywhere leaves the block, which discards both temporary files.
             pending: Future[None] | None = None
-            entity_chunks = _entity_chunks(
-                paths, settings, start, end, chunk_rows, own, seconds=seconds
-            )
-            for entities in entity_chunks:
-                scored, records, stage = _score_chunk(settings, indexes, loaded, entities)
+            for table in _prefetched(tables):
+                scored, records, stage = scorer(table)
                 t0 = time.perf_counter()
                 if pending is not None:
                     pending.result()
@@ -233,10 +223,10 @@ def score_interval(
                 seconds["write"] += time.perf_counter() - t0
                 seconds["join"] += stage["join"]
                 seconds["predict"] += stage["predict"]
-                rows += len(scored)
+                rows += scored.num_rows
                 chunks += 1
-                positives += int(scored["decision"].sum())
-                log.debug("chunk %d: %d rows (%d so far)", chunks, len(scored), rows)
+                positives += stage["positives"]
+                log.debug("chunk %d: %d rows (%d so far)", chunks, scored.num_rows, rows)
             t0 = time.perf_counter()
             if pending is not None:
                 pending.result()
@@ -352,10 +342,16 @@ class AsOfIndex:
 
     Read once per interval: the rows stamped in ``[start - ttl, end)`` (Parquet row-group
     statistics skip the partitions and row groups outside), sorted by key and time. Per
-    chunk, only the rows of the chunk's keys are handed to ``pandas.merge_asof``
-    (backward, exact matches allowed, tolerance = TTL): the latest row stamped at or
-    before the entity time and no more than the TTL before it, else nulls. Equal
-    timestamps of one key resolve to the row read last.
+    chunk, each entity row's match is the latest row of its key stamped at or before the
+    entity time and no more than the TTL before it, else nulls; equal timestamps of one
+    key resolve to the row read last.
+
+    The lookup is one binary search per chunk (written here because neither Feast's
+    retrieval nor ``pandas.merge_asof`` does it without re-sorting the chunk and the
+    view's rows on every call, which cost more than scoring): each view row gets the
+    composite ``key code * T + time rank`` (``T`` = the number of distinct times), which
+    is sorted because the rows are; an entity row at time ``t`` asks for the last
+    composite at or below ``code * T + rank(t)`` and checks that it is of its own key.
     """
 
     def __init__(self, view: FeatureViewPlan, start: datetime, end: datetime) -> None:
@@ -385,43 +381,55 @@ class AsOfIndex:
         frame = frame.sort_values([*keys, _FEATURE_TS], kind="stable").reset_index(drop=True)
         codes = _key_index(frame, keys).factorize()[0]  # sorted: one run of rows per key
         firsts = np.flatnonzero(np.diff(codes, prepend=-1)) if len(codes) else np.array([], int)
-        # merge_asof matches on a key's integer code: it need not hash string keys
-        self.frame = frame[[_FEATURE_TS, *view.features]].assign(**{_CODE: codes})
         self.uniques = _key_index(frame.iloc[firsts], keys)
-        self.starts = firsts
-        self.ends = np.append(firsts[1:], len(frame)).astype(int)
+        self.codes = codes.astype(np.int64)
+        stamps = _epoch_ns(frame[_FEATURE_TS])
+        self.times = np.unique(stamps)
+        self.stamps = stamps
+        self.composite = self.codes * (len(self.times) + 1) + np.searchsorted(self.times, stamps)
+        self.columns = {name: frame[name].to_numpy() for name in view.features}
+
+    def codes_of(self, keys: pd.DataFrame) -> np.ndarray:
+        """Each row's key code in this index (``keys``: the join key columns); -1 for
+        a key the view lacks. The index's hash table is built on the first call, kept."""
+        return self.uniques.get_indexer(_key_index(keys, self.view.join_keys))
+
+    def codes_of_table(self, table: pa.Table) -> np.ndarray:
+        """:meth:`codes_of` for the key columns of an Arrow table. A single key is
+        dictionary-encoded by Arrow first, so only its distinct values become Python
+        objects to look up (a chunk of bookings has two hotels, not 50,000)."""
+        keys = self.view.join_keys
+        if len(keys) > 1:
+            return self.codes_of(table.select(keys).to_pandas())
+        encoded = table.column(keys[0]).combine_chunks().dictionary_encode()
+        distinct = pd.DataFrame({keys[0]: encoded.dictionary.to_pandas()})
+        codes = np.append(self.codes_of(distinct), -1)  # the last: a null key
+        return codes[pc.fill_null(encoded.indices, -1).to_numpy()]
+
+    def matches(self, codes: np.ndarray, when: np.ndarray) -> np.ndarray:
+        """The row each (key code, time in ns since the epoch) matches; -1: none."""
+        rank = np.searchsorted(self.times, when, side="right") - 1  # last time <= t
+        at = np.searchsorted(self.composite, codes * (len(self.times) + 1) + rank, "right") - 1
+        ok = (codes >= 0) & (at >= 0)
+        at = np.where(ok, at, 0)
+        if len(self.codes):
+            ok &= self.codes[at] == codes
+        if self.view.ttl is not None and len(self.stamps):
+            ok &= self.stamps[at] >= when - pd.Timedelta(self.view.ttl).value
+        return np.where(ok, at, -1)
+
+    def take(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """The view's feature values at ``rows`` (from :meth:`matches`; -1: null)."""
+        return {
+            name: pd.api.extensions.take(values, rows, allow_fill=True)
+            for name, values in self.columns.items()
+        }
 
     def features(self, entities: pd.DataFrame) -> pd.DataFrame:
         """The view's features for each row of ``entities`` (join keys and
         ``event_timestamp``), in their order; nulls where no row matches."""
-        keys, names = self.view.join_keys, self.view.features
-        found = self.uniques.get_indexer(_key_index(entities, keys))  # -1: unknown key
-        seen = np.zeros(len(self.uniques), dtype=bool)
-        seen[found[found >= 0]] = True
-        hit = np.flatnonzero(seen)  # the chunk's known keys, in the index's order
-        lengths = self.ends[hit] - self.starts[hit]
-        offsets = np.repeat(self.starts[hit] - (np.cumsum(lengths) - lengths), lengths)
-        right = self.frame.iloc[offsets + np.arange(lengths.sum())]
-        right = right.sort_values(_FEATURE_TS, kind="stable")
-        left = pd.DataFrame(
-            {
-                _CODE: found,
-                _ROW: np.arange(len(entities)),
-                EVENT_TIMESTAMP: entities[EVENT_TIMESTAMP].astype("datetime64[ns, UTC]"),
-            }
-        ).sort_values(EVENT_TIMESTAMP, kind="stable")
-        ttl = self.view.ttl
-        merged = pd.merge_asof(
-            left,
-            right,
-            left_on=EVENT_TIMESTAMP,
-            right_on=_FEATURE_TS,
-            by=_CODE,
-            direction="backward",
-            allow_exact_matches=True,
-            tolerance=pd.Timedelta(ttl) if ttl is not None else None,
-        )
-        return merged.sort_values(_ROW)[names].reset_index(drop=True)
+        rows = self.matches(self.codes_of(entities), _epoch_ns(entities[EVENT_TIMESTAMP]))
+        return pd.DataFrame(self.take(rows))
 
 
 def join_features(
@@ -437,68 +445,175 @@ def join_features(
     return frame.fillna({k: v for k, v in defaults.items() if k in frame})
 
 
+def _epoch_ns(moments: pd.Series) -> np.ndarray:
+    """Nanoseconds since the epoch of tz-aware UTC (or naive UTC) timestamps."""
+    if isinstance(moments.dtype, pd.DatetimeTZDtype):
+        moments = moments.dt.tz_convert("UTC").dt.tz_localize(None)
+    return moments.to_numpy(dtype="datetime64[ns]").view(np.int64)
+
+
 def _key_index(frame: pd.DataFrame, keys: list[str]) -> pd.Index:
     if len(keys) == 1:
         return pd.Index(frame[keys[0]].to_numpy())
     return pd.MultiIndex.from_frame(frame[keys])
 
 
-def _prediction_ids(loaded: LoadedModel, keys: pd.Series) -> list[str]:
-    """``prediction_log.prediction_id`` of every key (the same digest: the common prefix
-    is encoded once; ~30 % less time than calling it per row)."""
-    import hashlib
+def _prediction_ids(loaded: LoadedModel, keys: pd.Series) -> pd.Series:
+    """``prediction_log.prediction_id`` of every key, vectorised."""
+    return prediction_id(loaded.name, loaded.version, SOURCE, "") + keys.astype(str)
 
-    sha1 = hashlib.sha1
-    prefix = f"{loaded.name}|{loaded.version}|{SOURCE}|".encode()
-    return [sha1(prefix + k).hexdigest()[:20] for k in map(str.encode, map(str, keys))]
+
+class _ChunkScorer:
+    """Scores one chunk of entity rows, Arrow in and Arrow out.
+
+    Only what the model reads becomes pandas (sklearn takes frames); the entity keys,
+    the event time and the own views' features pass from the entity table to both
+    outputs as the Arrow columns they were read as, and the prediction ids are made by
+    Arrow: turning a million string keys into Python objects and back cost more than
+    the model did (``benchmarks/batch_inference.py``).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        indexes: list[AsOfIndex],
+        loaded: LoadedModel,
+        pred_schema: pa.Schema,
+        log_schema: pa.Schema,
+    ) -> None:
+        batch = settings.usecase.batch
+        self.ts = batch.timestamp_column
+        self.keys = batch.entities
+        self.id_column = batch.id_column
+        self.indexes = indexes
+        self.loaded = loaded
+        self.pred_schema, self.log_schema = pred_schema, log_schema
+        joined = {f for index in indexes for f in index.view.features}
+        self.defaults = {k: v for k, v in settings.usecase.feast.defaults.items() if k in joined}
+        self.id_prefix = prediction_id(loaded.name, loaded.version, SOURCE, "")
+
+    def __call__(self, table: pa.Table) -> tuple[pa.Table, pa.Table, dict[str, float]]:
+        t0 = time.perf_counter()
+        n = table.num_rows
+        when = _epoch_ns_arrow(table.column(self.ts))
+        joined: dict[str, np.ndarray] = {}
+        for index in self.indexes:
+            joined |= index.take(index.matches(index.codes_of_table(table), when))
+        for name, default in self.defaults.items():
+            values = joined[name]
+            missing = pd.isna(values)
+            if missing.any():
+                joined[name] = np.where(missing, default, values)
+        names = self.loaded.feature_names
+        X = table.select([c for c in names if c not in joined]).to_pandas()
+        X = X.assign(**{c: joined[c] for c in names if c in joined})[names]
+        t1 = time.perf_counter()
+        score = self.loaded.model.predict_proba(X)[:, 1].astype(np.float64)
+        t2 = time.perf_counter()
+        decision = (score >= self.loaded.threshold).astype(np.int64)
+        columns: dict[str, Any] = {
+            EVENT_TIMESTAMP: table.column(self.ts),
+            "score": score,
+            "decision": decision,
+            "model_name": _constant(self.loaded.name, n),
+            "model_version": _constant(self.loaded.version, n),
+            "prediction_id": pc.binary_join_element_wise(
+                self.id_prefix, pc.cast(table.column(self.id_column), pa.string()), ""
+            ),
+            "source": _constant(SOURCE, n),
+            "predicted_at": table.column(self.ts),
+            "arm": _constant(self.loaded.alias, n),
+        }
+        for name in table.column_names:
+            columns.setdefault(name, table.column(name))
+        for name, values in joined.items():
+            columns[name] = pa.array(values, from_pandas=True)
+        scored = _table(columns, self.pred_schema)
+        records = _table(columns, self.log_schema)
+        stage = {"join": t1 - t0, "predict": t2 - t1, "positives": int(decision.sum())}
+        return scored, records, stage
 
 
 def _write(
     pred_out: offline.PartitionWriter,
     log_out: offline.PartitionWriter,
-    scored: pd.DataFrame,
-    records: pd.DataFrame,
+    scored: pa.Table,
+    records: pa.Table,
 ) -> None:
     pred_out.write(scored)
     log_out.write(records)
 
 
-def _score_chunk(
-    settings: Settings,
-    indexes: list[AsOfIndex],
-    loaded: LoadedModel,
-    entities: pd.DataFrame,
-) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, float]]:
-    usecase = settings.usecase
-    keys = usecase.batch.entities
-    t0 = time.perf_counter()
-    frame = join_features(settings, indexes, entities)
-    t1 = time.perf_counter()
-    score = loaded.model.predict_proba(frame[loaded.feature_names])[:, 1].astype(np.float64)
-    t2 = time.perf_counter()
-    decision = (score >= loaded.threshold).astype(np.int64)
-    scored = frame[[*keys, EVENT_TIMESTAMP]].assign(
-        score=score, decision=decision, model_name=loaded.name, model_version=loaded.version
-    )
-    ids = _prediction_ids(loaded, frame[usecase.batch.id_column])
-    records = pd.DataFrame(
-        {
-            "prediction_id": ids,
-            "source": SOURCE,
-            "predicted_at": frame[EVENT_TIMESTAMP],
-            "model_name": loaded.name,
-            "model_version": loaded.version,
-            "arm": loaded.alias,
-            "score": score,
-            "decision": decision,
-        }
-    )
-    used = [c for c in loaded.feature_names if c not in keys]
-    records = pd.concat([records, frame[[*keys, *used]]], axis=1)
-    return scored, records, {"join": t1 - t0, "predict": t2 - t1}
+def _constant(value: str, n: int) -> pa.Array:
+    return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([value]))
 
 
-def _entity_chunks(
+def _table(columns: dict[str, Any], schema: pa.Schema) -> pa.Table:
+    """The columns of ``schema``, cast to its types (an int feature that needed a null
+    in this chunk arrives as float; a missing value left after the defaults stays null)."""
+    arrays = []
+    for field in schema:
+        values = columns[field.name]
+        if not isinstance(values, (pa.Array, pa.ChunkedArray)):
+            values = pa.array(values)
+        arrays.append(pc.cast(values, field.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _epoch_ns_arrow(moments: pa.ChunkedArray) -> np.ndarray:
+    """Nanoseconds since the epoch of an Arrow timestamp column (UTC when zoned)."""
+    return pc.cast(moments, pa.timestamp("ns", moments.type.tz)).to_numpy().view(np.int64)
+
+
+def _prefetched(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
+    """``items``, produced by a thread of their own up to ``depth`` ahead.
+
+    The entity rows are decoded (Arrow's Parquet reader, which releases the GIL) while
+    the previous chunk is scored; an error is raised in the consumer, and a consumer
+    that stops early stops the producer.
+    """
+    import queue
+    import threading
+
+    done = object()
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        slots.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            slots.put((done, None))
+        except BaseException as exc:  # handed to the consumer, which raises it
+            slots.put((done, exc))
+
+    thread = threading.Thread(target=produce, name="batch-read", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = slots.get()
+            if error is not None:
+                raise error
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                slots.get_nowait()
+            except queue.Empty:
+                thread.join(0.05)
+
+
+def _entity_tables(
     paths: list[Path],
     settings: Settings,
     start: datetime,
@@ -507,7 +622,7 @@ def _entity_chunks(
     features: list[str],
     *,
     seconds: dict[str, float],
-) -> Iterator[pd.DataFrame]:
+) -> Iterator[pa.Table]:
     """Entity keys, event time and ``features`` (those of the views whose rows are the
     entity rows, see :class:`FeatureViewPlan`) of the rows stamped in ``[start, end)``,
     in file order, ``chunk_rows`` at a time (the last chunk may be shorter); never more
@@ -534,18 +649,12 @@ def _entity_chunks(
                 whole = pa.concat_tables(buffered)
                 rest = whole.slice(chunk_rows)
                 buffered, held = ([rest] if rest.num_rows else []), rest.num_rows
-                chunk = _frame(whole.slice(0, chunk_rows), ts)
                 seconds["read"] += time.perf_counter() - t0
-                yield chunk
+                yield whole.slice(0, chunk_rows)
                 t0 = time.perf_counter()
     if held:
-        chunk = _frame(pa.concat_tables(buffered), ts)
         seconds["read"] += time.perf_counter() - t0
-        yield chunk
-
-
-def _frame(table: pa.Table, ts: str) -> pd.DataFrame:
-    return table.to_pandas().rename(columns={ts: EVENT_TIMESTAMP})
+        yield pa.concat_tables(buffered)
 
 
 def _schemas(
