@@ -7,6 +7,7 @@ what it needs (Airflow, Feast, ...) when it runs.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from datetime import date
 
@@ -245,6 +246,15 @@ def serve(
     import uvicorn
 
     from closedloop.serving.app import ServeConfig, create_app
+
+    # MLflow's client retries a refused connection for about four minutes (seven retries
+    # with exponential backoff, sized for rate limits). The model follower would sit in
+    # that loop through an outage: /ready could not say the registry is gone, and after
+    # it is back the next attempt could be two minutes away. Its next poll is its retry,
+    # so its calls give up after two retries (~5 s) and wait 15 s at most for an answer;
+    # values set in the environment win.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
 
     config = ServeConfig(
         challenger_share=challenger_share,

@@ -244,10 +244,8 @@ class Service:
         m = self.metrics
         if kind == "failure":
             m.failures.inc()
-            m.registry_up.set(1 if self.follower.status.get("registry_ok") else 0)
         else:
             m.swaps.labels(detail).inc()
-            m.registry_up.set(1)
             self._published(self.follower.deployment)
 
     def _published(self, deployment: Any) -> None:
@@ -381,6 +379,10 @@ def create_app(settings: Settings, config: ServeConfig | None = None) -> FastAPI
         """Prometheus metrics: requests, latency histograms, predictions per version."""
         if service.writer is not None:
             m.log_pending.set(service.writer.pending)
+        # From the follower's status when scraped: a poll that succeeds again after an
+        # outage is no event, and the gauge must come back to 1 without a hot swap.
+        if service.follower is not None and service.follower.status["registry_ok"] is not None:
+            m.registry_up.set(1 if service.follower.status["registry_ok"] else 0)
         return Response(
             prometheus_client.generate_latest(m.registry),
             media_type=prometheus_client.CONTENT_TYPE_LATEST,
