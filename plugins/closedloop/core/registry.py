@@ -93,7 +93,8 @@ def register_version(
     dag_run_key: str,
     tags: dict[str, str],
 ) -> str:
-    """Register ``model_uri`` once per DAG run: a retried task finds its version again."""
+    """Register ``model_uri`` once per DAG run: a retried task finds its version again,
+    and a second version registered for the same DAG run is deleted."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -101,16 +102,34 @@ def register_version(
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-    for mv in client.search_model_versions(f"name = '{model}'"):
-        if mv.tags.get(TAG_RUN) == dag_run_key:
-            return str(mv.version)
-    # An MLflow 3 logged model (``models:/m-<id>``) must be named by id too: a tracking
-    # server rejects the source alone (a local SQLite store does not check).
-    logged = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
-    mv = client.create_model_version(
-        model, model_uri, run_id=run_id, tags={**tags, TAG_RUN: dag_run_key}, model_id=logged
-    )
-    return str(mv.version)
+    if not _versions_of_run(client, model, dag_run_key):
+        # An MLflow 3 logged model (``models:/m-<id>``) must be named by id too: a tracking
+        # server rejects the source alone (a local SQLite store does not check).
+        logged = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+        client.create_model_version(
+            model, model_uri, run_id=run_id, tags={**tags, TAG_RUN: dag_run_key}, model_id=logged
+        )
+    # Looking first does not make registering happen once: MLflow's client sends a POST
+    # again when its answer was lost (its HTTP retries cover POST), and a task whose
+    # worker was killed can still be running beside its retry. Either registers a second
+    # version for the DAG run; the first one registered stays, the others go.
+    first, *extra = _versions_of_run(client, model, dag_run_key)
+    for version in extra:
+        try:
+            client.delete_model_version(model, version)
+        except MlflowException as exc:  # the other process deleted it first
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+    return first
+
+
+def _versions_of_run(client: MlflowClient, model: str, dag_run_key: str) -> list[str]:
+    """The versions registered for one DAG run, oldest first."""
+    found = client.search_model_versions(f"name = '{model}'")
+    return [
+        str(v)
+        for v in sorted(int(mv.version) for mv in found if mv.tags.get(TAG_RUN) == dag_run_key)
+    ]
 
 
 def apply_decision(
