@@ -19,6 +19,11 @@ if TYPE_CHECKING:
     from closedloop.core.settings import Settings
 
 
+#: rows per online-store write while materializing. Feast's default (None) converts an
+#: interval's rows to protobufs all at once: 1M bookings took 12 GB (benchmarks/scale.py).
+ONLINE_WRITE_BATCH = 10_000
+
+
 def repo_config(settings: Settings) -> Any:
     from feast.repo_config import RepoConfig
 
@@ -30,6 +35,7 @@ def repo_config(settings: Settings) -> Any:
         online_store=settings.feast_online_store,
         offline_store={"type": "file"},
         entity_key_serialization_version=3,
+        materialization_config={"online_write_batch_size": ONLINE_WRITE_BATCH},
         repo_path=settings.feature_repo,
     )
 
