@@ -1,0 +1,488 @@
+"""Wall time and peak memory of the feature pipeline and of training at 10k, 100k and 1M
+bookings, on the embedded and the production profile (the figures of docs/scaling.md).
+
+For each profile and size: a fresh home (and, for production, fresh PostgreSQL databases,
+an empty Redis database and an MLflow tracking server of its own), then three stages,
+each in its own child process that reports its peak RSS (``VmHWM``):
+
+* **generate** (set-up, not part of the pipeline): ``--days`` landed CSV batches of
+  ``size / days`` bookings (the generator's weekday volume moves each day by ~10 %);
+* **features**: ``closedloop.core.feature_pipeline.backfill`` over those days — the real
+  steps (extract, GX validate, clean, engineer, load the offline Parquet partitions),
+  then Feast apply and one ``materialize`` of the whole range into the online store;
+* **training**: ``closedloop.core.training_pipeline.run_in_process`` at the end of the
+  last day — Feast's point-in-time training set, GX, the model search, the MLflow run
+  with the model, registration and the gate (the use case's own training config).
+
+Each child imports the heavy libraries first and starts its clock after that (a task
+forked from a preloaded worker does not pay them either); the import time and the RSS
+after imports are printed too. The steps are timed by wrapping the pipeline's own
+module functions, so the run is the real one and the breakdown says which step
+dominates; after each step the child notes its peak RSS so far, which says which step
+set the peak.
+
+Production profile: Feast SQL registry on PostgreSQL, online store on Redis, the
+promotion ledger on PostgreSQL, and MLflow through a real tracking server (``closedloop
+stack``'s own ``mlflow`` component: PostgreSQL backend, basic-auth, proxied artifacts),
+started per size with random credentials. Airflow is not involved: its per-task cost is
+``benchmarks/loop.py``'s subject, and it does not grow with the data.
+
+    .venv/bin/python benchmarks/scale.py                      # 10k, 100k, 1M; both profiles
+    .venv/bin/python benchmarks/scale.py --sizes 10000 --profiles embedded
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from urllib.parse import urlsplit
+
+FIRST = date(2026, 1, 1)
+POSTGRES_URL = os.environ.get(
+    "CLOSEDLOOP_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432"
+)
+REDIS_URL = os.environ.get("CLOSEDLOOP_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+CLAIM_KEY = "closedloop:bench-claim"
+
+
+def _hwm_mib(status: Path = Path("/proc/self/status")) -> int:
+    """Peak RSS (``VmHWM``) of a process in MiB."""
+    for line in status.read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) // 1024
+    return -1
+
+
+def _du_mib(path: Path) -> float:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20
+
+
+# -- stages, each run in a child process ------------------------------------------------
+class _Steps:
+    """Wraps module functions so each call's wall time and the peak RSS after it are
+    recorded, without changing what the pipeline calls or in which order."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.calls: dict[str, list[float]] = {}
+        #: (step, peak RSS so far) in the order the steps ended
+        self.peaks: list[tuple[str, int]] = []
+
+    def peak_set_by(self) -> str:
+        """The first step after which the peak RSS had its final value."""
+        final = max((hwm for _, hwm in self.peaks), default=0)
+        return next((step for step, hwm in self.peaks if hwm == final), "-")
+
+    def wrap(self, module: object, name: str, label: str | None = None) -> None:
+        label = label or name
+        inner = getattr(module, name)
+
+        def timed(*args: object, **kwargs: object) -> object:
+            t0 = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                took = time.perf_counter() - t0
+                self.seconds[label] = self.seconds.get(label, 0.0) + took
+                self.calls.setdefault(label, []).append(round(took, 3))
+                self.peaks.append((label, _hwm_mib()))
+
+        setattr(module, name, timed)
+
+
+def _preload() -> float:
+    """Import what the stages use, before their clocks start; returns the seconds."""
+    t0 = time.perf_counter()
+    import feast  # noqa: F401
+    import great_expectations  # noqa: F401
+    import mlflow  # noqa: F401
+    import sklearn.ensemble  # noqa: F401
+
+    return time.perf_counter() - t0
+
+
+def generate(args: argparse.Namespace) -> dict:
+    from closedloop.core.settings import load_settings
+    from closedloop.usecases.hotel.generator import write_batches
+
+    settings = load_settings()
+    per_day = args.size // args.days
+    t0 = time.perf_counter()
+    write_batches(settings.landing_dir, FIRST, args.days, n_bookings=per_day)
+    wall = time.perf_counter() - t0
+    return {"wall": wall, "per_day": per_day, "peak_mib": _hwm_mib()}
+
+
+def features(args: argparse.Namespace) -> dict:
+    imports = _preload()
+    from closedloop.core import feature_pipeline, feature_store
+    from closedloop.core.settings import load_settings
+
+    settings = load_settings()
+    steps = _Steps()
+    for name in ("extract", "validate", "clean", "engineer", "load_offline"):
+        steps.wrap(feature_pipeline, name)
+    steps.wrap(feature_store, "apply_definitions", "feast_apply")
+    steps.wrap(feature_store, "materialize_interval", "materialize")
+    before = _hwm_mib()
+    t0 = time.perf_counter()
+    out = feature_pipeline.backfill(settings, FIRST, args.days)
+    wall = time.perf_counter() - t0
+    online = settings.feast_dir / "online.db"
+    return {
+        "wall": wall,
+        "imports": imports,
+        "rss_after_imports_mib": before,
+        "peak_mib": _hwm_mib(),
+        "rows": out["rows"],
+        "steps": steps.seconds,
+        "peak_set_by": steps.peak_set_by(),
+        "engineer_calls": steps.calls.get("engineer", []),
+        "offline_mib": _du_mib(settings.offline_dir),
+        "sqlite_online_mib": online.stat().st_size / 2**20 if online.exists() else None,
+    }
+
+
+def training(args: argparse.Namespace) -> dict:
+    imports = _preload()
+    from closedloop.core import feature_store, training_pipeline
+    from closedloop.core.settings import load_settings
+
+    settings = load_settings()
+    steps = _Steps()
+    # build_training_set = reading the labelled rows + Feast's join (timed on its own)
+    steps.wrap(feature_store, "historical_features", "feast_join")
+    for name in ("build_training_set", "validate_training", "train", "register", "gate"):
+        steps.wrap(training_pipeline, name)
+    end = datetime.combine(FIRST + timedelta(days=args.days), datetime.min.time(), UTC)
+    start, end = training_pipeline.training_window(settings, end)
+    overrides = {"trials": args.trials} if args.trials else {}
+    # A new MLflow store creates its schema on first use (~5-20 s for SQLite): once per
+    # deployment, not per run, so it is paid here, outside the clock.
+    t0 = time.perf_counter()
+    from closedloop.core.registry import client_for
+
+    client_for(settings).search_experiments()
+    warm_up = time.perf_counter() - t0
+    before = _hwm_mib()
+    t0 = time.perf_counter()
+    out = training_pipeline.run_in_process(
+        settings, start, end, "scale/1", reason="scale benchmark", dag_id="scale", **overrides
+    )
+    wall = time.perf_counter() - t0
+    return {
+        "wall": wall,
+        "imports": imports,
+        "rss_after_imports_mib": before,
+        "peak_mib": _hwm_mib(),
+        "mlflow_warm_up": warm_up,
+        "training_rows": out["built"]["rows"],
+        "family": out["trained"]["family"],
+        "action": out["action"],
+        "roc_auc": out["trained"]["metrics"].get("roc_auc"),
+        "steps": steps.seconds,
+        "peak_set_by": steps.peak_set_by(),
+        # what a training run leaves: the MLflow artifacts (model, trials, dataset
+        # metadata; on the server's store in production) and closedloop's snapshot of
+        # the training set
+        "artifacts_mib": _du_mib(Path(settings.mlflow_artifacts_destination)),
+        "snapshot_mib": _du_mib(settings.training_dir),
+    }
+
+
+STAGES = {"generate": generate, "features": features, "training": training}
+
+
+def _child(stage: str, env: dict[str, str], args: argparse.Namespace, size: int) -> dict:
+    argv = [sys.executable, __file__, "--stage", stage, "--size", str(size)]
+    argv += ["--days", str(args.days), "--trials", str(args.trials or 0)]
+    t0 = time.perf_counter()
+    done = subprocess.run(argv, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.stderr.write(done.stdout[-4000:] + done.stderr[-8000:])
+        raise SystemExit(f"stage {stage} failed ({env['CLOSEDLOOP_PROFILE']}, {size:,})")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["process_wall"] = time.perf_counter() - t0
+    return result
+
+
+# -- the production profile's servers, per size ------------------------------------------
+def _claim_redis_db() -> int:
+    """An empty Redis database, marked as this run's (``SET NX`` of a marker key)."""
+    import redis
+
+    for db in range(15, 0, -1):
+        client = redis.Redis.from_url(f"{REDIS_URL.rstrip('/')}/{db}")
+        try:
+            if client.dbsize() == 0 and client.set(CLAIM_KEY, "1", nx=True, ex=6 * 3600):
+                if client.dbsize() == 1:
+                    return db
+                client.delete(CLAIM_KEY)
+        finally:
+            client.close()
+    raise SystemExit("no empty Redis database (1-15) to run the production profile in")
+
+
+def _redis_usage(db: int) -> dict:
+    """Keys and bytes of the run's Redis database: ``MEMORY USAGE`` of a sample of keys
+    times the key count (``INFO memory`` is server-wide, and the server is shared)."""
+    import redis
+
+    client = redis.Redis.from_url(f"{REDIS_URL.rstrip('/')}/{db}")
+    try:
+        keys = client.dbsize()
+        sample = [k for _, k in zip(range(2000), client.scan_iter(count=1000), strict=False)]
+        used = [client.memory_usage(k, samples=0) or 0 for k in sample]
+        mean = sum(used) / max(len(used), 1)
+        return {"keys": keys, "mib": keys * mean / 2**20, "bytes_per_key": mean}
+    finally:
+        client.close()
+
+
+def _release_redis_db(db: int) -> None:
+    import redis
+
+    client = redis.Redis.from_url(f"{REDIS_URL.rstrip('/')}/{db}")
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+
+
+def _drop_databases(urls: list[str]) -> None:
+    import psycopg
+    from psycopg import sql
+
+    for url in urls:
+        parts = urlsplit(url)
+        admin = parts._replace(path="/postgres").geturl()
+        with psycopg.connect(admin, autocommit=True, connect_timeout=10) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                    sql.Identifier(parts.path.lstrip("/"))
+                )
+            )
+
+
+def _tree_hwm_mib(pid: int) -> int:
+    """Sum of the peak RSS of a process and its children (the MLflow server forks)."""
+    import psutil
+
+    total = 0
+    with contextlib.suppress(psutil.Error):
+        proc = psutil.Process(pid)
+        for p in [proc, *proc.children(recursive=True)]:
+            with contextlib.suppress(OSError):
+                total += _hwm_mib(Path(f"/proc/{p.pid}/status"))
+    return total
+
+
+@contextlib.contextmanager
+def _production(home: Path, env: dict[str, str]):
+    """Fresh databases, a Redis database and an MLflow server; all removed afterwards.
+    Yields the Redis database number and a callable giving the server's peak RSS."""
+    from closedloop.core.settings import load_settings
+    from closedloop.local_airflow import free_port
+    from closedloop.stack import component_command, ensure_databases, prepare
+
+    db = _claim_redis_db()
+    env.update(
+        CLOSEDLOOP_PROFILE="production",
+        CLOSEDLOOP_STORES__POSTGRES_URL=POSTGRES_URL,
+        CLOSEDLOOP_STORES__DATABASE_PREFIX=f"clbench_{secrets.token_hex(4)}_",
+        CLOSEDLOOP_STORES__REDIS_URL=f"{REDIS_URL.rstrip('/')}/{db}",
+        CLOSEDLOOP_STORES__MLFLOW_TRACKING_URI=f"http://127.0.0.1:{free_port()}",
+        MLFLOW_TRACKING_USERNAME=f"bench_{secrets.token_hex(3)}",
+        MLFLOW_TRACKING_PASSWORD=secrets.token_urlsafe(24),
+        MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_urlsafe(32),
+    )
+    saved = dict(os.environ)
+    os.environ.update(env)
+    server = None
+    databases: list[str] = []
+    try:
+        settings = load_settings()
+        databases = list(settings.databases.values())
+        ensure_databases(settings)
+        server_env = prepare(settings, "mlflow", env)
+        log = (home / "mlflow-server.log").open("w")
+        server = subprocess.Popen(
+            component_command(settings, "mlflow"),
+            env=server_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"{settings.mlflow_tracking_uri}/health", timeout=5):
+                    break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(
+                        "the MLflow server did not start:\n"
+                        + (home / "mlflow-server.log").read_text()[-3000:]
+                    ) from None
+                time.sleep(1)
+        yield db, lambda: _tree_hwm_mib(server.pid)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        if server is not None:
+            os.killpg(server.pid, 15)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, 9)
+                server.wait()
+        if databases:
+            _drop_databases(databases)
+        _release_redis_db(db)
+
+
+# -- the parent --------------------------------------------------------------------------
+def _load() -> str:
+    return "/".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def run_one(profile: str, size: int, args: argparse.Namespace) -> dict:
+    home = Path(tempfile.mkdtemp(prefix=f"closedloop-bench-scale-{profile}-"))
+    env = {
+        **os.environ,
+        "CLOSEDLOOP_HOME": str(home),
+        "CLOSEDLOOP_PROFILE": "embedded",
+        "PYTHONWARNINGS": "ignore",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "1",
+    }
+    result: dict = {"profile": profile, "size": size, "load_before": _load()}
+    try:
+        with contextlib.ExitStack() as stack:
+            server_peak = None
+            if profile == "production":
+                db, server_peak = stack.enter_context(_production(home, env))
+            result["generate"] = _child("generate", env, args, size)
+            result["features"] = _child("features", env, args, size)
+            if profile == "production":
+                result["features"]["redis"] = _redis_usage(db)
+            result["training"] = _child("training", env, args, size)
+            if server_peak is not None:
+                result["mlflow_server_peak_mib"] = server_peak()
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    result["load_after"] = _load()
+    return result
+
+
+def _print_row(r: dict) -> None:
+    f, t = r["features"], r["training"]
+    print(
+        f"{r['profile']:<10} {f['rows']:>9,} | {f['wall']:>8.1f} {f['peak_mib']:>7,} | "
+        f"{t['training_rows']:>8,} {t['wall']:>8.1f} {t['peak_mib']:>7,} | "
+        f"{r['load_before']:>15} {r['load_after']:>15}",
+        flush=True,
+    )
+
+
+def _print_steps(r: dict) -> None:
+    f, t = r["features"], r["training"]
+    fs = ", ".join(f"{k} {v:.1f}" for k, v in sorted(f["steps"].items(), key=lambda kv: -kv[1]))
+    ts = ", ".join(f"{k} {v:.1f}" for k, v in sorted(t["steps"].items(), key=lambda kv: -kv[1]))
+    fp, tp = f["peak_set_by"], t["peak_set_by"]
+    calls = f["engineer_calls"]
+    print(f"  {r['profile']} {f['rows']:,} bookings")
+    print(f"    features s: {fs}")
+    print(f"      peak set by {fp}; engineer first/last day {calls[0]:.2f}/{calls[-1]:.2f} s")
+    store = (
+        f"Redis {f['redis']['keys']:,} keys ~{f['redis']['mib']:.0f} MiB "
+        f"({f['redis']['bytes_per_key']:.0f} B/key)"
+        if "redis" in f
+        else f"SQLite online store {f['sqlite_online_mib']:.0f} MiB"
+    )
+    print(f"      offline Parquet {f['offline_mib']:.0f} MiB; {store}")
+    print(f"    training s (nested: feast_join inside build_training_set): {ts}")
+    server = r.get("mlflow_server_peak_mib")
+    print(
+        f"      peak set by {tp}; chose {t['family']} (holdout ROC AUC {t['roc_auc']:.3f}, "
+        f"{t['action']})" + (f"; MLflow server peak RSS {server:,} MiB" if server else "")
+    )
+    print(
+        f"      MLflow artifacts {t['artifacts_mib']:.1f} MiB, training-set snapshot "
+        f"{t['snapshot_mib']:.1f} MiB"
+    )
+    print(
+        f"    set-up: generate {r['generate']['wall']:.1f} s; imports per child "
+        f"{f['imports']:.1f}/{t['imports']:.1f} s, RSS after imports "
+        f"{f['rss_after_imports_mib']:,}/{t['rss_after_imports_mib']:,} MiB; "
+        f"MLflow store's first request {t['mlflow_warm_up']:.1f} s",
+        flush=True,
+    )
+
+
+HEADER = (
+    f"{'profile':<10} {'bookings':>9} | {'feat. s':>8} {'MiB':>7} | "
+    f"{'train rows':>8} {'train s':>8} {'MiB':>7} | {'load before':>15} {'load after':>15}"
+)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="10000,100000,1000000")
+    parser.add_argument("--profiles", default="embedded,production")
+    parser.add_argument("--days", type=int, default=20)
+    parser.add_argument("--trials", type=int, default=0, help="0: the use case's own")
+    parser.add_argument("--json", type=Path, help="also write every figure here")
+    parser.add_argument("--stage", choices=sorted(STAGES), help=argparse.SUPPRESS)
+    parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.stage:
+        import warnings
+
+        warnings.filterwarnings("ignore")
+        result = STAGES[args.stage](args)
+        sys.stdout.flush()
+        print("\n" + json.dumps(result, default=str))
+        return
+
+    sizes = [int(s) for s in args.sizes.split(",")]
+    profiles = args.profiles.split(",")
+    memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
+    print(
+        f"{os.cpu_count()} CPUs, {memory:.0f} GiB; {args.days} days; "
+        f"load average (1/5/15 min) at start {_load()}; "
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+        flush=True,
+    )
+    results = []
+    print(HEADER, flush=True)
+    for size in sizes:
+        for profile in profiles:
+            results.append(run_one(profile, size, args))
+            _print_row(results[-1])
+            _print_steps(results[-1])
+            if args.json:
+                args.json.write_text(json.dumps(results, indent=1, default=str))
+    print()
+    print("feature pipeline = backfill (validate, clean, engineer, offline, apply, materialize);")
+    print("training = run_in_process (Feast join, GX, model search, MLflow, register, gate);")
+    print("seconds after imports; MiB = peak RSS (VmHWM) of the stage's process")
+    print(HEADER)
+    for r in results:
+        _print_row(r)
+
+
+if __name__ == "__main__":
+    main()
