@@ -505,8 +505,8 @@ class _ChunkScorer:
             if missing.any():
                 joined[name] = np.where(missing, default, values)
         names = self.loaded.feature_names
-        X = table.select([c for c in names if c not in joined]).to_pandas()
-        X = X.assign(**{c: joined[c] for c in names if c in joined})[names]
+        own = table.select([c for c in names if c not in joined]).to_pandas()
+        X = pd.DataFrame({c: joined[c] if c in joined else own[c] for c in names}, copy=False)
         t1 = time.perf_counter()
         score = self.loaded.model.predict_proba(X)[:, 1].astype(np.float64)
         t2 = time.perf_counter()
@@ -545,7 +545,14 @@ def _write(
 
 
 def _constant(value: str, n: int) -> pa.Array:
-    return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([value]))
+    """``n`` times ``value``, as a string array made from its two buffers."""
+    data = value.encode()
+    if n * len(data) >= 2**31:  # beyond 32-bit offsets: let Arrow choose
+        return pa.array([value] * n, pa.large_string())
+    offsets = np.arange(n + 1, dtype=np.int32) * len(data)
+    return pa.StringArray.from_buffers(
+        n, pa.py_buffer(offsets), pa.py_buffer(np.frombuffer(data * n, dtype=np.uint8))
+    )
 
 
 def _table(columns: dict[str, Any], schema: pa.Schema) -> pa.Table:
