@@ -219,6 +219,10 @@ class Settings(BaseSettings):
             "cache_ttl_seconds": 60,
             # refresh in a background thread: no 27 ms refresh spike on a read path
             "cache_mode": "thread",
+            # test a pooled connection before using it: after PostgreSQL dropped the
+            # connections (a restart, a failover) the first registry call of every
+            # process failed, e.g. a materialization between two views
+            "sqlalchemy_config_kwargs": {"echo": False, "pool_pre_ping": True},
         }
 
     @property
