@@ -289,7 +289,8 @@ def stack() -> None:
 @stack.command("up")
 @click.option("--no-schedule", is_flag=True, help="Don't start the DAGs' own schedules.")
 def stack_up(no_schedule: bool) -> None:
-    """Start every component on this machine; Ctrl-C stops them all."""
+    """Start every component on this machine (one that exits is started again, as
+    compose's restart policy does); Ctrl-C stops them all."""
     import signal
     import time
 
@@ -307,7 +308,9 @@ def stack_up(no_schedule: bool) -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         while True:
-            processes.check_alive()
+            for name in processes.supervise():
+                log = settings.airflow_home / "logs" / f"{name}.log"
+                click.echo(f"{name} exited; started it again (see {log})", err=True)
             time.sleep(2)
     except KeyboardInterrupt:
         pass

@@ -330,6 +330,8 @@ class ProductionStack(LocalAirflow):
     #: False: no run of the DAGs' own schedules (a test or demo plays the clock)
     use_job_schedule: bool = True
     environ_extra: dict[str, str] = field(default_factory=dict)
+    #: component -> when :meth:`supervise` last started it again (monotonic seconds)
+    restarted_at: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.port = _host_port(self.settings.airflow_api_url, 8080)[1]
@@ -395,6 +397,24 @@ class ProductionStack(LocalAirflow):
             if proc.poll() is not None:
                 log = self.settings.airflow_home / "logs" / f"{name}.log"
                 raise RuntimeError(f"{name} exited with {proc.returncode}; see {log}")
+
+    def supervise(self, min_interval: float = 10.0) -> list[str]:
+        """Start again every component that has exited, as compose's ``restart:
+        unless-stopped`` does for the same services. Airflow's scheduler and DAG processor
+        exit when PostgreSQL drops their connection in the middle of a query (a restart, a
+        failover) and leave starting them again to a supervisor. A component is started
+        at most once per ``min_interval`` seconds, so a crash loop does not spin. Returns
+        the components started again."""
+        env = self.environ()
+        restarted = []
+        for name, proc in list(self.processes.items()):
+            last = self.restarted_at.get(name)
+            if proc.poll() is None or (last is not None and time.monotonic() - last < min_interval):
+                continue
+            self.processes[name] = self._spawn(name, env)
+            self.restarted_at[name] = time.monotonic()
+            restarted.append(name)
+        return restarted
 
     def _mlflow_healthy(self) -> bool:
         if "mlflow" not in self.processes:
