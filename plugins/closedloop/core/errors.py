@@ -52,3 +52,8 @@ class UntrustedModelError(DecisionError):
     """A registered version whose artifacts are not a model that this project's training
     logged (its source is another path or URI, another experiment's model, or a run it
     does not belong to): closedloop refuses to load it."""
+
+
+class OnlineStoreRestartedError(ClosedLoopError):
+    """The online store's server restarted again and again while an interval was being
+    written: what was written before each restart may be gone. Retryable."""

@@ -7,6 +7,7 @@ URLs only. Feast is imported lazily — it costs seconds and resets warning filt
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,11 @@ if TYPE_CHECKING:
 
     from closedloop.core.settings import Settings
 
+
+log = logging.getLogger(__name__)
+
+#: passes over an interval while the online store's server keeps restarting under it
+MATERIALIZE_PASSES = 3
 
 #: rows per online-store write while materializing. Feast's default (None) converts an
 #: interval's rows to protobufs all at once: 1M bookings took 12 GB (benchmarks/scale.py).
@@ -90,10 +96,62 @@ def apply_definitions(store: FeatureStore, repo_path: Path) -> dict[str, list[st
 def materialize_interval(store: FeatureStore, start: datetime, end: datetime) -> list[str]:
     """Load every online feature view's rows stamped in ``[start, end]`` into the online
     store. Explicit intervals, not ``materialize_incremental``: a backfill of past days
-    must load those days (see ../shared/STACK.md)."""
-    views = [fv.name for fv in store.list_feature_views() if fv.online]
-    store.materialize(start_date=start, end_date=end, feature_views=views)
-    return views
+    must load those days (see ../shared/STACK.md).
+
+    Out of order: an interval older than one a view already holds is loaded together with
+    everything after it, up to the newest end loaded. Feast's SQLite online store writes
+    every row it is given (its Redis store skips a row not newer than the stored one), so
+    the older interval alone would put older values over newer ones; over the longer range
+    Feast writes each entity's newest row.
+
+    Restarts: if the online store's server restarted while the interval was written (see
+    :func:`online_store_server`), what was written before may be gone with it -- a Redis
+    without persistence keeps nothing -- while Feast's client reconnected and wrote the
+    rest. The interval is then loaded again, up to ``MATERIALIZE_PASSES`` times in all,
+    after which :class:`~closedloop.core.errors.OnlineStoreRestartedError` (retryable)
+    is raised.
+    """
+    from closedloop.core.errors import OnlineStoreRestartedError
+
+    views = [fv for fv in store.list_feature_views() if fv.online]
+    for _ in range(MATERIALIZE_PASSES):
+        server = online_store_server(store)
+        for view in views:
+            upto = max(end, view.most_recent_end_time or end)
+            store.materialize(start_date=start, end_date=upto, feature_views=[view.name])
+        if online_store_server(store) == server:
+            return [view.name for view in views]
+        log.warning(
+            "The online store's server restarted while [%s, %s] was written; loading it "
+            "again. Without persistence it lost every earlier interval too: materialize "
+            "them again.",
+            start,
+            end,
+        )
+    raise OnlineStoreRestartedError(
+        f"the online store's server restarted during each of {MATERIALIZE_PASSES} passes "
+        f"over [{start}, {end}]"
+    )
+
+
+def online_store_server(store: FeatureStore) -> str | None:
+    """Which server process holds the online store: a Redis server's ``run_id``, new on
+    every start (the ids of every node for a cluster); None for SQLite, which has none."""
+    config = store.config.online_store
+    if getattr(config, "type", None) != "redis":
+        return None
+    from feast.infra.online_stores.redis import RedisOnlineStore
+
+    # Feast's own client for its configuration (host, db, password, TLS, sentinel), so
+    # both reach the same server; a fresh one, closed after the question.
+    client = RedisOnlineStore()._get_client(config)
+    try:
+        info = client.info("server")
+    finally:
+        client.close()
+    if "run_id" in info:
+        return str(info["run_id"])
+    return ",".join(sorted(str(node.get("run_id")) for node in info.values()))
 
 
 _ROW_ID = "__closedloop_row"
