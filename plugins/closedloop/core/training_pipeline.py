@@ -227,7 +227,13 @@ def train(
         mlflow.log_input(dataset, context="training")
 
         def log_trial(trial: Any) -> None:
-            with mlflow.start_run(run_name=f"trial-{trial.number}-{trial.family}", nested=True):
+            # in the parent's experiment: without it MLflow puts a nested run in the
+            # active one (Default), where no search of this DAG run's runs finds it
+            with mlflow.start_run(
+                run_name=f"trial-{trial.number}-{trial.family}",
+                experiment_id=experiment_id,
+                nested=True,
+            ):
                 mlflow.log_params({"family": trial.family, **trial.params})
                 mlflow.log_metrics(
                     {f"validation.{k}": v for k, v in trial.validation_metrics.items()}
