@@ -39,7 +39,8 @@ with DAG(
     catchup=False,
     max_active_runs=1,
     tags=["closedloop", "features", "hotel_bookings"],
-    default_args={"retries": 2, "retry_delay": pendulum.duration(seconds=30)},
+    # retry_delay: Airflow's [core] default_task_retry_delay, 30 s (closedloop.runtime)
+    default_args={"retries": 2},
 ) as dag:
     extract = ExtractBatchOperator(task_id="extract")
     validate = ValidateBatchOperator(task_id="validate")

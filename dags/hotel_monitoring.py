@@ -40,7 +40,8 @@ with DAG(
     catchup=False,
     max_active_runs=1,
     tags=["closedloop", "monitoring", "hotel_bookings"],
-    default_args={"retries": 2, "retry_delay": pendulum.duration(seconds=30)},
+    # retry_delay: Airflow's [core] default_task_retry_delay, 30 s (closedloop.runtime)
+    default_args={"retries": 2},
 ) as dag:
     drift = DriftCheckOperator(task_id="drift", window_days=3)
     performance = PerformanceCheckOperator(task_id="performance", window_days=7)

@@ -41,7 +41,8 @@ with DAG(
     catchup=False,
     max_active_runs=1,
     tags=["closedloop", "training", "hotel_bookings"],
-    default_args={"retries": 2, "retry_delay": pendulum.duration(seconds=30)},
+    # retry_delay: Airflow's [core] default_task_retry_delay, 30 s (closedloop.runtime)
+    default_args={"retries": 2},
 ) as dag:
     build = BuildTrainingSetOperator(task_id="build_training_set")
     validate = ValidateTrainingSetOperator(task_id="validate_training_set", built=build.output)

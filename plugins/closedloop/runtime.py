@@ -23,6 +23,13 @@ SQLITE_CONNECT_ARGS = {"timeout": 60}
 #: ... and other databases get none (set explicitly, so that an embedded profile's value
 #: inherited from the environment never reaches a PostgreSQL driver)
 NO_CONNECT_ARGS: dict[str, object] = {}
+#: Seconds between a failed task attempt and its retry, unless the environment says
+#: otherwise: the DAGs set ``retries`` and take the delay from Airflow's
+#: ``[core] default_task_retry_delay`` (Airflow's own default is 300 s), so a deployment —
+#: or a fault test that kills workers — changes it in one place,
+#: ``AIRFLOW__CORE__DEFAULT_TASK_RETRY_DELAY`` (read where the DAGs are parsed).
+TASK_RETRY_DELAY_SECONDS = 30
+_RETRY_DELAY = "AIRFLOW__CORE__DEFAULT_TASK_RETRY_DELAY"
 
 
 def airflow_environ(settings: Settings) -> dict[str, str]:
@@ -48,6 +55,7 @@ def airflow_environ(settings: Settings) -> dict[str, str]:
         # Two cores: Airflow's default of 32 parallel task processes only thrashes.
         "AIRFLOW__CORE__PARALLELISM": "4",
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+        _RETRY_DELAY: os.environ.get(_RETRY_DELAY) or str(TASK_RETRY_DELAY_SECONDS),
         "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "DO_NOT_TRACK": "1",

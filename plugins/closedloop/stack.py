@@ -18,8 +18,10 @@ worker's main process: :mod:`closedloop.celery_config`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -320,6 +322,25 @@ def _get(url: str, timeout: float = 5) -> dict:
         return {"body": raw.decode(errors="replace")}
 
 
+def session_processes(sid: int) -> list[int]:
+    """Live processes (not zombies) of the session ``sid``: a component started in a
+    session of its own and everything it started, also what moved to process groups of
+    their own (Airflow's task processes do)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.getsid(int(entry)) != sid:
+                continue
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except (ProcessLookupError, FileNotFoundError, PermissionError):
+            continue
+        if stat.rsplit(")", 1)[1].split()[0] != "Z":
+            found.append(int(entry))
+    return found
+
+
 @dataclass
 class ProductionStack(LocalAirflow):
     """All of the production profile's processes on this machine, on the PostgreSQL and
@@ -436,3 +457,36 @@ class ProductionStack(LocalAirflow):
 
     def set_paused(self, dag_id: str, paused: bool) -> None:
         self._request("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": paused})
+
+    def kill(self, component: str, timeout: float = 30) -> list[int]:
+        """``kill -9`` a component and every process it started — for the Celery worker its
+        pool and the task processes forked from it, which run in process groups of their
+        own but stay in its session — as when the machine or container it runs on dies.
+        Returns their pids, once every one is gone; :meth:`restart` starts it again."""
+        proc = self.processes[component]
+        killed: set[int] = set()
+        deadline = time.monotonic() + timeout
+        while members := session_processes(proc.pid):
+            for pid in members:  # again and again: one may fork while we kill
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            killed.update(members)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{component}: processes {members} outlived SIGKILL")
+            proc.poll()  # reap the component itself; init reaps the rest
+            time.sleep(0.05)
+        proc.wait(timeout=timeout)
+        return sorted(killed)
+
+    def restart(self, component: str, timeout: float = 60) -> None:
+        """Start a component again with the stack's environment: after :meth:`kill`, or
+        stopping it first (SIGTERM to its process group, SIGKILL after ``timeout``).
+        Returns once it is started, not when it is ready."""
+        proc = self.processes.get(component)
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill(component)
+        self.processes[component] = self._spawn(component, self.environ())

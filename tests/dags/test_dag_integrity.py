@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from closedloop.core.settings import PROJECT_ROOT
+from closedloop.runtime import TASK_RETRY_DELAY_SECONDS
 
 DAG_FILES = sorted((PROJECT_ROOT / "dags").glob("*.py"))
 HEAVY = ("feast", "mlflow", "great_expectations", "evidently", "sklearn")
@@ -35,6 +37,8 @@ def test_dag_id_is_file_stem_with_tags_and_retries(dagbag, path: Path):
     assert dag.doc_md, "the module docstring should document the DAG"
     for task in dag.tasks:
         assert task.retries >= 1, f"{task.task_id} has no retries"
+        # from [core] default_task_retry_delay, which closedloop.runtime sets
+        assert task.retry_delay == timedelta(seconds=TASK_RETRY_DELAY_SECONDS), task.task_id
 
 
 _PARSE_PROBE = """

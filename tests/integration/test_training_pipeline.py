@@ -160,6 +160,28 @@ def test_after_concept_drift_a_retrained_model_beats_the_champion_and_is_promote
     assert story["after_drift"]["previous"] == "1"
 
 
+def test_a_gate_retried_after_it_moved_the_alias_decides_as_its_first_attempt(story, world):
+    """A gate task killed after ``champion`` moved to its version is retried: it must
+    judge the version against the champion it replaced (now ``previous``), not against
+    itself, and record nothing twice."""
+    from closedloop.core.training_pipeline import gate
+
+    drift = story["drift"]
+    moves = PromotionLedger(world.closedloop_db).history(MODEL)
+    assert _aliases(world)[CHAMPION] == "2"
+    again = gate(
+        world,
+        _xcom(drift, "build_training_set"),
+        _xcom(drift, "train"),
+        "2",
+        dag_id="hotel_training",
+        run_id=drift.run_id,
+    )
+    assert again == _xcom(drift, "gate")
+    assert PromotionLedger(world.closedloop_db).history(MODEL) == moves
+    assert _aliases(world)[CHAMPION] == "2"
+
+
 def test_a_weakened_model_is_rejected_and_never_champion(story, world):
     weak = story["weak"]
     assert weak.succeeded, weak.task_states

@@ -38,6 +38,24 @@ def test_batch_rerun_replaces_its_day(tmp_path):
     assert len(read) == 4 and read["prediction_id"].is_unique
 
 
+def test_a_killed_writers_temporary_file_goes_with_the_next_write(tmp_path):
+    """A batch run killed mid-write leaves its temporary file; the retry's write of the
+    same day removes it, and the day holds exactly one partition file."""
+    log = PredictionLog(tmp_path)
+    day = log.batch_partition("2026-03-01").parent
+    day.mkdir(parents=True)
+    (day / ".batch.k1ll3d_x.tmp").write_bytes(b"PAR1 half a file")
+    other = day / ".online-abc.k1ll3d_x.tmp"  # another partition's: not ours to delete
+    other.write_bytes(b"")
+    with log.batch_writer("2026-03-01") as out:  # the streamed path batch inference takes
+        out.write(_records())
+    assert sorted(p.name for p in day.iterdir()) == [".online-abc.k1ll3d_x.tmp", "batch.parquet"]
+    (day / ".batch.k1ll3d_y.tmp").write_bytes(b"")
+    log.write_batch(_records(), "2026-03-01")  # the whole-frame path too
+    assert sorted(p.name for p in day.iterdir()) == [".online-abc.k1ll3d_x.tmp", "batch.parquet"]
+    assert len(log.read(T0, T0 + timedelta(days=1))) == 4
+
+
 def test_online_flush_retried_is_one_file_and_sources_are_separate(tmp_path):
     log = PredictionLog(tmp_path)
     log.write_batch(_records(), "2026-03-01")

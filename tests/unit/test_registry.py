@@ -92,3 +92,36 @@ def test_ledger_survives_a_new_connection(tmp_path):
     assert PromotionLedger(url).append(entry) is False  # the same move of the same run
     [read] = PromotionLedger(url).history("m")
     assert (read.version, read.reason, read.numbers) == ("1", "why", {"roc_auc": 0.8})
+
+
+def test_a_gate_killed_between_the_alias_move_and_the_ledger_records_the_move_on_retry(
+    tmp_path,
+):
+    """kill -9 after ``champion`` moved but before the ledger append: the retry must
+    record what the first attempt did (v1 -> v2), or rollback has nothing to go back to."""
+    settings = load_settings(home=tmp_path)
+    client = client_for(settings)
+    ledger = PromotionLedger(settings.closedloop_db)
+    for i in (1, 2):
+        register_version(
+            client, MODEL, f"file:///nowhere/{i}", run_id=None, dag_run_key=f"run{i}", tags={}
+        )
+    first = decide({"roc_auc": 0.7}, None, POLICY)
+    apply_decision(client, ledger, MODEL, "1", first, dag_id="d", run_id="r1")
+    better = decide({"roc_auc": 0.8}, {"roc_auc": 0.7}, POLICY, "1")
+
+    class Killed(BaseException):
+        pass
+
+    class KilledBeforeAppend:
+        def append(self, entry):
+            raise Killed
+
+    with pytest.raises(Killed):
+        apply_decision(client, KilledBeforeAppend(), MODEL, "2", better, dag_id="d", run_id="r2")
+    assert _aliases(client) == {CHAMPION: "2", CHALLENGER: None, PREVIOUS: "1"}
+
+    apply_decision(client, ledger, MODEL, "2", better, dag_id="d", run_id="r2")  # the retry
+    promotions = [(e.version, e.from_version) for e in ledger.history(MODEL)]
+    assert promotions == [("1", None), ("2", "1")]
+    assert rollback(client, ledger, MODEL, "test") == ("2", "1")

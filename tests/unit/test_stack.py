@@ -173,3 +173,45 @@ def test_airflow_env_prints_the_production_configuration(tmp_path: Path):
     assert done.returncode == 0, done.stderr
     assert 'export AIRFLOW__CORE__EXECUTOR="CeleryExecutor"' in done.stdout
     assert "postgresql+psycopg2://cl@db:5432/airflow" in done.stdout
+
+
+def test_task_retry_delay_is_30_seconds_unless_the_environment_sets_it(production, monkeypatch):
+    """The DAGs take their retry delay from ``[core] default_task_retry_delay``; a
+    deployment (or the worker-fault tests) sets it once, for every component."""
+    monkeypatch.delenv("AIRFLOW__CORE__DEFAULT_TASK_RETRY_DELAY", raising=False)
+    assert production_environ(production)["AIRFLOW__CORE__DEFAULT_TASK_RETRY_DELAY"] == "30"
+    monkeypatch.setenv("AIRFLOW__CORE__DEFAULT_TASK_RETRY_DELAY", "2")
+    assert production_environ(production)["AIRFLOW__CORE__DEFAULT_TASK_RETRY_DELAY"] == "2"
+
+
+def test_kill_takes_a_component_with_everything_it_started(production):
+    """As a dead machine would: also what moved to a process group of its own (Airflow's
+    task processes do), which a signal to the component's group would miss."""
+    import time
+
+    from closedloop.stack import ProductionStack, session_processes
+
+    grandchild = "import os, time; os.setpgid(0, 0); time.sleep(60)"
+    script = (
+        "import subprocess, sys, time\n"
+        f"child = subprocess.Popen([sys.executable, '-c', {grandchild!r}])\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], start_new_session=True, stdout=subprocess.PIPE, text=True
+    )
+    child = int(proc.stdout.readline())
+    deadline = time.monotonic() + 10
+    while os.getpgid(child) == proc.pid:  # until it has its own group
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    stack = ProductionStack(production)
+    stack.processes["worker"] = proc
+
+    killed = stack.kill("worker")
+
+    assert {proc.pid, child} <= set(killed)
+    assert session_processes(proc.pid) == []
+    assert proc.returncode == -9
+    proc.stdout.close()

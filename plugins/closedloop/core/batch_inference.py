@@ -69,7 +69,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from closedloop.core import offline
+from closedloop.core import failpoints, offline
 from closedloop.core.errors import BatchNotFoundError, NoChampionError
 from closedloop.core.prediction_log import CORE_COLUMNS, PredictionLog, prediction_id
 from closedloop.core.registry import CHAMPION
@@ -231,6 +231,7 @@ def score_interval(
             if pending is not None:
                 pending.result()
             seconds["write"] += time.perf_counter() - t0
+            failpoints.hold("batch.outputs_staged")
     if rows == 0:  # nothing to say about the interval: no stale outputs either
         for target in targets:
             target.unlink(missing_ok=True)

@@ -98,6 +98,11 @@ def materialize_interval(store: FeatureStore, start: datetime, end: datetime) ->
     store. Explicit intervals, not ``materialize_incremental``: a backfill of past days
     must load those days (see ../shared/STACK.md).
 
+    One view at a time: a run killed between two views leaves some views of the interval
+    in the online store and not others, and the retry loads them all again (the online
+    store keeps a row only if it is newer than the one it has, so the rows of the views
+    already written are left as they are).
+
     Out of order: an interval older than one a view already holds is loaded together with
     everything after it, up to the newest end loaded. Feast's SQLite online store writes
     every row it is given (its Redis store skips a row not newer than the stored one), so
@@ -111,14 +116,17 @@ def materialize_interval(store: FeatureStore, start: datetime, end: datetime) ->
     after which :class:`~closedloop.core.errors.OnlineStoreRestartedError` (retryable)
     is raised.
     """
+    from closedloop.core import failpoints
     from closedloop.core.errors import OnlineStoreRestartedError
 
     views = [fv for fv in store.list_feature_views() if fv.online]
     for _ in range(MATERIALIZE_PASSES):
         server = online_store_server(store)
-        for view in views:
+        for done, view in enumerate(views, 1):
             upto = max(end, view.most_recent_end_time or end)
             store.materialize(start_date=start, end_date=upto, feature_views=[view.name])
+            if done < len(views):
+                failpoints.hold("materialize.view_written")
         if online_store_server(store) == server:
             return [view.name for view in views]
         log.warning(

@@ -4,12 +4,15 @@
 table folder as one dataset, so a partition is replaced by rewriting its single file.
 Writes go to a temporary file in the same folder followed by ``os.replace``: a reader
 (or a crash) never sees half a partition, and a rerun of the interval replaces its file
-instead of adding rows.
+instead of adding rows. A writer killed before it could replace or delete its temporary
+file leaves it behind (hidden: readers skip dot-files); the next write of the same
+partition deletes it (:func:`remove_stale_temporaries`).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,9 +29,27 @@ def partition_path(table_dir: Path, key: str) -> Path:
     return table_dir / f"{key}.parquet"
 
 
+def remove_stale_temporaries(table_dir: Path, key: str) -> list[Path]:
+    """Delete the temporary files of partition ``key`` that earlier writers left behind
+    (killed between creating one and replacing the partition with it); returns them.
+
+    A partition has one writer at a time — the task of its interval — so such a file is
+    abandoned. Were its writer still running (a task process that outlived its worker),
+    its ``os.replace`` now fails, and nothing half-written is ever published.
+    """
+    pattern = re.compile(rf"\.{re.escape(key)}\.[A-Za-z0-9_]+\.tmp")
+    if not table_dir.is_dir():
+        return []
+    stale = [p for p in table_dir.iterdir() if pattern.fullmatch(p.name)]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 def write_partition(df: pd.DataFrame, table_dir: Path, key: str) -> Path:
     """Atomically write (or replace) the partition ``key`` of a table."""
     table_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(table_dir, key)
     target = partition_path(table_dir, key)
     fd, tmp = tempfile.mkstemp(dir=table_dir, prefix=f".{key}.", suffix=".tmp")
     os.close(fd)
@@ -54,7 +75,8 @@ class PartitionWriter:
     write one consistent file; without it the first chunk's schema is used. No pandas
     metadata is stored: a reader gets the same frame however the rows were chunked.
     When nothing was written, no file is created and an existing partition is left as
-    it is (``path`` stays ``None``).
+    it is (``path`` stays ``None``). Entering the block deletes the temporary files an
+    earlier, killed writer of the partition left (:func:`remove_stale_temporaries`).
     """
 
     def __init__(self, table_dir: Path, key: str, schema: pa.Schema | None = None) -> None:
@@ -68,6 +90,7 @@ class PartitionWriter:
 
     def __enter__(self) -> PartitionWriter:
         self.table_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(self.table_dir, self.key)
         return self
 
     def write(self, chunk: pd.DataFrame | pa.Table) -> None:

@@ -144,25 +144,34 @@ def apply_decision(
 ) -> str:
     """Move aliases as the gate decided, tag the version and record the move.
 
-    Idempotent: applying the same decision again (a retried task) changes nothing.
+    Idempotent: applying the same decision again (a retried task) changes nothing, and a
+    retry of a task killed after the aliases moved but before the ledger heard of it
+    records the move the first attempt made (the version it replaced is ``previous`` by
+    then), so :func:`rollback` can still walk back.
     """
+    from closedloop.core import failpoints
+
     numbers = {"candidate": decision.candidate, "champion": decision.champion}
     client.set_model_version_tag(model, version, TAG_BLESSED, str(decision.blessed).lower())
     client.set_model_version_tag(model, version, "closedloop.gate", decision.summary()[:4900])
     current = alias_version(client, model, CHAMPION)
     if decision.blessed:
         if current != version:
+            replaced = current
             if current is not None:
                 client.set_registered_model_alias(model, PREVIOUS, current)
             client.set_registered_model_alias(model, CHAMPION, version)
+        else:  # a retry: an earlier attempt moved the alias
+            replaced = alias_version(client, model, PREVIOUS)
         if alias_version(client, model, CHALLENGER) == version:
             client.delete_registered_model_alias(model, CHALLENGER)
+        failpoints.hold("gate.aliases_moved")
         ledger.append(
             LedgerEntry(
                 model,
                 CHAMPION,
                 version,
-                current if current != version else None,
+                replaced,
                 "promote",
                 decision.summary(),
                 numbers,
@@ -177,6 +186,7 @@ def apply_decision(
     client.set_model_version_tag(
         model, version, "closedloop.rejection_reason", "; ".join(decision.reasons)[:4900]
     )
+    failpoints.hold("gate.aliases_moved")
     ledger.append(
         LedgerEntry(
             model,

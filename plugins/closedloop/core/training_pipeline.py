@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from closedloop.core import offline
+from closedloop.core import failpoints, offline
 from closedloop.core.lineage import RunLineage, frame_digest, git_commit
 
 if TYPE_CHECKING:
@@ -176,6 +176,31 @@ def _finished_run(experiment_id: str, run_key: str) -> Any:
     return parents[0] if parents else None
 
 
+def _end_abandoned_runs(settings: Settings, experiment_id: str, run_key: str) -> list[str]:
+    """Mark as KILLED the runs an earlier attempt of this DAG run left RUNNING (its parent
+    run and its trials): that attempt was killed, and its run will never end by itself.
+    Returns their ids."""
+    import mlflow
+
+    from closedloop.core.registry import client_for
+
+    def running(where: str) -> list[Any]:
+        return mlflow.search_runs(
+            [experiment_id],
+            filter_string=f"{where} and attributes.status = 'RUNNING'",
+            output_format="list",
+        )
+
+    client = client_for(settings)
+    ended = []
+    for parent in running(f"tags.`closedloop.dag_run_id` = '{run_key}'"):
+        trials = running(f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+        for run in [*trials, parent]:
+            client.set_terminated(run.info.run_id, status="KILLED")
+            ended.append(run.info.run_id)
+    return ended
+
+
 def train(
     settings: Settings,
     built: dict[str, Any],
@@ -183,7 +208,9 @@ def train(
     config: TrainingConfig,
 ) -> dict[str, Any]:
     """Tune, train and evaluate; log one parent MLflow run (trials nested) with the model,
-    its signature, the training dataset and the lineage tags. Idempotent per DAG run."""
+    its signature, the training dataset and the lineage tags. Idempotent per DAG run: a
+    retry returns the run an earlier attempt finished, or ends the one it left running
+    (killed mid-run) as KILLED and trains anew."""
     import mlflow
 
     from closedloop.core.modeling import train_and_evaluate
@@ -196,6 +223,7 @@ def train(
     done = _finished_run(experiment_id, lineage.dag_run_id)
     if done is not None:
         return _summary(done.info.run_id, json.loads(done.data.tags["closedloop.summary"]))
+    _end_abandoned_runs(settings, experiment_id, lineage.dag_run_id)
 
     usecase = settings.usecase
     frame = pd.read_parquet(built["uri"])
@@ -252,6 +280,7 @@ def train(
             }
         )
         model_uri = _log_model(outcome, split.holdout, exclude)
+        failpoints.hold("train.model_logged")
         summary = {
             "model_uri": model_uri,
             "threshold": outcome.threshold,
@@ -327,7 +356,13 @@ def gate(
     from closedloop.core.gate import GatePolicy, decide
     from closedloop.core.ledger import PromotionLedger
     from closedloop.core.modeling import evaluate
-    from closedloop.core.registry import CHAMPION, alias_version, apply_decision, client_for
+    from closedloop.core.registry import (
+        CHAMPION,
+        PREVIOUS,
+        alias_version,
+        apply_decision,
+        client_for,
+    )
 
     usecase = settings.usecase
     client = client_for(settings)
@@ -335,6 +370,11 @@ def gate(
     frame = pd.read_parquet(built["uri"])
     split = split_training_set(settings, frame, config)
     champion_version = alias_version(client, settings.model_name, CHAMPION)
+    if champion_version == version:
+        # A retry of a gate that had promoted this version before it was killed: judge it
+        # against the champion it replaced, as the first attempt did, so the decision and
+        # the ledger entry are the first attempt's.
+        champion_version = alias_version(client, settings.model_name, PREVIOUS)
     champion_metrics = None
     if champion_version is not None and champion_version != version:
         mv = client.get_model_version(settings.model_name, champion_version)
