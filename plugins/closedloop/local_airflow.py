@@ -62,6 +62,8 @@ class LocalAirflow:
     #: worker and the triggerer)
     components: tuple[str, ...] = COMPONENTS
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    #: seconds to wait for the API server's answer (longer than SQLite's lock timeout)
+    request_timeout: float = 90.0
     _token: str | None = None
 
     @property
@@ -196,9 +198,11 @@ class LocalAirflow:
         ok: tuple[int, ...] = (200, 201, 204),
         attempts: int = 4,
     ) -> Any:
-        """One REST call. A 5xx is retried (``attempts`` in all, backing off): on SQLite
-        the API server's write can lose a race for the database lock to the scheduler's
-        and answer 500. Every call made here may be repeated — reads, pauses, and runs
+        """One REST call. A 5xx or no answer in time is retried (``attempts`` in all,
+        backing off): on SQLite the API server's write can lose a race for the database
+        lock to the scheduler's and answer 500 — or, on a loaded machine, wait out the
+        lock's whole 60 s timeout before it answers (seen in CI), so the client waits
+        longer than that. Every call made here may be repeated — reads, pauses, and runs
         triggered with an explicit run id (see :meth:`trigger`)."""
         headers = {"Content-Type": "application/json"}
         if auth:
@@ -209,9 +213,13 @@ class LocalAirflow:
                 self.base_url + path, data=data, headers=headers, method=method
             )
             try:
-                with urllib.request.urlopen(request, timeout=60) as response:
+                with urllib.request.urlopen(request, timeout=self.request_timeout) as response:
                     raw = response.read()
                     status = response.status
+            except TimeoutError:
+                if attempt < attempts:
+                    continue
+                raise
             except urllib.error.HTTPError as exc:
                 if exc.code in ok:
                     return {}
