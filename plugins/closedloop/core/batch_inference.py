@@ -50,7 +50,7 @@ interval's start date and replaced whole (temporary file + ``os.replace``) on a 
 An interval without bookings writes no file, and removes the files an earlier run of the
 same interval wrote: the outputs always say what the latest run found.
 
-Cost: ``benchmarks/batch_inference.py`` (figures in the README's benchmark table).
+Cost: ``benchmarks/batch_inference.py``; the figures are in the README (batch inference).
 """
 
 from __future__ import annotations
