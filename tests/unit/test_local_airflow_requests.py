@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -39,6 +40,17 @@ def _server(answers: list[tuple[float, int]]):
     return server, seen
 
 
+@contextmanager
+def serving(airflow: LocalAirflow, answers: list[tuple[float, int]]):
+    """``airflow`` pointed at a :func:`_server`; yields the requests it saw."""
+    server, seen = _server(answers)
+    airflow.port = server.server_address[1]
+    try:
+        yield seen
+    finally:
+        server.shutdown()
+
+
 @pytest.fixture
 def airflow(tmp_path, monkeypatch):
     monkeypatch.setenv("CLOSEDLOOP_HOME", str(tmp_path))
@@ -46,39 +58,23 @@ def airflow(tmp_path, monkeypatch):
 
 
 def test_an_answer_later_than_the_timeout_is_asked_again(airflow):
-    server, seen = _server([(1.5, 200), (0.0, 200)])
-    try:
-        airflow.port = server.server_address[1]
+    with serving(airflow, [(1.5, 200), (0.0, 200)]) as seen:
         assert airflow._request("GET", "/x", auth=False) == {"ok": True}
         assert len(seen) == 2
-    finally:
-        server.shutdown()
 
 
 def test_a_server_that_never_answers_in_time_fails_after_the_attempts(airflow):
-    server, seen = _server([(1.5, 200)])
-    try:
-        airflow.port = server.server_address[1]
+    with serving(airflow, [(1.5, 200)]) as seen:
         with pytest.raises(TimeoutError):
             airflow._request("GET", "/x", auth=False, attempts=3)
         assert len(seen) == 3
-    finally:
-        server.shutdown()
 
 
 def test_a_5xx_is_retried_and_a_4xx_is_not(airflow):
-    server, seen = _server([(0.0, 500), (0.0, 200)])
-    try:
-        airflow.port = server.server_address[1]
+    with serving(airflow, [(0.0, 500), (0.0, 200)]) as seen:
         assert airflow._request("GET", "/x", auth=False) == {"ok": True}
         assert len(seen) == 2
-    finally:
-        server.shutdown()
-    server, seen = _server([(0.0, 404)])
-    try:
-        airflow.port = server.server_address[1]
+    with serving(airflow, [(0.0, 404)]) as seen:
         with pytest.raises(RuntimeError, match="404"):
             airflow._request("GET", "/x", auth=False)
         assert len(seen) == 1
-    finally:
-        server.shutdown()
