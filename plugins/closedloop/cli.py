@@ -207,6 +207,10 @@ def reproduce(run_id: str) -> None:
     sys.exit(0 if result["identical"] else 1)
 
 
+#: addresses only this machine can reach: serving there needs no API key
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
@@ -242,7 +246,11 @@ def serve(
     log_flush_seconds: float,
     log_level: str,
 ) -> None:
-    """Online predictions over HTTP: POST /predict, /health, /ready, /metrics, /docs."""
+    """Online predictions over HTTP: POST /predict, /health, /ready, /metrics, /docs.
+
+    With ``CLOSEDLOOP_SERVE_API_KEY`` set, every endpoint but /health and /ready wants it
+    (header ``X-API-Key``). Serving on an address other than the loopback without a key
+    is refused."""
     import uvicorn
 
     from closedloop.serving.app import ServeConfig, create_app
@@ -256,7 +264,14 @@ def serve(
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
 
+    api_key = os.environ.get("CLOSEDLOOP_SERVE_API_KEY") or None
+    if api_key is None and host not in LOOPBACK_HOSTS:
+        raise click.UsageError(
+            f"refusing to serve on {host} without an API key: set CLOSEDLOOP_SERVE_API_KEY "
+            "(clients send it as X-API-Key), or serve on 127.0.0.1"
+        )
     config = ServeConfig(
+        api_key=api_key,
         challenger_share=challenger_share,
         poll_seconds=poll_seconds,
         max_bookings=max_bookings,

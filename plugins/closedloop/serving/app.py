@@ -23,6 +23,7 @@ import contextlib
 import json
 import logging
 import queue
+import secrets
 import threading
 import time
 from dataclasses import dataclass
@@ -41,6 +42,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+#: answered without the API key: an orchestrator's liveness and readiness probes
+OPEN_PATHS = frozenset({"/health", "/ready"})
+
+
 @dataclass(frozen=True)
 class ServeConfig:
     """How the service runs (``closedloop serve`` options)."""
@@ -52,6 +57,9 @@ class ServeConfig:
     max_body_bytes: int = 1_000_000
     log_flush_seconds: float = 1.0
     log_max_records: int = 5000
+    #: when set, /predict, /metrics and the docs want it in an ``X-API-Key`` header (or
+    #: ``Authorization: Bearer``); /health and /ready stay open for health checks
+    api_key: str | None = None
 
 
 class Metrics:
@@ -287,6 +295,26 @@ def create_app(settings: Settings, config: ServeConfig | None = None) -> FastAPI
 
     def _json(status: int, payload: Any) -> Response:
         return Response(json.dumps(payload), status_code=status, media_type="application/json")
+
+    @app.middleware("http")
+    async def require_api_key(request: Request, call_next: Any) -> Response:
+        # FastAPI's security classes document a key, they do not check it for every
+        # route but two: a small middleware does, in constant time.
+        if config.api_key is None or request.url.path in OPEN_PATHS:
+            return await call_next(request)
+        given = request.headers.get("x-api-key")
+        bearer = request.headers.get("authorization", "")
+        if given is None and bearer.lower().startswith("bearer "):
+            given = bearer[7:].strip()
+        if given is None or not secrets.compare_digest(given.encode(), config.api_key.encode()):
+            m.requests.labels(request.url.path, "401").inc()
+            return Response(
+                json.dumps({"detail": ["missing or wrong API key (send it as X-API-Key)"]}),
+                status_code=401,
+                media_type="application/json",
+                headers={"WWW-Authenticate": "ApiKey"},
+            )
+        return await call_next(request)
 
     @app.post(
         "/predict",
