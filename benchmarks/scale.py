@@ -46,7 +46,6 @@ import time
 import urllib.request
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from urllib.parse import urlsplit
 
 FIRST = date(2026, 1, 1)
 POSTGRES_URL = os.environ.get(
@@ -260,21 +259,6 @@ def _release_redis_db(db: int) -> None:
         client.close()
 
 
-def _drop_databases(urls: list[str]) -> None:
-    import psycopg
-    from psycopg import sql
-
-    for url in urls:
-        parts = urlsplit(url)
-        admin = parts._replace(path="/postgres").geturl()
-        with psycopg.connect(admin, autocommit=True, connect_timeout=10) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                    sql.Identifier(parts.path.lstrip("/"))
-                )
-            )
-
-
 def _tree_hwm_mib(pid: int) -> int:
     """Sum of the peak RSS of a process and its children (the MLflow server forks)."""
     import psutil
@@ -294,7 +278,7 @@ def _production(home: Path, env: dict[str, str]):
     Yields the Redis database number and a callable giving the server's peak RSS."""
     from closedloop.core.settings import load_settings
     from closedloop.local_airflow import free_port
-    from closedloop.stack import component_command, ensure_databases, prepare
+    from closedloop.stack import component_command, drop_databases, ensure_databases, prepare
 
     db = _claim_redis_db()
     env.update(
@@ -348,7 +332,7 @@ def _production(home: Path, env: dict[str, str]):
                 os.killpg(server.pid, 9)
                 server.wait()
         if databases:
-            _drop_databases(databases)
+            drop_databases(databases)
         _release_redis_db(db)
 
 

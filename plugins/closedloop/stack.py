@@ -205,6 +205,23 @@ def ensure_databases(settings: Settings) -> list[str]:
     return created
 
 
+def drop_databases(urls: list[str]) -> None:
+    """Drop the databases at ``urls`` (connections to them are closed first): the
+    teardown of what :func:`ensure_databases` created, for tests and benchmarks."""
+    import psycopg
+    from psycopg import sql
+
+    for url in urls:
+        parts = urlsplit(url)
+        admin = parts._replace(path="/postgres").geturl()
+        with psycopg.connect(admin, autocommit=True, connect_timeout=10) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                    sql.Identifier(parts.path.lstrip("/"))
+                )
+            )
+
+
 def component_command(settings: Settings, component: str) -> list[str]:
     """The component's own command line (what ``closedloop stack run`` becomes)."""
     bin_dir = Path(sys.executable).parent

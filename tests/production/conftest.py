@@ -85,21 +85,6 @@ def release_redis_db(base_url: str, db: int) -> None:
         client.close()
 
 
-def drop_databases(urls: list[str]) -> None:
-    import psycopg
-    from psycopg import sql
-
-    for url in urls:
-        parts = urlsplit(url)
-        admin = parts._replace(path="/postgres").geturl()
-        with psycopg.connect(admin, autocommit=True, connect_timeout=10) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                    sql.Identifier(parts.path.lstrip("/"))
-                )
-            )
-
-
 @pytest.fixture(scope="module")
 def production_env():
     """The environment of a production-profile session: own databases, own Redis
@@ -129,6 +114,7 @@ def production_env():
     for key, value in env.items():
         mp.setenv(key, value)
     from closedloop.core.settings import load_settings
+    from closedloop.stack import drop_databases
 
     databases = list(load_settings().databases.values())
     try:
