@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import uuid
-import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -27,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from closedloop.core.ab import arm_for
+from closedloop.core.fast_pipeline import FastPipeline
 from closedloop.core.registry import CHALLENGER, CHAMPION
 
 if TYPE_CHECKING:
@@ -37,55 +37,6 @@ if TYPE_CHECKING:
 
 SOURCE = "online"
 log = logging.getLogger(__name__)
-# The fast path below hands arrays without column names to transformers fitted on a
-# frame; scikit-learn warns about that on every call. The columns are selected by name
-# here, so the warning says nothing in this process.
-warnings.filterwarnings("ignore", message="X does not have valid feature names")
-
-
-class FastPipeline:
-    """``predict_proba`` of a fitted ``Pipeline(ColumnTransformer, estimator)`` from
-    columns of Python values, without building a DataFrame.
-
-    Why by hand: on one booking, ``Pipeline.predict_proba`` on a pandas frame spends
-    ~5 ms (2 cores, unloaded) in the ColumnTransformer's pandas column selection and
-    validation (narwhals, ``_safe_indexing``), the frame itself ~1 ms, against ~0.8 ms for
-    Feast's ``get_online_features`` — the whole budget of an online answer. Here each
-    fitted transformer's own ``transform`` gets its columns as one array and the fitted
-    estimator's own ``predict_proba`` gets the stacked result, which is what the
-    ColumnTransformer does (same order, same dtype): ~1.5 ms. The model's first call is
-    checked against the pipeline on a frame (:meth:`OnlineScorer.predict`); any
-    difference, or a pipeline of another shape, falls back to the pipeline.
-    """
-
-    def __init__(self, pipeline: Any) -> None:
-        from sklearn.compose import ColumnTransformer
-        from sklearn.pipeline import Pipeline
-
-        if not (
-            isinstance(pipeline, Pipeline)
-            and len(pipeline.steps) == 2
-            and isinstance(pipeline[0], ColumnTransformer)
-            and pipeline[0].remainder == "drop"
-            and not getattr(pipeline[0], "sparse_output_", False)
-        ):
-            raise TypeError("not a Pipeline(ColumnTransformer(remainder='drop'), estimator)")
-        self.parts = [
-            (transformer, list(columns))
-            for _, transformer, columns in pipeline[0].transformers_
-            if transformer != "drop" and len(columns)
-        ]
-        self.estimator = pipeline[-1]
-
-    def predict_proba(self, columns: dict[str, list[Any]], rows: list[int]) -> np.ndarray:
-        blocks = []
-        for transformer, names in self.parts:
-            values = [[columns[n][i] for n in names] for i in rows]
-            numeric = not any(isinstance(v, str) for v in values[0])
-            array = np.array(values, dtype=np.float64 if numeric else object)
-            blocks.append(array if transformer == "passthrough" else transformer.transform(array))
-        stacked = np.hstack([np.asarray(b, dtype=np.float64) for b in blocks])
-        return self.estimator.predict_proba(stacked)
 
 
 @dataclass(frozen=True)
