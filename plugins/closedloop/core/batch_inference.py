@@ -37,9 +37,11 @@ once: a thread decodes the next chunk of entity rows from the Parquet files, thi
 thread joins and scores the current one, a thread writes the previous one (Arrow's
 Parquet reader and writer release the GIL). So the memory for rows is a few chunks
 however many rows the interval has — plus the joined views' rows of the TTL window,
-which depend on the feature tables, not on the rows scored. Only what the model reads
-becomes pandas; keys, times and the own views' features go from the entity table to
-the outputs as Arrow columns (:class:`_ChunkScorer`). Two outputs, both keyed by the
+which depend on the feature tables, not on the rows scored. No chunk becomes pandas:
+the model reads Arrow columns through :class:`~closedloop.core.fast_pipeline.FastPipeline`
+(checked against the pipeline on the first chunk; a model of another shape gets a
+frame), and keys, times and the own views' features go from the entity table to the
+outputs as Arrow columns (:class:`_ChunkScorer`). Two outputs, both keyed by the
 interval's start date and replaced whole (temporary file + ``os.replace``) on a rerun:
 
 * ``<home>/predictions/<use case>/<YYYY-MM-DD>.parquet`` — entity keys, event time,
@@ -594,11 +596,12 @@ def _prediction_ids(loaded: LoadedModel, keys: pd.Series) -> pd.Series:
 class _ChunkScorer:
     """Scores one chunk of entity rows, Arrow in and Arrow out.
 
-    Only what the model reads becomes pandas (sklearn takes frames); the entity keys,
-    the event time and the own views' features pass from the entity table to both
-    outputs as the Arrow columns they were read as, and the prediction ids are made by
-    Arrow: turning a million string keys into Python objects and back cost more than
-    the model did (``benchmarks/batch_inference.py``).
+    The model reads the chunk's Arrow columns through :class:`FastPipeline` once its
+    answer on the first chunk equals the pipeline's (else a frame, as a user would call
+    it); the entity keys, the event time and the own views' features pass from the
+    entity table to both outputs as the Arrow columns they were read as, and the
+    prediction ids are made by Arrow: turning a million string keys into Python objects
+    and back cost more than the model did (``benchmarks/batch_inference.py``).
     """
 
     def __init__(
