@@ -107,3 +107,23 @@ def test_other_model_shapes_are_not_taken_by_the_fast_path():
 
     with pytest.raises(TypeError, match="not a Pipeline"):
         FastPipeline(LogisticRegression())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_one_booking_at_a_time_from_the_cache_equals_the_pipeline(family, monkeypatch):
+    """Online calls remember the encoder's answer per distinct row; answers from the
+    cache, across its restarts, are the pipeline's."""
+    pipeline, _ = _fitted(family)
+    frame = _scoring_frame(300, seed=4)
+    fast = FastPipeline(pipeline)
+    monkeypatch.setattr(FastPipeline, "CACHE_ROWS", 5)  # restarts many times
+    columns = {c: frame[c].tolist() for c in frame.columns}
+    # (the pipeline on the same rows: a product of one row and of many may differ in the
+    # last bit, BLAS sums them in another order)
+    for i in [*range(300), *range(0, 300, 7)]:
+        want = pipeline.predict_proba(frame.iloc[[i]])
+        np.testing.assert_array_equal(fast.predict_proba(columns, [i]), want)
+    rows = [3, 3, 250, 9]
+    want = pipeline.predict_proba(frame.iloc[rows])
+    np.testing.assert_array_equal(fast.predict_proba(columns, rows), want)
+    assert all(len(cache) <= 5 for cache in fast._caches)

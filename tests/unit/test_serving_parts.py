@@ -3,7 +3,7 @@ batcher and the prediction-log writer (no server, no stores)."""
 
 from __future__ import annotations
 
-import threading
+import asyncio
 import time
 from datetime import UTC, datetime
 
@@ -124,24 +124,23 @@ def test_validation_errors_name_the_field(usecase, booking, message):
     assert all(m.startswith("field 'bookings[0].") for m in listed)
 
 
-def test_the_batcher_scores_waiting_requests_together_and_returns_each_its_own():
+def test_the_batcher_scores_ready_requests_together_and_returns_each_its_own():
     calls: list[int] = []
-    busy, release = threading.Event(), threading.Event()
 
     def score(rows):
-        busy.set()
-        release.wait(5)  # the first call blocks until the others have queued
         calls.append(len(rows))
         return [r["n"] * 10 for r in rows]
 
-    batcher = Batcher(score, max_rows=100)
-    futures = [batcher.submit([{"n": 0}, {"n": 100}])]
-    assert busy.wait(5)
-    futures += [batcher.submit([{"n": i}, {"n": i + 100}]) for i in range(1, 5)]
-    release.set()
-    assert [f.result(5) for f in futures] == [[i * 10, (i + 100) * 10] for i in range(5)]
-    assert calls == [2, 8]  # the first alone, then the four that waited, in one call
-    batcher.close()
+    async def requests():
+        batcher = Batcher(score, max_rows=5)
+        alone = await batcher.submit_async([{"n": 0}, {"n": 100}])  # waits for nobody
+        # ready together (one loop step): one call, split where max_rows would pass
+        together = [batcher.submit_async([{"n": i}, {"n": i + 100}]) for i in range(1, 5)]
+        return [alone, *await asyncio.gather(*together)]
+
+    answers = asyncio.run(requests())
+    assert answers == [[i * 10, (i + 100) * 10] for i in range(5)]
+    assert calls == [2, 4, 4]  # the first alone; then 8 rows in calls of at most 5
 
 
 def test_a_scoring_failure_fails_the_waiting_requests_not_the_batcher():
@@ -152,11 +151,15 @@ def test_a_scoring_failure_fails_the_waiting_requests_not_the_batcher():
             raise RuntimeError("online store down")
         return rows
 
-    batcher = Batcher(score, max_rows=10)
-    with pytest.raises(RuntimeError, match="online store down"):
-        batcher.submit([1]).result(5)
-    assert batcher.submit([2]).result(5) == [2]
-    batcher.close()
+    async def requests():
+        batcher = Batcher(score, max_rows=10)
+        failed = batcher.submit_async([1]), batcher.submit_async([2])
+        for future in failed:
+            with pytest.raises(RuntimeError, match="online store down"):
+                await future
+        return await batcher.submit_async([3])
+
+    assert asyncio.run(requests()) == [3]
 
 
 def _records(n: int, start: int = 0) -> list[dict]:

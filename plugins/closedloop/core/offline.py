@@ -47,15 +47,17 @@ def remove_stale_temporaries(table_dir: Path, key: str) -> list[Path]:
     return stale
 
 
-def write_partition(df: pd.DataFrame, table_dir: Path, key: str) -> Path:
-    """Atomically write (or replace) the partition ``key`` of a table."""
+def write_partition(df: pd.DataFrame | pa.Table, table_dir: Path, key: str) -> Path:
+    """Atomically write (or replace) the partition ``key`` of a table (a frame or an
+    Arrow table)."""
     table_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(table_dir, key)
     target = partition_path(table_dir, key)
     fd, tmp = tempfile.mkstemp(dir=table_dir, prefix=f".{key}.", suffix=".tmp")
     os.close(fd)
     try:
-        pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp)
+        table = df if isinstance(df, pa.Table) else pa.Table.from_pandas(df, preserve_index=False)
+        pq.write_table(table, tmp)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

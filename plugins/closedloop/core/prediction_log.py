@@ -66,10 +66,14 @@ class PredictionLog:
         chunks that follows from the unique keys they are derived from."""
         return _CheckedWriter(self._dir("batch", day), "batch", schema)
 
-    def append_online(self, records: pd.DataFrame, day: str) -> Path:
-        """Add a flush of online predictions; the same flush twice is one file."""
+    def append_online(self, records: pd.DataFrame | pa.Table, day: str) -> Path:
+        """Add a flush of online predictions (a frame or an Arrow table); the same flush
+        twice is one file."""
         _check(records)
-        first = str(records["prediction_id"].iloc[0])
+        if isinstance(records, pd.DataFrame):
+            first = str(records["prediction_id"].iloc[0])
+        else:
+            first = str(records.column("prediction_id")[0].as_py())
         return write_partition(records, self._dir("online", day), f"online-{first}")
 
     def read(

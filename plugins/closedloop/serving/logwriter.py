@@ -6,6 +6,11 @@ through :meth:`closedloop.core.prediction_log.PredictionLog.append_online` — e
 file named by its first prediction id, so a retried flush rewrites it. A failed flush
 keeps its records for the next attempt. :meth:`close` (the server's shutdown, e.g. on
 SIGTERM) writes everything still queued before it returns.
+
+A flush turns the records into Arrow one column at a time (Python between columns, so
+the GIL changes hands there) and writes (Arrow's writer releases the GIL). Building a
+pandas frame of a second's records held the GIL for milliseconds at once, and the
+requests that arrived meanwhile waited: about 1 % of answers, the p99.
 """
 
 from __future__ import annotations
@@ -14,9 +19,11 @@ import logging
 import queue
 import threading
 import time
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -45,6 +52,9 @@ class PredictionLogWriter:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._pending: list[dict[str, Any]] = []
         self.added = self.written = 0
+        # Arrow's first tz-aware timestamp loads its time zone support: 0.4 s holding
+        # the GIL, here at start-up rather than in the first flush, under requests
+        pa.array([datetime.now(UTC)])
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
 
@@ -106,10 +116,13 @@ class PredictionLogWriter:
             return True
         records = self._pending
         try:
-            frame = pd.DataFrame.from_records(records)
-            days = frame["predicted_at"].dt.strftime("%Y-%m-%d")
-            for day, part in frame.groupby(days, sort=True):
-                self.predictions.append_online(part.reset_index(drop=True), str(day))
+            names = list(dict.fromkeys(name for r in records for name in r))
+            table = pa.table({name: pa.array([r.get(name) for r in records]) for name in names})
+            days = pc.strftime(table.column("predicted_at"), "%Y-%m-%d")
+            distinct = sorted(pc.unique(days).to_pylist())
+            for day in distinct:
+                part = table if len(distinct) == 1 else table.filter(pc.equal(days, day))
+                self.predictions.append_online(part, day)
         except Exception:
             log.exception("could not write %d prediction records; will retry", len(records))
             self.on_flush(len(records), False)

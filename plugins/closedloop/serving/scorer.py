@@ -89,6 +89,12 @@ class OnlineScorer:
             k: v for k, v in usecase.feast.defaults.items() if k in self.served_features
         }
         self._fast: dict[int, tuple[LoadedModel, FastPipeline | None]] = {}
+        #: the use case's declared categories: the fast path encodes all of them ahead
+        self.categories = {
+            name: list(spec.categories or ())
+            for name, spec in usecase.columns.items()
+            if spec.type == "category"
+        }
         # feature -> (view, the view's join key), to name the key of an unknown entity
         self._owner: dict[str, tuple[str, str]] = {}
         for proj in self.service.feature_view_projections:
@@ -196,6 +202,7 @@ class OnlineScorer:
             return None
         frame = pd.DataFrame({c: [columns[c][i] for i in rows] for c in model.feature_names})
         want = model.model.predict_proba(frame)
+        fast.remember(self.categories)
         if not np.array_equal(fast.predict_proba(columns, rows), want):
             log.warning(
                 "%s v%s: the fast path differs, using the pipeline", model.name, model.version
