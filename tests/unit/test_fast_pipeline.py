@@ -127,3 +127,18 @@ def test_one_booking_at_a_time_from_the_cache_equals_the_pipeline(family, monkey
     want = pipeline.predict_proba(frame.iloc[rows])
     np.testing.assert_array_equal(fast.predict_proba(columns, rows), want)
     assert all(len(cache) <= 5 for cache in fast._caches)
+
+
+def test_remembered_categories_answer_as_the_pipeline_does():
+    """The declared categories' combinations are encoded ahead, in one call; answers
+    from them are the pipeline's, and a value outside them is still encoded."""
+    pipeline, _ = _fitted("logistic_regression")
+    fast = FastPipeline(pipeline)
+    declared = {"hotel": ["H01", "H02", "H03"], "segment": ["Direct", "Groups", "Online TA"]}
+    assert fast.remember(declared) == 9
+    assert fast.remember({"hotel": ["H01"]}) == 0  # a block with an undeclared column
+    frame = _scoring_frame(200, seed=5)  # H09 and missing segments: not remembered
+    columns = {c: frame[c].tolist() for c in frame.columns}
+    for i in range(200):
+        want = pipeline.predict_proba(frame.iloc[[i]])
+        np.testing.assert_array_equal(fast.predict_proba(columns, [i]), want)
