@@ -533,7 +533,7 @@ class _StringKeys:
         words, lengths = _padded_words(array, self.width)
         at = self.index.get_indexer(self._hash(words, lengths))
         found = np.where(at >= 0, at, 0)
-        ok = (at >= 0) & (lengths <= self.width) & (self.lengths[found] == lengths)
+        ok = (at >= 0) & (self.lengths[found] == lengths)  # a cut key is longer than any
         ok &= (self.words[found] == words).all(axis=1)
         if array.null_count:
             ok &= array.is_valid().to_numpy(zero_copy_only=False)

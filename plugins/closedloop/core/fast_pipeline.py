@@ -79,11 +79,6 @@ class FastPipeline:
         self._caches: list[dict[tuple[Any, ...], np.ndarray]] = [{} for _ in self.parts]
         self.estimator = pipeline[-1]
 
-    @property
-    def columns(self) -> list[str]:
-        """The columns the pipeline reads, in the transformers' order."""
-        return [c for _, names in self.parts for c in names]
-
     # -- online: columns of Python values ------------------------------------------------
     #: distinct rows a categorical block remembers (then it starts again)
     CACHE_ROWS = 65_536

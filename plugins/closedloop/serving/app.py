@@ -298,10 +298,6 @@ class ServingApp:
         self.api, self.answer, self.count = api, answer, count
         self.max_body_bytes = max_body_bytes
 
-    @property
-    def state(self) -> Any:
-        return self.api.state
-
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["path"] != "/predict" or scope["method"] != "POST":
             await self.api(scope, receive, send)
