@@ -8,9 +8,10 @@ Daily: the recent prediction log against the champion's training set.
 2. **performance**: live ROC AUC where cancellations have become known;
 3. **decide**: thresholds, a cooldown (unless performance collapsed) and one recorded
    verdict per day, logged to an MLflow monitoring run linked to the champion version;
-4. **retrain_gate** → **trigger_training**: only when the verdict says so, `hotel_training`
-   is triggered with `conf` carrying the reason and the report; its run id is derived
-   from the verdict, so a retried monitoring run can never start a second training.
+   unless the verdict says retrain, it short-circuits: **trigger_training** is skipped;
+4. **trigger_training**: `hotel_training` is triggered with `conf` carrying the reason
+   and the report; its run id is derived from the verdict, so a retried monitoring run
+   can never start a second training.
 
 **ab_test** (independent): per-arm performance of the online A/B test (champion vs
 challenger) on the outcomes known so far, with a bootstrap confidence interval of the
@@ -24,11 +25,11 @@ from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOpe
 from airflow.sdk import DAG, CronDataIntervalTimetable, chain
 
 from closedloop.operators.monitoring import (
+    TRIGGER_CONF_KEY,
     ABTestReportOperator,
     DriftCheckOperator,
     MonitoringDecisionOperator,
     PerformanceCheckOperator,
-    RetrainGateOperator,
 )
 
 with DAG(
@@ -48,16 +49,15 @@ with DAG(
     decide = MonitoringDecisionOperator(
         task_id="decide", drift=drift.output, performance=performance.output
     )
-    gate = RetrainGateOperator(task_id="retrain_gate", verdict=decide.output)
     trigger = TriggerDagRunOperator(
         task_id="trigger_training",
         trigger_dag_id="hotel_training",
         trigger_run_id="{{ ti.xcom_pull(task_ids='decide')['trigger_run_id'] }}",
-        conf=gate.output,
+        conf=decide.output[TRIGGER_CONF_KEY],
         skip_when_already_exists=True,
         wait_for_completion=False,
     )
-    chain([drift, performance], decide, gate, trigger)
+    chain([drift, performance], decide, trigger)
     # A/B test of the online service (champion vs challenger arms), on its own: it
     # informs a promotion, it does not trigger retraining.
     ab_test = ABTestReportOperator(task_id="ab_test", window_days=14)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date, datetime
 
 import pytest
 
@@ -56,6 +56,28 @@ def test_thresholds(kwargs, retrain, fragment):
     verdict = _decide(**kwargs)
     assert verdict.retrain is retrain
     assert any(fragment in r for r in verdict.reasons), verdict.reasons
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "cause"),
+    [
+        pytest.param({}, None, id="no-retrain"),
+        pytest.param({"drift": DRIFTED}, "drift", id="drift"),
+        pytest.param({"drift": DRIFTED, "live": 0.7, "rows": 500}, "drift", id="drift-and-drop"),
+        pytest.param({"live": 0.76, "rows": 500}, "performance", id="drop-alone"),
+        pytest.param({"drift": DRIFTED, "last": date(2026, 3, 5)}, None, id="cooled-down"),
+    ],
+)
+def test_the_cause_of_a_retrain_becomes_the_training_runs_reason(kwargs, cause):
+    from closedloop.operators.monitoring import trigger_conf
+
+    verdict = _decide(**kwargs)
+    assert verdict.cause == cause
+    if verdict.retrain:
+        conf = trigger_conf(verdict.to_dict(), datetime(2026, 3, 11, tzinfo=UTC))
+        assert conf["reason"] == cause
+        assert conf["as_of"] == "2026-03-11T00:00:00+00:00"
+        assert conf["verdict"] == "; ".join(verdict.reasons)
 
 
 def test_cooldown_blocks_a_second_drift_retrain():

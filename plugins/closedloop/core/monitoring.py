@@ -51,6 +51,9 @@ class Verdict:
     cooldown_until: str | None = None
     report: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: why a retrain is wanted: "drift" (data drift, with or without a performance drop)
+    #: or "performance" (a drop without data drift); None when none is
+    cause: str | None = None
 
     @property
     def trigger_run_id(self) -> str:
@@ -143,6 +146,7 @@ def decide(
         cooldown_until=cooldown_until,
         report=report,
         extra=extra,
+        cause=("drift" if drifted else "performance") if wants else None,
     )
 
 

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk.exceptions import AirflowSkipException
+from airflow.sdk import SkipMixin
 
 from closedloop.operators.features import _IntervalOperator
+
+#: the XCom key of the training run's ``conf`` (see :class:`MonitoringDecisionOperator`)
+TRIGGER_CONF_KEY = "trigger_conf"
+XCOM_RETURN_KEY = "return_value"
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -68,15 +72,27 @@ class PerformanceCheckOperator(_IntervalOperator):
         return check_performance(settings, end, window_days=self.window_days)
 
 
-class MonitoringDecisionOperator(_IntervalOperator):
-    """Decide (thresholds, cooldown), record the verdict, and skip the trigger unless
-    retraining is warranted.
+class MonitoringDecisionOperator(_IntervalOperator, SkipMixin):
+    """Decide (thresholds, cooldown), record the verdict, and short-circuit: unless the
+    verdict says retrain, the tasks downstream (the trigger of ``hotel_training``) are
+    skipped and this task succeeds.
+
+    The verdict is the task's return value (XCom) either way; when it says retrain, the
+    ``conf`` for the training run — reason (``drift`` or ``performance``), ``as_of``
+    (the interval's end), the report and the verdict's reasons — is pushed under the XCom
+    key ``trigger_conf``.
+
+    A short circuit, not a gate task that raises ``AirflowSkipException``: a skipped
+    task's state reaches the API server only after its process has been reaped, and
+    Airflow's task supervisor can notice that up to a heartbeat interval (5 s) late —
+    on the monitoring run's critical path every day. A success is reported at once.
 
     :param drift: the drift task's XCom; :param performance: the performance task's XCom
         (both templated).
     """
 
     template_fields: Sequence[str] = (*_IntervalOperator.template_fields, "drift", "performance")
+    inherits_from_skipmixin = True
 
     def __init__(self, *, drift: Any, performance: Any, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -94,30 +110,24 @@ class MonitoringDecisionOperator(_IntervalOperator):
             verdict["retrain"],
             "; ".join(verdict["reasons"]),
         )
-        return verdict
+        ti = context["ti"]
+        if verdict["retrain"]:
+            ti.xcom_push(key=TRIGGER_CONF_KEY, value=trigger_conf(verdict, end))
+            return verdict
+        # skip() ends execute with an exception: the verdict is pushed first
+        ti.xcom_push(key=XCOM_RETURN_KEY, value=verdict)
+        self.skip(ti=ti, tasks=context["task"].get_direct_relatives(upstream=False))
+        return verdict  # not reached while there is a task downstream
 
 
-class RetrainGateOperator(_IntervalOperator):
-    """Let the trigger run only when the verdict says retrain (else skip it).
-
-    :param verdict: the decision task's XCom (templated).
-    """
-
-    template_fields: Sequence[str] = (*_IntervalOperator.template_fields, "verdict")
-
-    def __init__(self, *, verdict: Any, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.verdict = verdict
-
-    def run_step(self, settings: Settings, start, end, context: Context) -> dict[str, Any]:
-        if not self.verdict["retrain"]:
-            raise AirflowSkipException("no retraining: " + "; ".join(self.verdict["reasons"]))
-        return {
-            "reason": "drift",
-            "as_of": end.isoformat(),
-            "report": self.verdict["report"],
-            "verdict": "; ".join(self.verdict["reasons"]),
-        }
+def trigger_conf(verdict: dict[str, Any], end: Any) -> dict[str, Any]:
+    """The ``conf`` of the training run a retrain verdict starts."""
+    return {
+        "reason": verdict.get("cause") or "drift",
+        "as_of": end.isoformat(),
+        "report": verdict["report"],
+        "verdict": "; ".join(verdict["reasons"]),
+    }
 
 
 class ABTestReportOperator(_IntervalOperator):
