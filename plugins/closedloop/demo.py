@@ -94,7 +94,7 @@ def run_demo(settings: Settings, scenario: Scenario, *, keep: bool = False) -> i
     apply_airflow_environ(settings)
     log_path = settings.home / "demo.log"
     airflow = LocalAirflow(settings)
-    _say(f"starting Airflow: api-server, scheduler, dag-processor (logs {airflow.logs_dir})")
+    _say(f"starting Airflow: {', '.join(airflow.components)} (logs {airflow.logs_dir})")
     # One log file for the rest of the process: the libraries' log handlers bind to the
     # stream they first see, so it is never closed before the process ends.
     log = open(log_path, "a")  # noqa: SIM115
@@ -259,8 +259,9 @@ def show_model(settings: Settings) -> None:
 
 
 def run_up(settings: Settings, port: int, mlflow_port: int, evidently_port: int) -> int:
-    """``closedloop up``: Airflow (api-server, scheduler, dag-processor), the MLflow UI
-    and the Evidently UI on the current state, all on 127.0.0.1, until Ctrl-C."""
+    """``closedloop up``: Airflow (its API and execution API servers, scheduler and DAG
+    processor), the MLflow UI and the Evidently UI on the current state, all on
+    127.0.0.1, until Ctrl-C."""
     import signal
     import subprocess
     import sys
@@ -310,7 +311,7 @@ def run_up(settings: Settings, port: int, mlflow_port: int, evidently_port: int)
             uis[name] = subprocess.Popen(
                 command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
-        _say("starting Airflow (api-server, scheduler, dag-processor) ...")
+        _say(f"starting Airflow ({', '.join(airflow.components)}) ...")
         airflow.start()
         click.echo(
             f"Airflow UI    {airflow.base_url}  (user admin, password in {airflow.password_file})"

@@ -1,5 +1,6 @@
-"""A real Airflow on this machine: API server, scheduler (LocalExecutor) and DAG
-processor as separate processes on the embedded profile, driven through the REST API.
+"""A real Airflow on this machine: API server, execution API server, scheduler
+(LocalExecutor) and DAG processor as separate processes on the embedded profile, driven
+through the REST API.
 
 Used by ``closedloop loop`` / ``make demo`` (the closed loop under a real scheduler),
 ``closedloop up`` and the end-to-end test. Every task is forked from the scheduler, so
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 
     from closedloop.core.settings import Settings
 
-COMPONENTS = ("api-server", "scheduler", "dag-processor")
+COMPONENTS = ("api-server", "execution-api", "scheduler", "dag-processor")
 FINISHED = ("success", "failed")
 _LOCAL_SETTINGS = '''\
 """Written by closedloop: preload the heavy libraries in the scheduler, whose forked
@@ -57,6 +58,8 @@ class LocalAirflow:
 
     settings: Settings
     port: int = field(default_factory=free_port)
+    #: the task execution API's own server (see :meth:`command`)
+    execution_port: int = field(default_factory=free_port)
     preload: bool = True
     #: the ``airflow`` sub-commands started as processes (a subclass adds e.g. a Celery
     #: worker and the triggerer)
@@ -70,6 +73,27 @@ class LocalAirflow:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def execution_url(self) -> str:
+        return f"http://127.0.0.1:{self.execution_port}/execution/"
+
+    def command(self, name: str) -> list[str]:
+        """The ``airflow`` arguments of component ``name``.
+
+        The task execution API runs in a server of its own (``api-server --apps
+        execution``), the REST API and UI in another (``--apps core``). In one server on
+        SQLite they deadlock now and then: a REST call that writes (triggering a run)
+        records its audit-log row from an ``async`` dependency, blocking the event loop
+        on SQLite's write lock — held by a task's execution-API call whose commit waits
+        for that same event loop. Both wait out the lock's timeout (60 s), and the task's
+        call fails. Apart, the task's call commits and the REST call simply waits.
+        """
+        if name == "api-server":
+            return ["api-server", "--apps", "core"]
+        if name == "execution-api":
+            return ["api-server", "--apps", "execution", "--port", str(self.execution_port)]
+        return name.split()
+
     def environ(self) -> dict[str, str]:
         env = {
             **os.environ,
@@ -78,10 +102,15 @@ class LocalAirflow:
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__PORT": str(self.port),
             "AIRFLOW__API__BASE_URL": self.base_url,
-            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.base_url}/execution/",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": self.execution_url,
             # A fresh signing secret per start: nothing to keep, nothing in the repo.
             "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(64),
             "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.25",
+            # A task's supervisor waits for events up to this long between heartbeats;
+            # once the task's sockets are closed, it notices the process exit only when
+            # that wait ends. Its slot (and a skipped or failed task's state) waits as
+            # long: 1 s rather than 5 s.
+            "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
             # The loop is driven by explicit runs for simulated days: no cron runs for
             # today's wall-clock date (they would find no data and hold max_active_runs).
             "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
@@ -117,7 +146,7 @@ class LocalAirflow:
         for name in self.components:
             log = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - owned by the process
             self.processes[name] = subprocess.Popen(
-                [airflow, *name.split()],
+                [airflow, *self.command(name)],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -129,9 +158,10 @@ class LocalAirflow:
         return self.settings.airflow_home / "logs"
 
     def wait_ready(self, timeout: float = 240) -> None:
-        """Wait until the API answers and the scheduler reports healthy."""
+        """Wait until the API answers, the scheduler reports healthy and the execution
+        API answers (the first request builds it: now rather than in the first task)."""
         deadline = time.monotonic() + timeout
-        while not self._healthy():
+        while not (self._healthy() and self._execution_answers()):
             self.check_alive()
             if time.monotonic() > deadline:
                 self.stop()
@@ -139,8 +169,13 @@ class LocalAirflow:
                     f"Airflow did not come up within {timeout:.0f}s; see {self.logs_dir}"
                 )
             time.sleep(1)
-        # One request to the execution API builds it now instead of on the first task.
-        self._request("GET", "/execution/health", auth=False, ok=(200, 404))
+
+    def _execution_answers(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.execution_url + "health", timeout=30) as answer:
+                return answer.status == 200
+        except (OSError, urllib.error.URLError):
+            return False
 
     def _healthy(self) -> bool:
         try:
@@ -297,7 +332,7 @@ class LocalAirflow:
             self.check_alive()
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{dag_id} {run_id} still {state} after {timeout:.0f}s")
-            time.sleep(0.5)
+            time.sleep(0.2)
 
     def run_and_wait(
         self, dag_id: str, logical_date: datetime, conf: dict | None = None, timeout: float = 600

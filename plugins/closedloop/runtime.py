@@ -52,8 +52,11 @@ def airflow_environ(settings: Settings) -> dict[str, str]:
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": settings.airflow_sql_alchemy_conn,
-        # Two cores: Airflow's default of 32 parallel task processes only thrashes.
-        "AIRFLOW__CORE__PARALLELISM": "4",
+        # Two cores: Airflow's default of 32 parallel task processes only thrashes. But a
+        # slot is held until the task's supervisor has noticed its process exit, which
+        # can come up to a heartbeat interval after the task has finished: 4 slots made
+        # the feature pipeline's next step wait for the monitoring's finished ones.
+        "AIRFLOW__CORE__PARALLELISM": "8",
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
         _RETRY_DELAY: os.environ.get(_RETRY_DELAY) or str(TASK_RETRY_DELAY_SECONDS),
         "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
