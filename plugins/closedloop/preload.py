@@ -22,6 +22,17 @@ MODULES = (
     "mlflow",
     "mlflow.sklearn",
     "mlflow.data.pandas_dataset",
+    # what a task's first MLflow SQL-store call and model load import: the store's
+    # migration check (alembic, mako) and skops, which imports every scikit-learn
+    # estimator module (and pytest) to list the types it trusts — ~1 s per task
+    "mlflow.store.tracking.sqlalchemy_store",
+    "mlflow.store.model_registry.sqlalchemy_store",
+    "alembic.command",
+    "alembic.config",
+    "alembic.runtime.migration",
+    "alembic.autogenerate",
+    "mako.template",
+    "skops.io",
     "feast",
     "feast.repo_operations",
     "feast.infra.offline_stores.dask",
@@ -30,11 +41,21 @@ MODULES = (
     "great_expectations.expectations",
     "evidently",
     "evidently.presets",
+    "evidently.ui.service",
+    "plotly.graph_objects",
+    "plotly.offline",
+    "plotly.validators.bar",
+    "plotly.validators.scatter",
+    "partd.pandas",
+    "fsspec.implementations.arrow",
     "closedloop.core.validation",
     "closedloop.core.feature_store",
     "closedloop.core.training_pipeline",
     "closedloop.core.modeling",
     "closedloop.core.monitoring_pipeline",
+    "closedloop.core.monitoring",
+    "closedloop.core.drift",
+    "closedloop.core.batch_inference",
 )
 
 

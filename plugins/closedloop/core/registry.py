@@ -9,6 +9,7 @@ receive ``champion`` here: :func:`apply_decision` only moves it for a blessed de
 from __future__ import annotations
 
 import re
+import warnings
 from typing import TYPE_CHECKING, Any
 
 from closedloop.core.errors import UntrustedModelError
@@ -294,4 +295,9 @@ def load_version(settings: Settings, version: str) -> Any:
 
     uri = trusted_model_uri(client_for(settings), settings, version)
     use_mlflow(settings)
-    return mlflow.sklearn.load_model(uri)
+    # skops looks up objects without a module (numpy ufuncs) in every loaded module; in
+    # an Airflow task that touches ~1,000 deprecated Airflow aliases, each a warning
+    # logged through the task's log socket. They say nothing about the model.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return mlflow.sklearn.load_model(uri)
