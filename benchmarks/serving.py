@@ -164,6 +164,25 @@ def _wait(port: int, path: str, proc: subprocess.Popen, timeout: float = 180) ->
     raise RuntimeError(f"no answer on {path} in {timeout} s")
 
 
+def _wait_all(port: int, workers: int, proc: subprocess.Popen, timeout: float = 180) -> None:
+    """Until every worker process has answered /ready (each names its pid): the kernel
+    gives a new connection only to a worker that has started."""
+    import http.client
+
+    deadline, seen = time.time() + timeout, set()
+    while len(seen) < workers:
+        if proc.poll() is not None or time.time() > deadline:
+            raise RuntimeError(f"{workers} workers not ready in {timeout} s")
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)  # a new connection
+        conn.request("GET", "/ready")
+        answer = conn.getresponse()
+        body = answer.read()
+        conn.close()
+        if answer.status == 200:
+            seen.add(json.loads(body)["worker_pid"])
+        time.sleep(0.05)
+
+
 def _measure(port: int, path: str, bodies: list[bytes], args) -> dict:
     asyncio.run(_load(port, path, bodies, min(3.0, args.seconds), args.connections))  # warm-up
     return {
@@ -185,6 +204,12 @@ def main() -> None:
     parser.add_argument("--home", type=Path, default=None)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument(
+        "--workers",
+        type=lambda text: [int(w) for w in text.split(",")],
+        default=[1, 2],
+        help="closedloop serve --workers values to measure, comma-separated (default 1,2)",
+    )
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     tmp = None
@@ -234,18 +259,25 @@ def main() -> None:
         # the features each booking has, for the server that is given them
         features = [scorer.score(deployment, [k])[0]["_record"] for k in keys]
 
-        # (b) closedloop serve
-        port = _free_port()
-        proc = subprocess.Popen(
-            [str(VENV_BIN / "closedloop"), "serve", "--port", str(port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        procs.append(proc)
-        _wait(port, "/ready", proc)
+        # (b) closedloop serve, with each number of worker processes asked for
         bodies = [json.dumps(k).encode() for k in keys]
-        results["closedloop serve (keys in)"] = _measure(port, "/predict", bodies, args)
-        _stop(proc)
+        for workers in args.workers:
+            port = _free_port()
+            proc = subprocess.Popen(
+                [
+                    str(VENV_BIN / "closedloop"), "serve", "--port", str(port),
+                    "--workers", str(workers),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            procs.append(proc)
+            _wait(port, "/ready", proc)
+            if workers > 1:  # every worker loaded, not just the first to answer
+                _wait_all(port, workers, proc)
+            name = f"closedloop serve x{workers} (keys in)"
+            results[name] = _measure(port, "/predict", bodies, args)
+            _stop(proc)
 
         # (c) mlflow models serve, features given
         port = _free_port()
@@ -294,17 +326,19 @@ def main() -> None:
                 f"{r['req_s']:8.0f} {r['errors']:7d}"
             )
     limit = results["in-process lookup+predict"]["sequential"]
-    ours = results["closedloop serve (keys in)"]
     theirs = results["mlflow models serve (features in)"]
-    print(
-        f"\np99 closedloop serve / in-process (sequential): "
-        f"{ours['sequential']['p99_ms'] / limit['p99_ms']:.2f}x  (goal <= 1.3x; p99 goal 5 ms)"
-    )
-    print(
-        f"req/s closedloop serve / mlflow models serve (concurrent): "
-        f"{ours['concurrent']['req_s'] / theirs['concurrent']['req_s']:.2f}x  (goal >= 1x; "
-        f"closedloop {ours['concurrent']['req_s']:.0f} req/s, goal >= 1000)"
-    )
+    for workers in args.workers:
+        ours = results[f"closedloop serve x{workers} (keys in)"]
+        print(
+            f"\n{workers} worker(s): p99 closedloop serve / in-process (sequential): "
+            f"{ours['sequential']['p99_ms'] / limit['p99_ms']:.2f}x  (goal <= 1.3x; p99 "
+            f"{ours['sequential']['p99_ms']:.2f} ms, goal <= 5 ms)"
+        )
+        print(
+            f"{workers} worker(s): req/s closedloop serve / mlflow models serve (concurrent): "
+            f"{ours['concurrent']['req_s'] / theirs['concurrent']['req_s']:.2f}x  (goal >= 1x; "
+            f"closedloop {ours['concurrent']['req_s']:.0f} req/s, goal >= 1000)"
+        )
 
 
 if __name__ == "__main__":

@@ -236,6 +236,14 @@ LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
     show_default=True,
     help="Longest time a prediction waits before the prediction log is written.",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Server processes. Each loads the models and follows the registry on its own: "
+    "during a hot swap they may answer with different versions for up to --poll-seconds.",
+)
 @click.option("--log-level", default="warning", show_default=True)
 def serve(
     host: str,
@@ -244,6 +252,7 @@ def serve(
     poll_seconds: float,
     max_bookings: int,
     log_flush_seconds: float,
+    workers: int,
     log_level: str,
 ) -> None:
     """Online predictions over HTTP: POST /predict, /health, /ready, /metrics, /docs.
@@ -277,9 +286,34 @@ def serve(
         max_bookings=max_bookings,
         log_flush_seconds=log_flush_seconds,
     )
-    app = create_app(load_settings(), config)
     # No access log: one line per request costs more than the lookup it describes.
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+    if workers == 1:
+        app = create_app(load_settings(), config)
+        uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+        return
+    import shutil
+    import tempfile
+
+    from closedloop.serving.app import CONFIG_ENV
+
+    load_settings()  # a broken configuration fails here, once, not in every worker
+    # The workers' metrics live in files here (prometheus_client's multiprocess mode,
+    # chosen when the workers import it); /metrics adds them up.
+    metrics_dir = tempfile.mkdtemp(prefix="closedloop-serve-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    os.environ[CONFIG_ENV] = config.to_environ()
+    try:
+        uvicorn.run(
+            "closedloop.serving.app:app_from_environ",
+            factory=True,
+            workers=workers,
+            host=host,
+            port=port,
+            log_level=log_level,
+            access_log=False,
+        )
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 @main.command("airflow-env")

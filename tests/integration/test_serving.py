@@ -400,6 +400,54 @@ def test_ab_report_compares_the_arms_on_the_logged_predictions(
     assert report["ci_low"] < 0 < report["ci_high"]
 
 
+def test_two_workers_answer_as_one_add_up_their_metrics_and_both_flush_on_sigterm(world, servers):
+    a = servers["a"]
+    w = Server(world.home, "--workers", "2", "--log-flush-seconds", "600")
+    try:
+        w.wait_ready()
+        keys = _keys(_bookings(world, "2026-01-20"))[:40]
+        answers, by_worker = [], {}
+        deadline = time.time() + 120
+        for key in keys + [KNOWN] * 200:  # KNOWN until both workers have answered
+            if (len(answers) >= len(keys) and len(by_worker) == 2) or time.time() > deadline:
+                break
+            # a new connection each time: the kernel hands it to either worker, and its
+            # /ready names the one that then also answers the /predict on it
+            with httpx.Client(base_url=w.url, timeout=30) as fresh:
+                pid = fresh.get("/ready").json()["worker_pid"]
+                response = fresh.post("/predict", json=key)
+            assert response.status_code == 200, response.text
+            answers.append(response.json()["predictions"][0])
+            by_worker[pid] = by_worker.get(pid, 0) + 1
+        assert len(by_worker) == 2, by_worker
+        # the same answers as the one-process server gives for the same bookings
+        alike = [a.predict(k).json()["predictions"][0] for k in keys]
+        assert [p["probability"] for p in answers[: len(keys)]] == [p["probability"] for p in alike]
+        assert {p["model_version"] for p in answers} == {alike[0]["model_version"]}
+        # /metrics, answered by one worker, counts what both did
+        text = w.client.get("/metrics").text
+        assert _metric(text, "closedloop_requests_total", endpoint="/predict", status="200") == (
+            len(answers)
+        )
+        assert _metric(text, "closedloop_predictions_total", model_version=alike[0][
+            "model_version"], arm="champion") == len(answers)  # fmt: skip
+        assert _metric(text, "closedloop_registry_up") == 1
+        assert _metric(text, "closedloop_serving_model_version", alias="champion",
+                       version=alike[0]["model_version"]) == 1  # fmt: skip
+        # nothing is on disk before the shutdown (600 s flush interval); after it,
+        # every answer of both workers is
+        log = PredictionLog(world.prediction_log_dir)
+        now = datetime.now(UTC)
+        window = (now - timedelta(days=1), now + timedelta(days=1))
+        ids = {p["prediction_id"] for p in answers}
+        assert not ids & set(log.read(*window, sources=("online",))["prediction_id"])
+        w.proc.send_signal(signal.SIGTERM)
+        assert w.proc.wait(timeout=60) == 0
+        assert ids <= set(log.read(*window, sources=("online",))["prediction_id"])
+    finally:
+        w.stop()
+
+
 def _load(server: Server, stop: threading.Event, out: list, errors: list) -> None:
     with httpx.Client(base_url=server.url, timeout=30) as client:
         while not stop.is_set():

@@ -1,14 +1,19 @@
 """The HTTP service: ``POST /predict``, ``GET /health``, ``GET /ready``, ``GET /metrics``
 and the OpenAPI docs at ``/docs``.
 
-One process. On the event loop's thread, ``POST /predict`` (:class:`ServingApp`, ahead
-of FastAPI's stack) and the **batcher** (:class:`Batcher`: every ``/predict`` ready at a
-moment is looked up and scored in one Feast call and one ``predict_proba`` per arm, so
-the fixed cost of both is shared under load and a lone request is not delayed — nothing
-waits for a batch to fill). Two threads beside it: the **model follower** (hot swap,
-:mod:`closedloop.serving.follower`) and the **prediction-log writer**
-(:mod:`closedloop.serving.logwriter`). Shutdown (uvicorn turns SIGTERM into it) stops
-taking requests, finishes the ones in flight, then flushes the log.
+One process per worker (``closedloop serve --workers N``, default 1; each worker holds
+all of the below, the kernel spreads the connections). On the event loop's thread,
+``POST /predict`` (:class:`ServingApp`, ahead of FastAPI's stack) and the **batcher**
+(:class:`Batcher`: every ``/predict`` ready at a moment is looked up and scored in one
+Feast call and one ``predict_proba`` per arm, so the fixed cost of both is shared under
+load and a lone request is not delayed — nothing waits for a batch to fill). Two
+threads beside it: the **model follower** (hot swap, :mod:`closedloop.serving.follower`)
+and the **prediction-log writer** (:mod:`closedloop.serving.logwriter`). Shutdown
+(uvicorn turns SIGTERM into it) stops taking requests, finishes the ones in flight,
+then flushes the log.
+
+With several workers the Prometheus metrics live in per-process files that /metrics
+adds up, and each worker follows the registry on its own.
 
 After start-up the process freezes what it loaded out of the garbage collector's reach
 and shortens the GIL's switch interval to 0.5 ms, so neither a full collection nor a
@@ -19,7 +24,9 @@ from __future__ import annotations
 
 # prometheus_client decides at import whether metric values live in per-process files:
 # it checks PROMETHEUS_MULTIPROC_DIR, which `feast.metrics` sets when Feast first reads
-# the online store. Imported first, our metrics stay in memory (one process serves).
+# the online store. Imported first, our metrics stay in memory when one process serves;
+# with `closedloop serve --workers N` the command sets the directory before the workers
+# start, and /metrics adds up the workers' files.
 import prometheus_client  # isort: skip
 
 import asyncio
@@ -31,7 +38,7 @@ import os
 import secrets
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request, Response
@@ -69,6 +76,22 @@ class ServeConfig:
     #: ``Authorization: Bearer``); /health and /ready stay open for health checks
     api_key: str | None = None
 
+    def to_environ(self) -> str:
+        """The options for worker processes (JSON, without the API key: that stays in
+        ``CLOSEDLOOP_SERVE_API_KEY``)."""
+        return json.dumps({k: v for k, v in asdict(self).items() if k != "api_key"})
+
+
+#: the environment variable that carries :class:`ServeConfig` to worker processes
+CONFIG_ENV = "CLOSEDLOOP_SERVE_CONFIG"
+
+
+def multiprocess() -> bool:
+    """Whether the metrics live in per-process files (``--workers`` > 1)."""
+    from prometheus_client import values
+
+    return bool(values.ValueClass._multiprocess)
+
 
 class Metrics:
     """The service's Prometheus metrics, in a registry of its own."""
@@ -98,9 +121,10 @@ class Metrics:
             "closedloop_scoring_batch_rows", "Bookings per lookup+predict call",
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r,
         )  # fmt: skip
+        # multiprocess_mode: how /metrics combines the workers' values (``--workers``)
         self.serving = Gauge(
             "closedloop_serving_model_version", "1 for the version each alias serves",
-            ["alias", "version"], registry=r,
+            ["alias", "version"], registry=r, multiprocess_mode="livemax",
         )  # fmt: skip
         self.swaps = Counter("closedloop_model_swaps", "Hot swaps", ["alias"], registry=r)
         self.failures = Counter(
@@ -108,15 +132,29 @@ class Metrics:
             registry=r,
         )  # fmt: skip
         self.registry_up = Gauge(
-            "closedloop_registry_up", "1 if the last registry poll succeeded", registry=r
-        )
+            "closedloop_registry_up", "1 if the last registry poll succeeded", registry=r,
+            multiprocess_mode="livemin",
+        )  # fmt: skip
         self.log_records = Counter(
             "closedloop_prediction_log_records", "Prediction records flushed",
             ["outcome"], registry=r,
         )  # fmt: skip
         self.log_pending = Gauge(
-            "closedloop_prediction_log_pending", "Records not yet written", registry=r
-        )
+            "closedloop_prediction_log_pending", "Records not yet written", registry=r,
+            multiprocess_mode="livesum",
+        )  # fmt: skip
+
+    def exposition(self) -> bytes:
+        """The text /metrics answers: this process's registry, or every worker's values
+        when the metrics live in files."""
+        if not multiprocess():
+            return prometheus_client.generate_latest(self.registry)
+        from prometheus_client import CollectorRegistry
+        from prometheus_client import multiprocess as mp
+
+        combined = CollectorRegistry()
+        mp.MultiProcessCollector(combined)
+        return prometheus_client.generate_latest(combined)
 
 
 class Batcher:
@@ -202,12 +240,11 @@ class Service:
         from closedloop.serving.schema import request_fields
         from closedloop.serving.scorer import OnlineScorer
 
-        m = self.metrics
         self.writer = PredictionLogWriter(
             PredictionLog(self.settings.prediction_log_dir),
             max_records=self.config.log_max_records,
             flush_seconds=self.config.log_flush_seconds,
-            on_flush=lambda n, ok: m.log_records.labels("written" if ok else "failed").inc(n),
+            on_flush=self._flushed,
         )
         self.follower = ModelFollower(
             self.settings,
@@ -229,6 +266,7 @@ class Service:
         self.booking = booking_model(self.settings.usecase, self.fields)
         self.adapter = TypeAdapter(list[self.booking])
         self._published(deployment)
+        self.metrics.registry_up.set(1)  # the registry answered the initial load
         self.batcher = Batcher(self._score, self.config.max_rows)
         self.follower.start()
 
@@ -255,9 +293,15 @@ class Service:
 
             model.model.predict_proba(pd.DataFrame([self._probe])[model.feature_names])
 
+    def _flushed(self, records: int, ok: bool) -> None:
+        self.metrics.log_records.labels("written" if ok else "failed").inc(records)
+        self.metrics.log_pending.set(self.writer.pending)
+
     def _event(self, kind: str, detail: str) -> None:
         m = self.metrics
-        if kind == "failure":
+        if kind == "poll":  # set by every worker's own poll (--workers: /metrics combines)
+            m.registry_up.set(1 if detail == "ok" else 0)
+        elif kind == "failure":
             m.failures.inc()
         else:
             m.swaps.labels(detail).inc()
@@ -265,8 +309,10 @@ class Service:
 
     def _published(self, deployment: Any) -> None:
         # remove() rather than clear(): clear() warns whenever Feast has set
-        # PROMETHEUS_MULTIPROC_DIR, although our values live in memory (see the imports)
+        # PROMETHEUS_MULTIPROC_DIR, although our values live in memory (see the imports).
+        # Set to 0 first: a worker's file keeps a removed series' last value.
         for labels in self._serving_labels:
+            self.metrics.serving.labels(*labels).set(0)
             self.metrics.serving.remove(*labels)
         self._serving_labels = list(deployment.versions().items())
         for alias, version in self._serving_labels:
@@ -375,6 +421,10 @@ def create_app(settings: Settings, config: ServeConfig | None = None) -> Serving
         sys.setswitchinterval(SWITCH_INTERVAL_S)
         yield
         await asyncio.to_thread(service.stop)
+        if multiprocess():  # this worker's live gauges leave /metrics with it
+            from prometheus_client import multiprocess as mp
+
+            mp.mark_process_dead(os.getpid())
 
     app = FastAPI(
         title="closedloop online serving",
@@ -504,22 +554,16 @@ def create_app(settings: Settings, config: ServeConfig | None = None) -> Serving
             "last_error": (follower.status["last_error"] if follower else None) or service.error,
             "prediction_log_pending": service.writer.pending if service.writer else 0,
             "request_fields": service.fields,
+            "worker_pid": os.getpid(),  # which process answered (``--workers``)
         }
         return _json(200 if body["ready"] else 503, body)
 
     @app.get("/metrics")
     async def metrics() -> Response:
         """Prometheus metrics: requests, latency histograms, predictions per version."""
-        if service.writer is not None:
+        if service.writer is not None:  # this worker's; the others' as of their flushes
             m.log_pending.set(service.writer.pending)
-        # From the follower's status when scraped: a poll that succeeds again after an
-        # outage is no event, and the gauge must come back to 1 without a hot swap.
-        if service.follower is not None and service.follower.status["registry_ok"] is not None:
-            m.registry_up.set(1 if service.follower.status["registry_ok"] else 0)
-        return Response(
-            prometheus_client.generate_latest(m.registry),
-            media_type=prometheus_client.CONTENT_TYPE_LATEST,
-        )
+        return Response(m.exposition(), media_type=prometheus_client.CONTENT_TYPE_LATEST)
 
     def openapi() -> dict[str, Any]:
         """FastAPI's schema, with the request body the use case and model define (known
@@ -540,3 +584,14 @@ def create_app(settings: Settings, config: ServeConfig | None = None) -> Serving
 
     app.openapi = openapi  # type: ignore[method-assign]
     return ServingApp(app, answer, _count, config.max_body_bytes)
+
+
+def app_from_environ() -> ServingApp:
+    """The application of one worker process of ``closedloop serve --workers N``
+    (uvicorn's factory): settings from the environment as everywhere, the options from
+    :data:`CONFIG_ENV`, the API key from ``CLOSEDLOOP_SERVE_API_KEY``."""
+    from closedloop.core.settings import load_settings
+
+    options = json.loads(os.environ[CONFIG_ENV])
+    config = ServeConfig(**options, api_key=os.environ.get("CLOSEDLOOP_SERVE_API_KEY") or None)
+    return create_app(load_settings(), config)

@@ -48,6 +48,8 @@ class ModelFollower:
         self.poll_seconds = poll_seconds
         #: raises if the service cannot serve a model (missing columns, probe fails)
         self.accept = accept or (lambda model: None)
+        #: (kind, detail): ("swap", alias), ("failure", message) and, after every poll,
+        #: ("poll", "ok" or "down")
         self.on_event = on_event or (lambda kind, detail: None)
         self.deployment: Deployment | None = None
         self.status: dict[str, Any] = {"registry_ok": None, "last_error": None, "checked_at": None}
@@ -144,3 +146,4 @@ class ModelFollower:
                 self.check()
             except Exception as exc:  # never let the thread die
                 self._failed(f"unexpected: {type(exc).__name__}: {exc}")
+            self.on_event("poll", "ok" if self.status["registry_ok"] else "down")
