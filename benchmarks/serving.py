@@ -191,14 +191,6 @@ def _measure(port: int, path: str, bodies: list[bytes], args) -> dict:
     }
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--home", type=Path, default=None)
@@ -225,6 +217,7 @@ def main() -> None:
     from closedloop.core.batch_inference import load_model
     from closedloop.core.feature_store import open_store
     from closedloop.core.settings import load_settings
+    from closedloop.runtime import stop_process
     from closedloop.serving.scorer import Deployment, OnlineScorer
 
     settings = load_settings()
@@ -277,7 +270,7 @@ def main() -> None:
                 _wait_all(port, workers, proc)
             name = f"closedloop serve x{workers} (keys in)"
             results[name] = _measure(port, "/predict", bodies, args)
-            _stop(proc)
+            stop_process(proc)
 
         # (c) mlflow models serve, features given
         port = _free_port()
@@ -304,11 +297,11 @@ def main() -> None:
             for f in features
         ]
         results["mlflow models serve (features in)"] = _measure(port, "/invocations", bodies, args)
-        _stop(proc)
+        stop_process(proc)
     finally:
         for proc in procs:
             if proc.poll() is None:
-                _stop(proc)
+                stop_process(proc)
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
 

@@ -8,6 +8,8 @@ own process and its children, the test suite for the test session.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -73,3 +75,17 @@ def apply_airflow_environ(settings: Settings) -> dict[str, str]:
     env = airflow_environ(settings)
     os.environ.update(env)
     return env
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 60) -> int:
+    """Stop a server started as a subprocess the way its supervisor would: SIGTERM (a
+    uvicorn server finishes the requests in flight and runs its shutdown, e.g. the
+    prediction log's flush), then SIGKILL if it has not exited within ``timeout``.
+    Returns the exit status."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return proc.wait()

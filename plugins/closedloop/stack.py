@@ -25,6 +25,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -37,6 +38,8 @@ from closedloop.local_airflow import LocalAirflow
 from closedloop.runtime import airflow_environ
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from closedloop.core.settings import Settings
 
 #: credential -> what it is. Each is read from the environment only.
@@ -427,6 +430,28 @@ class ProductionStack(LocalAirflow):
         except BaseException:
             self.stop()
             raise
+
+    @contextlib.contextmanager
+    def starting(self, timeout: float = 300) -> Iterator[None]:
+        """Start the stack in a background thread while the ``with`` body runs (e.g.
+        loading history into the stores: both take tens of seconds), then wait for it.
+        A failed start is raised after the body."""
+        failure: list[BaseException] = []
+
+        def start() -> None:
+            try:
+                self.start(timeout=timeout)
+            except BaseException as exc:  # re-raised in the caller's thread
+                failure.append(exc)
+
+        starter = threading.Thread(target=start, name="stack-start")
+        starter.start()
+        try:
+            yield
+        finally:
+            starter.join()
+        if failure:
+            raise failure[0]
 
     def check_alive(self) -> None:
         """Raise naming the first component that has exited (and its log); unlike the

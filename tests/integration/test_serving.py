@@ -38,6 +38,7 @@ from closedloop.core.ab import arm_for
 from closedloop.core.feature_pipeline import backfill, clean, engineer, extract, load_offline
 from closedloop.core.prediction_log import CORE_COLUMNS, PredictionLog
 from closedloop.core.settings import load_settings
+from closedloop.runtime import stop_process
 from closedloop.usecases.hotel.generator import write_batches
 
 pytestmark = pytest.mark.integration
@@ -126,13 +127,7 @@ class Server:
 
     def stop(self) -> None:
         self.client.close()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -51,25 +50,11 @@ def stack(production_env):
     settings = load_settings()
     ensure_databases(settings)
     processes = ProductionStack(settings, use_job_schedule=False)
-    failure: list[BaseException] = []
-
-    def start() -> None:
-        try:
-            processes.start(timeout=240)
-        except BaseException as exc:  # re-raised in the test's thread
-            failure.append(exc)
-
-    starter = threading.Thread(target=start)
-    starter.start()
-    try:
+    with processes.starting(timeout=240):
         write_batches(
             settings.landing_dir, FIRST, HISTORY_DAYS + WATCHED_DAYS, n_bookings=ROWS_PER_DAY
         )
         backfill(settings, FIRST, HISTORY_DAYS)
-    finally:
-        starter.join()
-    if failure:
-        raise failure[0]
     try:
         processes.wait_for_dags(["hotel_features", "hotel_training"])
         # Training is triggered explicitly below, not by each features run's Asset event.

@@ -511,14 +511,10 @@ class Serving:
         )  # fmt: skip
 
     def stop(self) -> None:
+        from closedloop.runtime import stop_process
+
         self.client.close()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)  # finishes requests, flushes the log
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)  # finishes requests, flushes the log
 
 
 @pytest.fixture(scope="module")

@@ -81,25 +81,11 @@ def stack(production_env):
         use_job_schedule=False,
         environ_extra={**FAST_FAILURE, failpoints.ENV: str(points)},
     )
-    failure: list[BaseException] = []
-
-    def start() -> None:
-        try:
-            processes.start(timeout=240)
-        except BaseException as exc:  # re-raised in the test's thread
-            failure.append(exc)
-
-    starter = threading.Thread(target=start)
-    starter.start()
-    try:
+    with processes.starting(timeout=240):
         write_batches(settings.landing_dir, FIRST, HISTORY_DAYS + 1, n_bookings=ROWS_PER_DAY)
         backfill(settings, FIRST, HISTORY_DAYS)
         step("history loaded")
-    finally:
-        starter.join()
     step("stack started")
-    if failure:
-        raise failure[0]
     try:
         processes.wait_for_dags(["hotel_features", "hotel_training", "hotel_batch_inference"])
         # Training runs when a test triggers it, not on the features runs' Asset events.
