@@ -563,6 +563,10 @@ def create_app(settings: Settings, config: ServeConfig | None = None) -> Serving
         """Prometheus metrics: requests, latency histograms, predictions per version."""
         if service.writer is not None:  # this worker's; the others' as of their flushes
             m.log_pending.set(service.writer.pending)
+        # This worker's from its follower's status now (it may have changed since its
+        # last poll event was counted); the other workers' as of their last poll.
+        if service.follower is not None and service.follower.status["registry_ok"] is not None:
+            m.registry_up.set(1 if service.follower.status["registry_ok"] else 0)
         return Response(m.exposition(), media_type=prometheus_client.CONTENT_TYPE_LATEST)
 
     def openapi() -> dict[str, Any]:
