@@ -195,6 +195,24 @@ def test_the_log_writer_flushes_everything_on_close(tmp_path):
     assert sorted(read["prediction_id"]) == [f"p{i:05d}" for i in range(35)]
 
 
+def test_records_of_models_reading_other_columns_are_logged_with_nulls_where_absent(tmp_path):
+    log = PredictionLog(tmp_path)
+    writer = PredictionLogWriter(log, flush_seconds=3600)
+    a, b, c = _records(3)
+    writer.add([{**a, "lead_time": 10, "adr": 99.5}])
+    writer.add([{**b, "model_version": "2", "lead_time": 20, "segment": "Online TA"}])
+    writer.add([{**c, "adr": 80.0, "lead_time": 30}])  # model 1 again, keys in another order
+    writer.close()
+    read = log.read(datetime(2026, 2, 1, tzinfo=UTC), datetime(2026, 2, 2, tzinfo=UTC))
+    read = read.sort_values("prediction_id").reset_index(drop=True)
+    assert read["prediction_id"].tolist() == ["p00000", "p00001", "p00002"]
+    assert read["model_version"].tolist() == ["1", "2", "1"]
+    assert read["lead_time"].tolist() == [10, 20, 30]
+    assert read["adr"].tolist()[0] == 99.5 and pd.isna(read["adr"][1]) and read["adr"][2] == 80.0
+    assert read["segment"].isna().tolist() == [True, False, True]
+    assert read["segment"][1] == "Online TA"
+
+
 def test_a_failed_flush_is_retried_and_loses_nothing(tmp_path):
     outcomes: list[tuple[int, bool]] = []
     log = _FlakyLog(tmp_path, failures=1)
