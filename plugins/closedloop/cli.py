@@ -294,13 +294,13 @@ def serve(
     import shutil
     import tempfile
 
-    from closedloop.serving.app import CONFIG_ENV
+    from closedloop.serving.app import CONFIG_ENV, WORKERS_METRICS_ENV
 
     load_settings()  # a broken configuration fails here, once, not in every worker
     # The workers' metrics live in files here (prometheus_client's multiprocess mode,
     # chosen when the workers import it); /metrics adds them up.
     metrics_dir = tempfile.mkdtemp(prefix="closedloop-serve-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ[WORKERS_METRICS_ENV] = metrics_dir
     os.environ[CONFIG_ENV] = config.to_environ()
     try:
         uvicorn.run(

@@ -86,11 +86,18 @@ class ServeConfig:
 CONFIG_ENV = "CLOSEDLOOP_SERVE_CONFIG"
 
 
-def multiprocess() -> bool:
-    """Whether the metrics live in per-process files (``--workers`` > 1)."""
-    from prometheus_client import values
+#: set by ``closedloop serve --workers N`` (N > 1) for its workers: the directory of their
+#: metric files, the same as PROMETHEUS_MULTIPROC_DIR
+WORKERS_METRICS_ENV = "CLOSEDLOOP_SERVE_WORKERS_METRICS"
 
-    return bool(values.ValueClass._multiprocess)
+
+def multiprocess() -> bool:
+    """Whether this process is one of several workers whose metrics /metrics adds up
+    (``--workers`` > 1). Not prometheus_client's own mode: a lone server can inherit
+    PROMETHEUS_MULTIPROC_DIR (Feast sets it in any process that imports it, e.g. the one
+    that starts the server); its values then go to files in a directory other processes
+    share, and only its own registry says what it did."""
+    return bool(os.environ.get(WORKERS_METRICS_ENV))
 
 
 class Metrics:
