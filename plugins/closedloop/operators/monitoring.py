@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import SkipMixin
+from airflow.sdk import BaseXCom, SkipMixin
 
 from closedloop.operators.features import _IntervalOperator
 
 #: the XCom key of the training run's ``conf`` (see :class:`MonitoringDecisionOperator`)
 TRIGGER_CONF_KEY = "trigger_conf"
-XCOM_RETURN_KEY = "return_value"
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -115,7 +114,7 @@ class MonitoringDecisionOperator(_IntervalOperator, SkipMixin):
             ti.xcom_push(key=TRIGGER_CONF_KEY, value=trigger_conf(verdict, end))
             return verdict
         # skip() ends execute with an exception: the verdict is pushed first
-        ti.xcom_push(key=XCOM_RETURN_KEY, value=verdict)
+        ti.xcom_push(key=BaseXCom.XCOM_RETURN_KEY, value=verdict)
         self.skip(ti=ti, tasks=context["task"].get_direct_relatives(upstream=False))
         return verdict  # not reached while there is a task downstream
 

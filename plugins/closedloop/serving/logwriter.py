@@ -104,7 +104,7 @@ class PredictionLogWriter:
             for record in records:
                 self._columns.append(record)
         self.added += len(records)
-        if self.added - self.written >= self.max_records:
+        if self.pending >= self.max_records:
             self._wake.set()
 
     @property
