@@ -213,6 +213,19 @@ def test_records_of_models_reading_other_columns_are_logged_with_nulls_where_abs
     assert read["segment"][1] == "Online TA"
 
 
+def test_a_flush_across_midnight_writes_each_record_under_its_own_utc_day(tmp_path):
+    log = PredictionLog(tmp_path)
+    writer = PredictionLogWriter(log, flush_seconds=3600)
+    late, early = _records(2)
+    writer.add([{**late, "predicted_at": datetime(2026, 2, 1, 23, 59, 59, tzinfo=UTC)}])
+    writer.add([{**early, "predicted_at": datetime(2026, 2, 2, 0, 0, 1, tzinfo=UTC)}])
+    writer.close()
+    days = {p.parent.name: len(pd.read_parquet(p)) for p in tmp_path.rglob("*.parquet")}
+    assert days == {"2026-02-01": 1, "2026-02-02": 1}
+    read = log.read(datetime(2026, 2, 2, tzinfo=UTC), datetime(2026, 2, 3, tzinfo=UTC))
+    assert read["prediction_id"].tolist() == ["p00001"]
+
+
 def test_a_failed_flush_is_retried_and_loses_nothing(tmp_path):
     outcomes: list[tuple[int, bool]] = []
     log = _FlakyLog(tmp_path, failures=1)

@@ -47,11 +47,16 @@ def remove_stale_temporaries(table_dir: Path, key: str) -> list[Path]:
     return stale
 
 
-def write_partition(df: pd.DataFrame | pa.Table, table_dir: Path, key: str) -> Path:
+def write_partition(
+    df: pd.DataFrame | pa.Table, table_dir: Path, key: str, *, clean_stale: bool = True
+) -> Path:
     """Atomically write (or replace) the partition ``key`` of a table (a frame or an
-    Arrow table)."""
+    Arrow table). ``clean_stale=False`` skips :func:`remove_stale_temporaries`, which
+    lists the whole folder: for a caller whose keys are never written twice by a killed
+    writer's successor (see :meth:`PredictionLog.append_online`)."""
     table_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(table_dir, key)
+    if clean_stale:
+        remove_stale_temporaries(table_dir, key)
     target = partition_path(table_dir, key)
     fd, tmp = tempfile.mkstemp(dir=table_dir, prefix=f".{key}.", suffix=".tmp")
     os.close(fd)

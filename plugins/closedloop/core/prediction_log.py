@@ -74,7 +74,14 @@ class PredictionLog:
             first = str(records["prediction_id"].iloc[0])
         else:
             first = str(records.column("prediction_id")[0].as_py())
-        return write_partition(records, self._dir("online", day), f"online-{first}")
+        # No search for a killed writer's temporary files of this key: a flush's key is
+        # its first prediction id, which no other process ever writes, and a failed
+        # write removes its own. The search lists the day's folder, which gains a file
+        # per flush (86,400 a day at one a second): each flush would cost more than the
+        # one before.
+        return write_partition(
+            records, self._dir("online", day), f"online-{first}", clean_stale=False
+        )
 
     def read(
         self, start: datetime, end: datetime, sources: tuple[str, ...] = ("batch", "online")

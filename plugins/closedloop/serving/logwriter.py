@@ -152,10 +152,7 @@ class PredictionLogWriter:
                 if len(tables) == 1
                 else pa.concat_tables(tables, promote_options="default")
             )
-            days = pc.strftime(table.column("predicted_at"), "%Y-%m-%d")
-            distinct = sorted(pc.unique(days).to_pylist())
-            for day in distinct:
-                part = table if len(distinct) == 1 else table.filter(pc.equal(days, day))
+            for day, part in _by_day(table):
                 self.predictions.append_online(part, day)
         except Exception:
             log.exception("could not write %d prediction records; will retry", rows)
@@ -165,3 +162,14 @@ class PredictionLogWriter:
         self.written += rows
         self.on_flush(rows, True)
         return True
+
+
+def _by_day(table: pa.Table) -> list[tuple[str, pa.Table]]:
+    """The records of each UTC day of ``predicted_at``. Nearly every flush holds one
+    day: its first and last timestamps say so without formatting every one."""
+    at = table.column("predicted_at")
+    first, last = pc.min_max(at).values()
+    if first.as_py().date() == last.as_py().date():
+        return [(first.as_py().strftime("%Y-%m-%d"), table)]
+    days = pc.strftime(at, "%Y-%m-%d")
+    return [(day, table.filter(pc.equal(days, day))) for day in sorted(pc.unique(days).to_pylist())]
