@@ -155,18 +155,14 @@ class _Run:
         self.errors += other.errors
 
     def summary(self) -> dict:
-        return _summary(self.latencies, self.elapsed, self.errors)
-
-
-def _summary(latencies: list[float], elapsed: float, errors: int = 0) -> dict:
-    ms = np.asarray(latencies) * 1000
-    return {
-        "requests": len(ms),
-        "errors": errors,
-        "p50_ms": float(np.percentile(ms, 50)),
-        "p99_ms": float(np.percentile(ms, 99)),
-        "req_s": len(ms) / elapsed,
-    }
+        ms = np.asarray(self.latencies) * 1000
+        return {
+            "requests": len(ms),
+            "errors": self.errors,
+            "p50_ms": float(np.percentile(ms, 50)),
+            "p99_ms": float(np.percentile(ms, 99)),
+            "req_s": len(ms) / self.elapsed,
+        }
 
 
 def _wait(port: int, path: str, proc: subprocess.Popen, timeout: float = 180) -> None:

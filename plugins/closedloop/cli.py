@@ -287,9 +287,9 @@ def serve(
         log_flush_seconds=log_flush_seconds,
     )
     # No access log: one line per request costs more than the lookup it describes.
+    server = {"host": host, "port": port, "log_level": log_level, "access_log": False}
     if workers == 1:
-        app = create_app(load_settings(), config)
-        uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+        uvicorn.run(create_app(load_settings(), config), **server)
         return
     import shutil
     import tempfile
@@ -307,10 +307,7 @@ def serve(
             "closedloop.serving.app:app_from_environ",
             factory=True,
             workers=workers,
-            host=host,
-            port=port,
-            log_level=log_level,
-            access_log=False,
+            **server,
         )
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)

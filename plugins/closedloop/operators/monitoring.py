@@ -122,7 +122,7 @@ class MonitoringDecisionOperator(_IntervalOperator, SkipMixin):
 def trigger_conf(verdict: dict[str, Any], end: Any) -> dict[str, Any]:
     """The ``conf`` of the training run a retrain verdict starts."""
     return {
-        "reason": verdict.get("cause") or "drift",
+        "reason": verdict["cause"],
         "as_of": end.isoformat(),
         "report": verdict["report"],
         "verdict": "; ".join(verdict["reasons"]),

@@ -1,6 +1,6 @@
 """Appends online predictions to the prediction log off the request path.
 
-Requests hand their records to :meth:`PredictionLogWriter.add` (a deque append, no I/O,
+Requests hand their records to :meth:`PredictionLogWriter.add` (list appends, no I/O,
 no wake-up); one thread writes them, a flush every ``flush_seconds`` (sooner once
 ``max_records`` wait), grouped by day, through
 :meth:`closedloop.core.prediction_log.PredictionLog.append_online` — each flush a file
@@ -166,7 +166,7 @@ class PredictionLogWriter:
 
 def _by_day(table: pa.Table) -> list[tuple[str, pa.Table]]:
     """The records of each UTC day of ``predicted_at``. Nearly every flush holds one
-    day: its first and last timestamps say so without formatting every one."""
+    day: its earliest and latest timestamps say so without formatting every one."""
     at = table.column("predicted_at")
     first, last = pc.min_max(at).values()
     if first.as_py().date() == last.as_py().date():
