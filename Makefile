@@ -8,7 +8,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 export CLOSEDLOOP_HOME ?= $(CURDIR)/.closedloop
 
-.PHONY: demo up test audit lint env clean distclean bench
+.PHONY: demo demo-flights up test audit lint env clean distclean bench
 
 # The environment: exactly the versions in requirements.lock, with compiled bytecode
 # (the stack's imports are 2-3x slower without .pyc files; see ../shared/STACK.md).
@@ -23,11 +23,15 @@ $(BIN)/.closedloop-installed: requirements.lock pyproject.toml
 env: $(BIN)/.closedloop-installed
 
 demo: env
-	$(BIN)/closedloop demo
+	$(BIN)/closedloop demo --usecase hotel_bookings
+
+# The second shipped use case: real flights out of New York in 2013, replayed day by day.
+demo-flights: env
+	$(BIN)/closedloop demo --usecase flight_delays
 
 # The Airflow, MLflow and Evidently UIs on the state the demo left (Ctrl-C stops them).
 up: env
-	$(BIN)/closedloop up
+	$(BIN)/closedloop up --usecase hotel_bookings
 
 test: env
 	$(BIN)/ruff check plugins dags feature_repo tests benchmarks

@@ -24,7 +24,7 @@ through the real feature pipeline) and a champion trained, registered and promot
 the core training functions. Then, per size, one scoring day is built *directly* at
 scale with vectorised numpy — ``--rows`` bookings in the day's ``bookings`` partition
 (rows resampled from a generated day, with fresh ids, times and customers) and one
-``customer_history`` row per customer (``--customers``, the same at every size, so the
+``customer_aggregates`` row per customer (``--customers``, the same at every size, so the
 sizes differ in the rows scored only; the joined view's memory is the customers') — since
 generating millions of bookings through the whole feature pipeline would take hours.
 
@@ -104,24 +104,26 @@ def prepare(args: argparse.Namespace) -> dict:
 
 def scale(args: argparse.Namespace) -> dict:
     """Replace the scoring day's bookings partition with ``rows`` bookings and give the
-    day's customers a ``customer_history`` row stamped at its start."""
+    day's customers a ``customer_aggregates`` row stamped at its start."""
     import numpy as np
     import pandas as pd
     import pyarrow as pa
 
     from closedloop.core import offline
+    from closedloop.core.derive import event_table
     from closedloop.core.transform import clean_batch
-    from closedloop.usecases.hotel.features import booking_table
     from closedloop.usecases.hotel.generator import generate_day
 
     settings = _settings()
     day = _scoring_day(args.history_days)
     key = day.strftime("%Y-%m-%d")
     rng = np.random.default_rng(args.rows)
-    base = booking_table(clean_batch(generate_day(day.date(), n_bookings=50_000), settings.usecase))
+    base = event_table(
+        clean_batch(generate_day(day.date(), n_bookings=50_000), settings.usecase), settings.usecase
+    )
     n, customers = args.rows, args.customers
     seconds = np.sort(rng.integers(0, 86_400_000_000, n))  # microseconds into the day
-    bookings_dir = settings.offline_table_dir("bookings")
+    bookings_dir = settings.offline_table_dir("events")
     with offline.PartitionWriter(bookings_dir, key) as out:
         for lo in range(0, n, 500_000):
             hi = min(n, lo + 500_000)
@@ -149,7 +151,7 @@ def scale(args: argparse.Namespace) -> dict:
             "event_ts": pd.Timestamp(day),
         }
     )
-    history_dir = settings.offline_table_dir("customer_history")
+    history_dir = settings.offline_table_dir("customer_aggregates")
     previous = (day - timedelta(days=1)).strftime("%Y-%m-%d")
     generated = offline.read_partitions(history_dir, keys=[previous])
     generated = generated[~generated["customer_id"].str.startswith("CS")]
@@ -158,7 +160,7 @@ def scale(args: argparse.Namespace) -> dict:
     )
     tables = {
         t: sum(offline.row_counts(settings.offline_table_dir(t)).values())
-        for t in settings.usecase.feast.tables
+        for t in settings.usecase.offline_tables
     }
     return {"rows": n, "customers": customers, "offline_rows": tables}
 

@@ -51,7 +51,7 @@ def _prepare(scenario: Any) -> Any:
 
 
 def _train(settings: Any, as_of: Any, reason: str, run_key: str) -> str:
-    """hotel_training's tasks in order; returns the gate's action."""
+    """hotel_bookings_training's tasks in order; returns the gate's action."""
     from closedloop.core import training_pipeline as tp
 
     start, end = tp.training_window(settings, as_of)
@@ -82,7 +82,7 @@ def plain_loop(settings: Any, scenario: Any) -> dict[str, Any]:
         staged = fp.engineer(settings, start, end, fp.clean(settings, start))
         fp.load_offline(settings, start, staged)
         store = open_store(settings)
-        apply_definitions(store, settings.feature_repo)
+        apply_definitions(store, settings)
         materialize_interval(store, start, end)
         score_interval(settings, start, end, chunk_rows=50_000)
         drift = check_drift(settings, start, end, window_days=3)

@@ -86,10 +86,10 @@ def bookings(settings, n: int = 500) -> list[dict]:
     """Keys of bookings the online store knows (the newest days')."""
     from closedloop.core import offline
 
-    table_dir = settings.offline_table_dir("bookings")
+    table_dir = settings.offline_table_dir("events")
     keys = offline.partition_keys(table_dir)[-4:]
     frame = offline.read_partitions(table_dir, keys=keys)
-    return frame[settings.usecase.batch.entities].head(n).to_dict("records")
+    return frame[settings.usecase.entity_keys].head(n).to_dict("records")
 
 
 # -- the load generator -----------------------------------------------------------------

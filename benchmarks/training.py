@@ -1,7 +1,7 @@
-"""Where the time of a hotel_training run goes: model fitting vs. Airflow and MLflow.
+"""Where the time of a hotel_bookings_training run goes: model fitting vs. Airflow and MLflow.
 
 Builds a home with ``--days`` of generated bookings (backfilled, not timed), then runs
-``hotel_training`` twice through Airflow's ``dag.test()`` in this process (the first run
+``hotel_bookings_training`` twice through Airflow's ``dag.test()`` in this process (the first run
 pays the one-off imports and the in-process execution API; the second is measured), and
 times the same model search (``train_and_evaluate``) on the same training set with no
 Airflow and no MLflow. Prints per-task durations and the shares.
@@ -52,7 +52,7 @@ def main() -> None:
     print(f"setup: backfilled {args.days} days in {time.perf_counter() - t0:.1f}s")
 
     ensure_metadata_db()
-    dag = load_dag("hotel_training")
+    dag = load_dag("hotel_bookings_training")
     as_of = datetime.combine(first + timedelta(days=args.days), datetime.min.time(), UTC)
     warm = run_dag(
         dag, as_of - timedelta(days=1), {"as_of": (as_of - timedelta(days=1)).isoformat()}

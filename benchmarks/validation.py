@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from closedloop.core import validation
-from closedloop.core.settings import DEFAULT_USECASE
+from closedloop.core.settings import PACKAGE_USECASES
 from closedloop.core.usecase import ACCEPTED_DTYPES, UseCase
 
 GOAL = 3.0
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--usecase", type=Path, default=DEFAULT_USECASE)
+    parser.add_argument("--usecase", type=Path, default=PACKAGE_USECASES / "hotel_bookings.yaml")
     args = parser.parse_args(argv)
 
     usecase = UseCase.from_yaml(args.usecase)

@@ -20,6 +20,8 @@ from closedloop.runtime import apply_airflow_environ
 
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="closedloop-tests-"))
 os.environ["CLOSEDLOOP_HOME"] = str(_SESSION_HOME)
+# The suites run the shipped hotel use case unless a test declares its own.
+os.environ["CLOSEDLOOP_USECASE_NAME"] = "hotel_bookings"
 apply_airflow_environ(load_settings())
 
 

@@ -1,11 +1,30 @@
-"""Airflow Assets that chain the loop's DAGs (data-aware scheduling)."""
+"""Airflow Assets that chain a use case's DAGs (data-aware scheduling)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, NamedTuple
+
 from airflow.sdk import Asset
 
-#: Emitted by hotel_features after each materialized interval; hotel_training schedules on it.
-HOTEL_FEATURES = Asset(name="hotel_features", uri="closedloop://hotel_bookings/features")
+if TYPE_CHECKING:
+    from closedloop.core.usecase import UseCase
 
-#: Emitted by hotel_batch_inference after each scored day.
-HOTEL_PREDICTIONS = Asset(name="hotel_predictions", uri="closedloop://hotel_bookings/predictions")
+
+class UseCaseAssets(NamedTuple):
+    #: emitted by ``<name>_features`` after each materialized interval; ``<name>_training``
+    #: schedules on it
+    features: Asset
+    #: emitted by ``<name>_batch_inference`` after each scored interval
+    predictions: Asset
+
+
+def usecase_assets(usecase: UseCase) -> UseCaseAssets:
+    """The Assets of one use case, named after it."""
+    return UseCaseAssets(
+        features=Asset(
+            name=f"{usecase.name}_features", uri=f"closedloop://{usecase.name}/features"
+        ),
+        predictions=Asset(
+            name=f"{usecase.name}_predictions", uri=f"closedloop://{usecase.name}/predictions"
+        ),
+    )

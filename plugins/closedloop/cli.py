@@ -10,10 +10,18 @@ import json
 import os
 import sys
 from datetime import date
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from closedloop.core.settings import load_settings
+
+if TYPE_CHECKING:
+    from closedloop.core.settings import Settings
+
+
+STAGES = ("features", "training", "batch_inference", "monitoring")
 
 
 def _date(_ctx: click.Context, _param: click.Parameter, value: str | None) -> date | None:
@@ -26,12 +34,55 @@ def _date(_ctx: click.Context, _param: click.Parameter, value: str | None) -> da
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def main() -> None:
+@click.option(
+    "--usecase",
+    "usecase_name",
+    default=None,
+    metavar="NAME",
+    help="The use case to act on (a declaration <NAME>.yaml in the use-case folder); "
+    "needed when the folder holds several. Default: $CLOSEDLOOP_USECASE_NAME.",
+)
+@click.pass_context
+def main(ctx: click.Context, usecase_name: str | None) -> None:
     """closedloop: data lands, is validated, becomes features, trains a model, which is
     gated, promoted, served and watched — and retrained when the world drifts."""
+    ctx.obj = {"usecase_name": usecase_name}
+
+
+def _choose_usecase(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value:
+        root = ctx.find_root()
+        root.obj = {**(root.obj or {}), "usecase_name": value}
+
+
+#: ``--usecase NAME`` after a command too (``closedloop demo --usecase NAME``)
+usecase_option = click.option(
+    "--usecase",
+    metavar="NAME",
+    expose_value=False,
+    callback=_choose_usecase,
+    help="The use case to act on (see `closedloop --help`).",
+)
+
+
+def _settings(*, usecase: bool = True) -> Settings:
+    """The settings, for the use case named by ``--usecase`` if it was given (processes
+    this one starts inherit the choice). With ``usecase``, a bad declaration or an
+    unknown use case is a usage error naming the problem."""
+    chosen = (click.get_current_context().find_root().obj or {}).get("usecase_name")
+    if chosen:
+        os.environ["CLOSEDLOOP_USECASE_NAME"] = chosen
+    settings = load_settings(**({"usecase_name": chosen} if chosen else {}))
+    if usecase:
+        try:
+            _ = settings.usecase
+        except ValueError as exc:  # DeclarationError included
+            raise click.UsageError(str(exc)) from None
+    return settings
 
 
 @main.command()
+@usecase_option
 @click.option("--start", callback=_date, default="2026-01-01", show_default=True)
 @click.option("--days", type=click.IntRange(1, 3660), default=7, show_default=True)
 @click.option(
@@ -74,7 +125,7 @@ def generate(
     """Write synthetic daily batches of bookings into the landing folder."""
     from closedloop.usecases.hotel.generator import DriftSpec, write_batches
 
-    settings = load_settings()
+    settings = _settings()
     if (covariate or concept or new_category) and drift_start is None:
         raise click.UsageError("drift options need --drift-start")
     drift = (
@@ -91,6 +142,7 @@ def generate(
 
 
 @main.command()
+@usecase_option
 @click.option(
     "--history-days",
     type=click.IntRange(14, 365),
@@ -106,8 +158,12 @@ def demo(history_days: int, stable_days: int, drift_days: int, rows: int, keep: 
     """The closed loop through a real Airflow scheduler: history, first champion, daily
     scoring and monitoring, drift, retraining triggered by monitoring, promotion.
     Exits non-zero if the loop did not close."""
-    from closedloop.demo import run_demo
+    from closedloop.demo import run_demo, run_replay
     from closedloop.loop import Scenario
+
+    settings = _settings()
+    if settings.usecase.demo is not None:
+        sys.exit(run_replay(settings, keep=keep))
 
     scenario = Scenario(
         history_days=history_days,
@@ -115,10 +171,11 @@ def demo(history_days: int, stable_days: int, drift_days: int, rows: int, keep: 
         drift_days=drift_days,
         rows_per_day=rows,
     )
-    sys.exit(run_demo(load_settings(), scenario, keep=keep))
+    sys.exit(run_demo(settings, scenario, keep=keep))
 
 
 @main.command()
+@usecase_option
 @click.option("--port", type=int, default=8080, show_default=True, help="Airflow UI port.")
 @click.option("--mlflow-port", type=int, default=5000, show_default=True)
 @click.option("--evidently-port", type=int, default=8000, show_default=True)
@@ -126,39 +183,209 @@ def up(port: int, mlflow_port: int, evidently_port: int) -> None:
     """Start the Airflow, MLflow and Evidently UIs on the current state (Ctrl-C stops)."""
     from closedloop.demo import run_up
 
-    sys.exit(run_up(load_settings(), port, mlflow_port, evidently_port))
+    sys.exit(run_up(_settings(), port, mlflow_port, evidently_port))
 
 
 @main.command()
+@usecase_option
 def status() -> None:
     """Show what landed where: batches, quarantine, offline partitions, online keys."""
     from closedloop.demo import print_status
 
-    print_status(load_settings())
+    print_status(_settings())
 
 
 @main.command("online-features")
-@click.option("--customer", required=True, help="customer_id, e.g. C000042")
-@click.option("--hotel", default=None, help="hotel, e.g. H01")
-@click.option("--booking", default=None, help="booking_id")
-def online_features(customer: str, hotel: str | None, booking: str | None) -> None:
-    """Look up the model's features in the Feast online store."""
-    from closedloop.core.feature_store import open_store
+@usecase_option
+@click.argument("keys", nargs=-1, required=True, metavar="KEY=VALUE...")
+def online_features(keys: tuple[str, ...]) -> None:
+    """Look up features in the Feast online store by entity keys, e.g.
+    ``closedloop --usecase NAME online-features customer_id=C000042``: every feature view
+    keyed by one of the given keys answers (the event's own view by its id)."""
+    from closedloop.core.feature_store import online_lookup
 
-    settings = load_settings()
-    store = open_store(settings)
-    service = store.get_feature_service(settings.usecase.feast.feature_service)
-    row = {"customer_id": customer, "hotel": hotel or "H01", "booking_id": booking or ""}
-    out = store.get_online_features(features=service, entity_rows=[row]).to_dict()
-    click.echo(json.dumps({k: v[0] for k, v in out.items()}, indent=2, default=str))
+    settings = _settings()
+    row = {}
+    for item in keys:
+        key, sep, value = item.partition("=")
+        if not sep or not value:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="KEYS")
+        row[key] = value
+    try:
+        out = online_lookup(settings, row)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo(json.dumps(out, indent=2, default=str))
 
 
 @main.command()
+@click.argument("name")
+@click.option(
+    "--from",
+    "sample",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A CSV or Parquet file of your events (a sample is read).",
+)
+@click.option("--label", default=None, help="The label column, if the guess would be wrong.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Where to write the draft [default: <use-case folder>/<NAME>.yaml].",
+)
+@click.option("--force", is_flag=True, help="Overwrite an existing declaration.")
+def init(name: str, sample: Path, label: str | None, out: Path | None, force: bool) -> None:
+    """Write a draft declaration of use case NAME from a sample of your data: types,
+    ranges, categories, an id, a timestamp and entities, marked where guessed. Add the
+    label and when it becomes known, then run `closedloop check NAME`."""
+    import re
+
+    from closedloop.core.draft import infer, read_sample, render
+
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+        raise click.BadParameter("lower_snake_case, e.g. device_failures", param_hint="NAME")
+    settings = _settings(usecase=False)
+    target = out or settings.usecases_dir / f"{name}.yaml"
+    if target.exists() and not force:
+        raise click.ClickException(f"{target} exists; --force overwrites it")
+    try:
+        draft = infer(name, read_sample(sample), str(sample), label=label)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(render(draft))
+    click.echo(f"wrote {target}")
+    guessed = {
+        "id": draft.id_column,
+        "timestamp": draft.timestamp_column,
+        "entities": draft.entities or "none",
+        "label guess": draft.label_guess or "none",
+    }
+    click.echo("  " + ", ".join(f"{k} {v}" for k, v in guessed.items()))
+    click.echo("next: declare the label and when it becomes known, then "
+               f"`closedloop check {name} --sample {sample}`")  # fmt: skip
+
+
+@main.command()
+@click.argument("name")
+@click.option(
+    "--sample",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Dry-run the feature step on this file of events (nothing is written).",
+)
+@click.option("--gx", "show_gx", is_flag=True, help="List every validation check.")
+def check(name: str, sample: Path | None, show_gx: bool) -> None:
+    """Validate use case NAME (or a declaration file), print what closedloop generates
+    from it, and dry-run its feature step on a sample. Exits 1 on any problem."""
+    from closedloop.core.check import describe, dry_run, gx_checks
+    from closedloop.core.usecase import DeclarationError, UseCase
+
+    base = _settings(usecase=False)
+    path = Path(name)
+    is_file = path.suffix in (".yaml", ".yml")
+    settings = base.for_usecase(file=path) if is_file else base.for_usecase(name)
+    try:
+        usecase = UseCase.from_yaml(settings.usecase_path)
+    except (DeclarationError, ValueError) as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+    click.echo(f"{settings.usecase_path}: valid")
+    for line in describe(usecase, settings):
+        click.echo(line)
+    if show_gx:
+        click.echo("Great Expectations checks of each landed batch:")
+        for line in gx_checks(usecase):
+            click.echo(line)
+    if sample is None:
+        return
+    try:
+        run = dry_run(usecase, sample)
+    except ValueError as exc:
+        click.echo(f"dry run: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"dry run on {sample}: {run.rows} events in {run.intervals} intervals")
+    for table, rows in run.tables.items():
+        click.echo(f"  {table:<28} {rows} rows")
+    for table, frame in run.preview.items():
+        if table != usecase.event_table:
+            click.echo(f"latest {table}:")
+            click.echo("  " + frame.to_string(index=False).replace("\n", "\n  "))
+    for interval, failures in run.failed.items():
+        click.echo(f"interval {interval} fails validation:", err=True)
+        for failure in failures:
+            click.echo(f"  {failure}", err=True)
+    sys.exit(0 if run.ok else 1)
+
+
+@main.command("run")
+@usecase_option
+@click.argument(
+    "stage", type=click.Choice(["features", "training", "batch_inference", "monitoring"])
+)
+@click.option("--day", required=True, callback=_date, help="The day (YYYY-MM-DD) to run for.")
+@click.option("--conf", default="{}", help="JSON conf of the run (training: reason, window_days).")
+def run_stage(stage: str, day: date, conf: str) -> None:
+    """Run one STAGE of the use case for one day through Airflow's scheduler (training:
+    as of the end of the day) and print its tasks' states."""
+    from closedloop.drive import run_stage as run
+
+    try:
+        extra = json.loads(conf)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--conf") from None
+    sys.exit(run(_settings(), stage, day, extra))
+
+
+@main.command()
+@usecase_option
+@click.option("--from", "first", required=True, callback=_date, help="First day (YYYY-MM-DD).")
+@click.option("--to", "last", required=True, callback=_date, help="Last day (inclusive).")
+@click.option("--train", is_flag=True, help="Train once as of the end of the last day.")
+def backfill(first: date, last: date, train: bool) -> None:
+    """Load the landed batches of [--from, --to] through the features DAG (Airflow's own
+    backfill, one day at a time, in order); optionally train once at the end."""
+    from closedloop.drive import run_backfill
+
+    if last < first:
+        raise click.BadParameter("--to is before --from", param_hint="--to")
+    sys.exit(run_backfill(_settings(), first, last, train=train))
+
+
+@main.command("loop")
+@usecase_option
+@click.option("--from", "first", required=True, callback=_date, help="First watched day.")
+@click.option("--to", "last", required=True, callback=_date, help="Last watched day.")
+@click.option(
+    "--history-from",
+    callback=_date,
+    default=None,
+    help="First day of history before --from [default: the declared schedule.start].",
+)
+def loop_days(first: date, last: date, history_from: date | None) -> None:
+    """Replay the landed batches of [--from, --to] day by day through the scheduler:
+    features, scoring, monitoring — and the retraining monitoring asks for, judged by the
+    gate. History before --from is loaded first (unless it is) and trains the first
+    champion (unless there is one). Prints the day table."""
+    from closedloop.demo import run_loop
+    from closedloop.loop import Replay
+
+    settings = _settings()
+    start = history_from or settings.usecase.schedule.start
+    if last < first or start >= first:
+        raise click.UsageError(f"need history start {start} < --from {first} <= --to {last}")
+    replay = Replay(start, (first - start).days, (last - first).days + 1)
+    sys.exit(run_loop(settings, replay))
+
+
+@main.command()
+@usecase_option
 def ledger() -> None:
     """Print the promotion ledger: every alias move, why, and by which run."""
     from closedloop.core.ledger import PromotionLedger
 
-    settings = load_settings()
+    settings = _settings()
     book = PromotionLedger(settings.closedloop_db)
     entries = book.history(settings.model_name)
     if not entries:
@@ -168,6 +395,7 @@ def ledger() -> None:
 
 
 @main.command()
+@usecase_option
 @click.option("--reason", default="manual rollback", show_default=True)
 def rollback(reason: str) -> None:
     """Move `champion` back to the blessed version it replaced (recorded in the ledger)."""
@@ -175,7 +403,7 @@ def rollback(reason: str) -> None:
     from closedloop.core.registry import RollbackError, client_for
     from closedloop.core.registry import rollback as roll_back
 
-    settings = load_settings()
+    settings = _settings()
     try:
         was, now = roll_back(
             client_for(settings),
@@ -189,13 +417,14 @@ def rollback(reason: str) -> None:
 
 
 @main.command()
+@usecase_option
 @click.argument("run_id")
 def reproduce(run_id: str) -> None:
     """Rebuild an MLflow run's training set and retrain it; exit 1 unless the holdout
     metrics are identical."""
     from closedloop.core.training_pipeline import reproduce as rerun
 
-    result = rerun(load_settings(), run_id)
+    result = rerun(_settings(), run_id)
     for key in sorted(result["recorded"]):
         if "." not in key:
             click.echo(
@@ -212,6 +441,7 @@ LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 @main.command()
+@usecase_option
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
 @click.option(
@@ -289,14 +519,14 @@ def serve(
     # No access log: one line per request costs more than the lookup it describes.
     server = {"host": host, "port": port, "log_level": log_level, "access_log": False}
     if workers == 1:
-        uvicorn.run(create_app(load_settings(), config), **server)
+        uvicorn.run(create_app(_settings(), config), **server)
         return
     import shutil
     import tempfile
 
     from closedloop.serving.app import CONFIG_ENV, WORKERS_METRICS_ENV
 
-    load_settings()  # a broken configuration fails here, once, not in every worker
+    _settings()  # a broken configuration fails here, once, not in every worker
     # The workers' metrics live in files here (prometheus_client's multiprocess mode,
     # chosen when the workers import it); /metrics adds them up.
     metrics_dir = tempfile.mkdtemp(prefix="closedloop-serve-metrics-")
@@ -320,7 +550,7 @@ def airflow_env() -> None:
     from closedloop.runtime import airflow_environ
     from closedloop.stack import production_environ
 
-    settings = load_settings()
+    settings = _settings(usecase=False)
     environ = production_environ if settings.profile == "production" else airflow_environ
     for key, value in sorted(environ(settings).items()):
         click.echo(f"export {key}={json.dumps(value)}")
@@ -342,7 +572,7 @@ def stack_up(no_schedule: bool) -> None:
 
     from closedloop.stack import MissingCredentials, ProductionStack
 
-    settings = load_settings()
+    settings = _settings(usecase=False)
     processes = ProductionStack(settings, use_job_schedule=not no_schedule)
     try:
         processes.start()
@@ -374,7 +604,7 @@ def stack_run(component: str) -> None:
     if component not in COMPONENTS:
         raise click.BadParameter(f"one of {', '.join(COMPONENTS)}", param_hint="COMPONENT")
     try:
-        run_component(load_settings(), component)
+        run_component(_settings(usecase=False), component)
     except MissingCredentials as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -387,7 +617,7 @@ def stack_health(component: str) -> None:
     """Exit 0 while COMPONENT on this host is healthy (compose health checks)."""
     from closedloop.stack import run_health_check
 
-    run_health_check(load_settings(), component)
+    run_health_check(_settings(usecase=False), component)
 
 
 @stack.command("commands")
@@ -397,7 +627,7 @@ def stack_commands() -> None:
 
     from closedloop.stack import COMPONENTS, component_command
 
-    settings = load_settings()
+    settings = _settings(usecase=False)
     for component in COMPONENTS:
         click.echo(f"{component:<14} {shlex.join(component_command(settings, component))}")
 

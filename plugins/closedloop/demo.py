@@ -8,15 +8,19 @@ import shutil
 import time
 import warnings
 from contextlib import redirect_stderr, redirect_stdout
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import click
 
 from closedloop.core import offline
+from closedloop.core.usecase import AGGREGATE_TS, EVENT_TABLE, EVENT_VIEW
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from closedloop.core.settings import Settings
-    from closedloop.loop import Scenario
+    from closedloop.loop import Replay, Scenario
 
 #: Folders the demo owns under the home folder; it never deletes anything else.
 _STATE_DIRS = (
@@ -62,35 +66,80 @@ def reset_state(settings: Settings) -> None:
 
 
 def run_demo(settings: Settings, scenario: Scenario, *, keep: bool = False) -> int:
-    """The closed loop through a real Airflow scheduler (see :mod:`closedloop.loop`);
-    returns the exit code: 0 only if the loop closed."""
+    """A scenario on synthetic data (the use case's generator module: its
+    ``write_batches`` and ``DriftSpec``, drift injected from a known day) through a real
+    Airflow scheduler (see :mod:`closedloop.loop`); returns the exit code: 0 only if the
+    loop closed."""
+    import importlib
+
+    generator = settings.usecase.generator
+    if generator is None:
+        raise ValueError(f"use case {settings.usecase.name} declares no generator")
+    module = importlib.import_module(generator.partition(":")[0])
+    DriftSpec, write_batches = module.DriftSpec, module.write_batches
+
+    def land() -> None:
+        _say(
+            f"generating {scenario.history_days + len(scenario.watched)} days of events from "
+            f"{scenario.first_day} (~{scenario.rows_per_day}/day); drift from "
+            f"{scenario.drift_start}"
+        )
+        drift = DriftSpec(
+            start=scenario.drift_start, covariate=scenario.covariate, concept=scenario.concept
+        )
+        write_batches(
+            settings.landing_dir,
+            scenario.first_day,
+            scenario.history_days + len(scenario.watched),
+            seed=scenario.seed,
+            n_bookings=scenario.rows_per_day,
+            drift=drift,
+        )
+
+    return _run_loop(settings, scenario, land, keep=keep)
+
+
+def run_replay(settings: Settings, replay: Replay | None = None, *, keep: bool = False) -> int:
+    """A use case's own data (its ``demo`` block: where the batches come from and which
+    days) replayed through a real Airflow scheduler; 0 when every run succeeded."""
+    from closedloop.loop import Replay
+
+    usecase = settings.usecase
+    if usecase.demo is None:
+        raise ValueError(f"use case {usecase.name} declares no demo block")
+    replay = replay or Replay(
+        usecase.demo.first_day, usecase.demo.history_days, usecase.demo.watched_days
+    )
+
+    def land() -> None:
+        days = replay.history_days + replay.watched_days
+        _say(f"landing {days} days of {usecase.name} from {replay.first_day}")
+        usecase.hook_of(usecase.demo.writer)(
+            settings.landing_dir, replay.first_day, days, fmt=usecase.batch.format
+        )
+
+    return _run_loop(settings, replay, land, keep=keep)
+
+
+def run_loop(settings: Settings, replay: Replay) -> int:
+    """``closedloop loop``: the landed days of ``replay`` through the scheduler, on the
+    existing state (history loaded first unless it is already)."""
+    return _run_loop(settings, replay, lambda: None, keep=True)
+
+
+def _run_loop(
+    settings: Settings, scenario: Scenario | Replay, land: Callable[[], None], *, keep: bool
+) -> int:
     from closedloop.core.feature_pipeline import backfill
     from closedloop.local_airflow import LocalAirflow
     from closedloop.loop import ClosedLoop, summary_table, to_json
     from closedloop.runtime import apply_airflow_environ
-    from closedloop.usecases.hotel.generator import DriftSpec, write_batches
 
     started = time.monotonic()
     if not keep:
         _say(f"starting from a clean state in {settings.home}")
         reset_state(settings)
-    watched = scenario.watched
-    _say(
-        f"generating {scenario.history_days + len(watched)} days of bookings from "
-        f"{scenario.first_day} (~{scenario.rows_per_day}/day); drift from "
-        f"{scenario.drift_start}"
-    )
-    drift = DriftSpec(
-        start=scenario.drift_start, covariate=scenario.covariate, concept=scenario.concept
-    )
-    write_batches(
-        settings.landing_dir,
-        scenario.first_day,
-        scenario.history_days + len(watched),
-        seed=scenario.seed,
-        n_bookings=scenario.rows_per_day,
-        drift=drift,
-    )
+    land()
     apply_airflow_environ(settings)
     log_path = settings.home / "demo.log"
     airflow = LocalAirflow(settings)
@@ -107,11 +156,16 @@ def run_demo(settings: Settings, scenario: Scenario, *, keep: bool = False) -> i
             "history in one bulk backfill (same steps, this process)"
         )
         t0 = time.monotonic()
-        with redirect_stdout(log), redirect_stderr(log):
-            loaded = backfill(settings, scenario.first_day, scenario.history_days)
-        _say(f"  {loaded['rows']} bookings in the stores in {time.monotonic() - t0:.0f}s")
+        last = scenario.history_end - timedelta(days=1)
+        table = settings.offline_table_dir(settings.usecase.event_table)
+        if offline.partition_path(table, f"{last:%Y-%m-%d}").exists():
+            _say("  already loaded (the offline store has its last day)")
+        else:
+            with redirect_stdout(log), redirect_stderr(log):
+                loaded = backfill(settings, scenario.first_day, scenario.history_days)
+            _say(f"  {loaded['rows']} events in the stores in {time.monotonic() - t0:.0f}s")
         airflow.wait_ready()
-        airflow.wait_for_dags(list(DAG_IDS))
+        airflow.wait_for_dags(list(settings.usecase.dag_ids.values()))
         _say(
             f"Airflow is up at {airflow.base_url} (user admin, password in {airflow.password_file})"
         )
@@ -133,17 +187,21 @@ def run_demo(settings: Settings, scenario: Scenario, *, keep: bool = False) -> i
         for problem in problems:
             click.echo(f"  - {problem}")
         return 1
+    promotion = result.promotion()
+    if promotion is None:
+        retrains = len(result.retrain_runs)
+        _say(
+            f"the loop ran to the end in {total:.0f}s: {retrains} retraining run(s) started by "
+            "monitoring, no promotion (the ledger above says why)"
+        )
+        return 0
     old, new = result.holdout_comparison()
     _say(
-        f"the loop closed in {total:.0f}s: drift detected, retrained by monitoring, "
-        f"v{result.promotion().version} promoted (post-drift holdout ROC AUC "
-        f"{new:.3f} vs {old:.3f} for the old champion)"
+        f"the loop closed in {total:.0f}s: retrained by monitoring, "
+        f"v{promotion.version} promoted (holdout ROC AUC {new:.3f} vs {old:.3f} for the old "
+        "champion)"
     )
     return 0
-
-
-#: the DAGs the loop drives
-DAG_IDS = ("hotel_features", "hotel_training", "hotel_batch_inference", "hotel_monitoring")
 
 
 def where_to_look(settings: Settings) -> None:
@@ -164,7 +222,7 @@ def _online_hits(settings: Settings) -> dict[str, str]:
     store = open_store(settings)
     result = {}
     for view in store.list_feature_views():
-        table = {"booking_features": "bookings"}.get(view.name, view.name)
+        table = {EVENT_VIEW: EVENT_TABLE}.get(view.name, view.name)
         frame = offline.read_partitions(settings.offline_table_dir(table))
         if frame is None:
             continue
@@ -187,7 +245,7 @@ def print_status(settings: Settings) -> None:
         if settings.quarantine_dir.exists()
         else []
     )
-    tables = settings.usecase.feast.tables
+    tables = settings.usecase.offline_tables
     counts = {t: offline.row_counts(settings.offline_table_dir(t)) for t in tables}
     keys = sorted({k for c in counts.values() for k in c})
     click.echo("")
@@ -208,28 +266,28 @@ def print_status(settings: Settings) -> None:
     click.echo(f"Airflow:     {settings.airflow_home}")
 
 
-def show_customer(settings: Settings) -> None:
-    """The busiest customer's features: online (Feast) next to the latest offline row."""
+def show_entities(settings: Settings) -> None:
+    """For each entity, the one with the most events: its aggregates online (Feast) next
+    to its latest offline row."""
     from closedloop.core.feature_store import open_store
 
-    history = offline.read_partitions(settings.offline_table_dir("customer_history"))
-    if history is None:
-        return
-    latest = history.sort_values("event_ts").groupby("customer_id").tail(1)
-    row = latest.sort_values(["cust_bookings", "customer_id"], ascending=[False, True]).iloc[0]
-    names = ["cust_bookings", "cust_known_outcomes", "cust_cancellations", "cust_cancel_rate"]
-    online = (
-        open_store(settings)
-        .get_online_features(
-            features=[f"customer_history:{n}" for n in names],
-            entity_rows=[{"customer_id": row["customer_id"]}],
-        )
-        .to_dict()
-    )
-    click.echo(f"Customer {row['customer_id']} (latest offline row stamped {row['event_ts']}):")
-    for name in names:
-        click.echo(f"  {name:<22} online {online[name][0]!s:<22} offline {row[name]}")
-    click.echo(f"  try: closedloop online-features --customer {row['customer_id']}")
+    usecase = settings.usecase
+    store = open_store(settings)
+    for entity, table in usecase.aggregate_tables.items():
+        rows = offline.read_partitions(settings.offline_table_dir(table))
+        if rows is None or rows.empty:
+            continue
+        key = usecase.entities[entity].join_key
+        names = list(usecase.features.aggregations[entity])
+        busiest = rows[key].value_counts().sort_index().idxmax()
+        row = rows[rows[key] == busiest].sort_values(AGGREGATE_TS).iloc[-1]
+        online = store.get_online_features(
+            features=[f"{table}:{n}" for n in names], entity_rows=[{key: row[key]}]
+        ).to_dict()
+        click.echo(f"{entity} {row[key]} (latest offline row stamped {row[AGGREGATE_TS]}):")
+        for name in names:
+            click.echo(f"  {name:<26} online {online[name][0]!s:<22} offline {row[name]}")
+        click.echo(f"  try: closedloop online-features --usecase {usecase.name} {key}={row[key]}")
 
 
 def show_model(settings: Settings) -> None:

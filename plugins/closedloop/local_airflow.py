@@ -22,14 +22,13 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from closedloop.runtime import airflow_environ
 
 if TYPE_CHECKING:
-    from datetime import datetime
-
     from closedloop.core.settings import Settings
 
 COMPONENTS = ("api-server", "execution-api", "scheduler", "dag-processor")
@@ -305,6 +304,38 @@ class LocalAirflow:
         body["dag_run_id"] = run_id
         self._request("POST", path, body, ok=(200, 201, 409))
         return run_id
+
+    def set_paused(self, dag_id: str, paused: bool) -> None:
+        self._request("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": paused})
+
+    def backfill(
+        self, dag_id: str, first: datetime, last: datetime, timeout: float = 3600
+    ) -> list[dict[str, Any]]:
+        """Airflow's own backfill of ``dag_id``: the runs of the intervals starting from
+        ``first`` to ``last``, one at a time and in order, executed by the scheduler;
+        waits for it to complete and returns its runs."""
+        body = {
+            "dag_id": dag_id,
+            "from_date": first.isoformat(),
+            "to_date": last.isoformat(),
+            "max_active_runs": 1,
+            "reprocess_behavior": "completed",
+        }
+        backfill = self._request("POST", "/api/v2/backfills", body, attempts=1)
+        deadline = time.monotonic() + timeout
+        while not self._request("GET", f"/api/v2/backfills/{backfill['id']}").get("completed_at"):
+            self.check_alive()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"backfill {backfill['id']} of {dag_id} not done in {timeout}s")
+            time.sleep(1)
+        runs = self._request("GET", f"/api/v2/dags/{dag_id}/dagRuns?run_type=backfill&limit=1000")[
+            "dag_runs"
+        ]
+
+        def logical(run: dict[str, Any]) -> datetime:
+            return datetime.fromisoformat(run["logical_date"].replace("Z", "+00:00"))
+
+        return sorted((r for r in runs if first <= logical(r) <= last), key=logical)
 
     def run(self, dag_id: str, run_id: str) -> dict[str, Any]:
         return self._request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")

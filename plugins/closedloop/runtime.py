@@ -42,14 +42,22 @@ def airflow_environ(settings: Settings) -> dict[str, str]:
         if settings.airflow_sql_alchemy_conn.startswith("sqlite")
         else "NO_CONNECT_ARGS"
     )
+    # The DAG factory reads the whole folder and each task names its use case; the CLI's
+    # choice of one use case travels only when it was made.
+    chosen = {
+        "CLOSEDLOOP_USECASE_NAME": settings.usecase_name,
+        "CLOSEDLOOP_USECASE_FILE": settings.usecase_file and str(settings.usecase_file),
+    }
     return {
+        **{k: v for k, v in chosen.items() if v},
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": f"closedloop.runtime.{connect_args}",
         "CLOSEDLOOP_HOME": str(settings.home),
         "CLOSEDLOOP_PROFILE": settings.profile,
-        "CLOSEDLOOP_USECASE_FILE": str(settings.usecase_file),
+        "CLOSEDLOOP_USECASES_DIR": str(settings.usecases_dir),
         "CLOSEDLOOP_FEATURE_REPO": str(settings.feature_repo),
+        "CLOSEDLOOP_DAGS_FOLDER": str(settings.dags_folder),
         "AIRFLOW_HOME": str(settings.airflow_home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(settings.dags_folder),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__UNIT_TEST_MODE": "False",

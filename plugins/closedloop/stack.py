@@ -497,9 +497,6 @@ class ProductionStack(LocalAirflow):
         }
         return all(health.get(c, {}).get("status") == "healthy" for c in wanted)
 
-    def set_paused(self, dag_id: str, paused: bool) -> None:
-        self._request("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": paused})
-
     def kill(self, component: str, timeout: float = 30) -> list[int]:
         """``kill -9`` a component and every process it started — for the Celery worker its
         pool and the task processes forked from it, which run in process groups of their

@@ -32,7 +32,12 @@ def loop(tmp_path_factory):
     strip = ("AIRFLOW", "CLOSEDLOOP_", "MLFLOW_TRACKING_URI")
     env = {k: v for k, v in os.environ.items() if not k.startswith(strip)}
     env["CLOSEDLOOP_HOME"] = str(home)
-    command = [str(Path(sys.executable).with_name("closedloop")), "demo"]
+    command = [
+        str(Path(sys.executable).with_name("closedloop")),
+        "demo",
+        "--usecase",
+        "hotel_bookings",
+    ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CLOSEDLOOP_HOME", str(home))
@@ -55,7 +60,8 @@ def training_runs(loop):
     settings, _ = loop
     engine = sa.create_engine(f"sqlite:///{settings.airflow_home / 'airflow.db'}")
     query = sa.text(
-        "SELECT run_id, state, triggered_by, conf FROM dag_run WHERE dag_id = 'hotel_training'"
+        "SELECT run_id, state, triggered_by, conf FROM dag_run "
+        "WHERE dag_id = 'hotel_bookings_training'"
     )
     with engine.connect() as conn:
         rows = conn.execute(query).all()
@@ -180,7 +186,7 @@ def test_lineage_explains_the_retraining(loop, verdicts):
     verdict = verdicts[day]
     tags = client.get_run(client.get_model_version(settings.model_name, "2").run_id).data.tags
     assert tags["closedloop.trigger_reason"] == "drift"
-    assert tags["closedloop.dag_run_id"] == f"hotel_training/{verdict.trigger_run_id}"
+    assert tags["closedloop.dag_run_id"] == f"hotel_bookings_training/{verdict.trigger_run_id}"
     window_end = datetime.fromisoformat(tags["closedloop.window_end"])
     assert window_end.date() == day + timedelta(days=1)  # trained on data up to the verdict
     snapshot = pd.read_parquet(tags["closedloop.training_set_uri"])

@@ -16,4 +16,4 @@ def airflow_db() -> None:
 def features_dag(airflow_db):
     from closedloop.airflow_runs import load_dag
 
-    return load_dag("hotel_features")
+    return load_dag("hotel_bookings_features")

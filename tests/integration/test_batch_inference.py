@@ -81,14 +81,14 @@ def reference(world):
 
     usecase = world.usecase
     bookings = pd.read_parquet(
-        offline.partition_path(world.offline_table_dir("bookings"), "2026-01-19")
+        offline.partition_path(world.offline_table_dir("events"), "2026-01-19")
     )
     bookings = bookings[(bookings["booking_ts"] >= START) & (bookings["booking_ts"] < END)]
-    entities = bookings[[*usecase.batch.entities, "booking_ts", "is_canceled", "arrival_date"]]
+    entities = bookings[[*usecase.entity_keys, "booking_ts", "is_canceled", "arrival_date"]]
     entities = entities.rename(columns={"booking_ts": "event_timestamp"})
     store = open_store(world)
-    frame = historical_features(store, entities, feature_refs(store, usecase.feast.feature_service))
-    frame = frame.fillna({k: v for k, v in usecase.feast.defaults.items() if k in frame})
+    frame = historical_features(store, entities, feature_refs(store, usecase.feature_service))
+    frame = frame.fillna({k: v for k, v in usecase.defaults.items() if k in frame})
     champion = load_model(world)
     return frame, champion.model.predict_proba(frame)[:, 1], champion
 
@@ -164,7 +164,7 @@ def test_an_interval_whose_features_have_not_landed_is_retryable_and_writes_noth
 
     before = sorted(p.name for p in predictions_dir(world).glob("*"))
     after_data = datetime(2026, 3, 1, tzinfo=UTC)
-    with pytest.raises(BatchNotFoundError, match="no bookings partition for 2026-03-01"):
+    with pytest.raises(BatchNotFoundError, match="no events partition for 2026-03-01"):
         score_interval(world, after_data, after_data + timedelta(days=1))
     assert sorted(p.name for p in predictions_dir(world).glob("*")) == before
 

@@ -46,7 +46,7 @@ def feast(world):
     from closedloop.core.feature_store import feature_refs, open_store
 
     store = open_store(world)
-    refs = feature_refs(store, world.usecase.feast.feature_service)
+    refs = feature_refs(store, world.usecase.feature_service)
     return store, refs, feature_views(world, store, refs)
 
 
@@ -71,7 +71,7 @@ def test_only_the_view_over_the_entity_table_is_read_with_the_entity_rows(world,
     by_name = {v.name: v for v in views}
     assert sorted(by_name) == sorted({r.split(":")[0] for r in refs})
     assert sum(len(v.features) for v in views) == len(refs)
-    entity_dir = world.offline_table_dir(usecase.feast.tables[0])
+    entity_dir = world.offline_table_dir(usecase.event_table)
     for view in views:
         reads_entity_table = view.folder.resolve() == entity_dir.resolve()
         assert view.own == (reads_entity_table and view.join_keys == [usecase.batch.id_column])
@@ -82,11 +82,11 @@ def test_real_bookings_get_feasts_features_and_defaults(world, feast):
     batch path chunks them), all the service's features, after the declared defaults."""
     store, refs, views = feast
     usecase = world.usecase
-    keys, ts = usecase.batch.entities, usecase.batch.timestamp_column
+    keys, ts = usecase.entity_keys, usecase.batch.timestamp_column
     start = datetime.combine(FIRST + timedelta(days=4), datetime.min.time(), UTC)
     end = datetime.combine(FIRST + timedelta(days=DAYS), datetime.min.time(), UTC)
     own = [f for v in views if v.own for f in v.features]
-    bookings = _table(world, usecase.feast.tables[0])
+    bookings = _table(world, usecase.event_table)
     inside = bookings[(bookings[ts] >= start) & (bookings[ts] < end)]
     entities = inside[[*keys, ts, *own]].rename(columns={ts: EVENT_TIMESTAMP})
     assert len(entities) > 200
@@ -101,7 +101,7 @@ def test_real_bookings_get_feasts_features_and_defaults(world, feast):
     _assert_same_features(got, want, names)
     # the scenario exercises both sides of the defaults: customers with a history row
     # by the booking's time, and first-time customers (their first row comes later)
-    first_row = _table(world, "customer_history").groupby("customer_id")["event_ts"].min()
+    first_row = _table(world, "customer_aggregates").groupby("customer_id")["event_ts"].min()
     known = entities["customer_id"].map(first_row) <= entities[EVENT_TIMESTAMP]
     assert known.any() and (~known).any()
 
@@ -111,18 +111,18 @@ def test_edge_cases_of_the_point_in_time_rule_match_feast(world, feast):
 
     store, _, views = feast
     joined = [v for v in views if not v.own]
-    assert {v.name for v in joined} == {"customer_history", "hotel_stats"}
+    assert {v.name for v in joined} == {"customer_aggregates", "hotel_aggregates"}
     by_name = {v.name: v for v in joined}
-    history = _table(world, "customer_history").sort_values("event_ts")
-    stats = _table(world, "hotel_stats").sort_values("event_ts")
+    history = _table(world, "customer_aggregates").sort_values("event_ts")
+    stats = _table(world, "hotel_aggregates").sort_values("event_ts")
     customer = history["customer_id"].value_counts().index[0]  # several rows over time
     rows = history[history["customer_id"] == customer]["event_ts"]
     first_c, last_c = rows.min(), rows.max()
     hotel = stats["hotel"].iloc[0]
     hotel_rows = stats[stats["hotel"] == hotel]["event_ts"]
     first_h, last_h = hotel_rows.min(), hotel_rows.max()
-    ttl_c = pd.Timedelta(by_name["customer_history"].ttl)
-    ttl_h = pd.Timedelta(by_name["hotel_stats"].ttl)
+    ttl_c = pd.Timedelta(by_name["customer_aggregates"].ttl)
+    ttl_h = pd.Timedelta(by_name["hotel_aggregates"].ttl)
     cases = {
         "exactly at a customer row": (customer, hotel, first_c),
         "before any customer row": (customer, hotel, first_c - TICK),
@@ -145,9 +145,9 @@ def test_edge_cases_of_the_point_in_time_rule_match_feast(world, feast):
     entities[EVENT_TIMESTAMP] = pd.to_datetime(entities[EVENT_TIMESTAMP], utc=True)
     # among ordinary bookings (Feast's dask join fails on a frame of mostly misses)
     usecase = world.usecase
-    bookings = _table(world, usecase.feast.tables[0])
+    bookings = _table(world, usecase.event_table)
     bookings = bookings[bookings[usecase.batch.timestamp_column] >= last_h - pd.Timedelta("3D")]
-    ordinary = bookings[[*usecase.batch.entities, usecase.batch.timestamp_column]].rename(
+    ordinary = bookings[[*usecase.entity_keys, usecase.batch.timestamp_column]].rename(
         columns={usecase.batch.timestamp_column: EVENT_TIMESTAMP}
     )
     rows = pd.concat([entities, ordinary], ignore_index=True)
@@ -181,7 +181,7 @@ def test_an_unknown_key_gets_nulls(world, feast):
     """(Feast's dask join raises on an unknown hotel among these rows, so this case is
     checked against the rule itself.)"""
     _, _, views = feast
-    hotel_view = next(v for v in views if v.name == "hotel_stats")
+    hotel_view = next(v for v in views if v.name == "hotel_aggregates")
     when = pd.Timestamp(datetime.combine(FIRST + timedelta(days=5), datetime.min.time(), UTC))
     entities = pd.DataFrame(
         {"booking_id": ["E0", "E1"], "customer_id": ["C-X", "C-X"], "hotel": ["H-UNKNOWN", "H01"]}
@@ -199,13 +199,13 @@ def test_entity_rows_sharing_a_views_key_and_time_all_get_its_features(world, fe
     from closedloop.core.feature_store import historical_features
 
     store, _, views = feast
-    hotel_view = next(v for v in views if v.name == "hotel_stats")
-    stats = _table(world, "hotel_stats")
+    hotel_view = next(v for v in views if v.name == "hotel_aggregates")
+    stats = _table(world, "hotel_aggregates")
     when = stats["event_ts"].max() - pd.Timedelta("5h")
-    bookings = _table(world, world.usecase.feast.tables[0])
-    ordinary = bookings[world.usecase.batch.entities].iloc[:40]
+    bookings = _table(world, world.usecase.event_table)
+    ordinary = bookings[world.usecase.entity_keys].iloc[:40]
     rows = ordinary.assign(hotel=stats["hotel"].iloc[0], **{EVENT_TIMESTAMP: when})
-    refs = [f"hotel_stats:{f}" for f in hotel_view.features]
+    refs = [f"hotel_aggregates:{f}" for f in hotel_view.features]
     want = historical_features(store, rows.reset_index(drop=True), refs)
     assert want[hotel_view.features].notna().all().all()
     assert (want[hotel_view.features].nunique() == 1).all()

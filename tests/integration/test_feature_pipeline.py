@@ -1,5 +1,6 @@
-"""hotel_features through Airflow (dag.test): good days land in both stores, reruns replace,
-Feast serves the latest values online and point-in-time correct values offline."""
+"""hotel_bookings_features through Airflow (dag.test): good days land in both stores,
+reruns replace, Feast serves the latest values online and point-in-time correct values
+offline."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from closedloop.usecases.hotel.generator import write_batches
 pytestmark = pytest.mark.integration
 
 D1 = date(2026, 1, 1)
-TABLES = ("bookings", "customer_history", "hotel_stats")
+TABLES = ("events", "customer_aggregates", "hotel_aggregates")
 
 
 def _digest(path) -> str:
@@ -44,19 +45,19 @@ def test_good_days_reach_offline_and_online_stores(home, features_dag):
     assert [o.state for o in outcomes] == ["success"] * 3, [o.task_states for o in outcomes]
     assert _asset_events("closedloop://hotel_bookings/features") == events_before + 3
     landed = {p.stem: len(pd.read_csv(p)) for p in batches}
-    assert offline.row_counts(home.offline_table_dir("bookings")) == landed
+    assert offline.row_counts(home.offline_table_dir("events")) == landed
     for table in TABLES:
         assert offline.partition_keys(home.offline_table_dir(table)) == sorted(landed)
     assert len(list(home.gx_dir.rglob("*.html"))) >= 3, "Data Docs for every validation"
 
-    # Online: the latest customer_history row of each of the last day's customers.
-    history = offline.read_partitions(home.offline_table_dir("customer_history"))
+    # Online: the latest customer_aggregates row of each of the last day's customers.
+    history = offline.read_partitions(home.offline_table_dir("customer_aggregates"))
     latest = history.sort_values("event_ts").groupby("customer_id").tail(1).set_index("customer_id")
     customers = sorted(pd.read_csv(batches[-1])["customer_id"].unique())[:50]
     store = open_store(home)
     online = (
         store.get_online_features(
-            features=["customer_history:cust_bookings", "customer_history:cust_cancel_rate"],
+            features=["customer_aggregates:cust_bookings", "customer_aggregates:cust_cancel_rate"],
             entity_rows=[{"customer_id": c} for c in customers],
         )
         .to_df()
@@ -91,7 +92,7 @@ def test_historical_features_never_come_from_after_the_entity_timestamp(home, fe
     write_batches(home.landing_dir, D1, 4, n_bookings=300)
     for i in range(4):
         assert run_day(features_dag, D1 + timedelta(days=i)).succeeded
-    history = offline.read_partitions(home.offline_table_dir("customer_history"))
+    history = offline.read_partitions(home.offline_table_dir("customer_aggregates"))
     # Customers with rows stamped at two (or more) different interval ends.
     stamps = history.groupby("customer_id")["event_ts"].agg(["min", "max", "nunique"])
     changing = stamps[stamps["nunique"] >= 2].head(40)
@@ -118,7 +119,7 @@ def test_historical_features_never_come_from_after_the_entity_timestamp(home, fe
         ],
         ignore_index=True,
     )
-    got = historical_features(open_store(home), entity_df, ["customer_history:cust_bookings"])
+    got = historical_features(open_store(home), entity_df, ["customer_aggregates:cust_bookings"])
     assert len(got) == len(entity_df)
     assert got.tail(5)["cust_bookings"].isna().all()
     got = got.head(len(changing) * 2)

@@ -1,6 +1,6 @@
 """Batch inference and monitoring through Airflow (dag.test): predictions are logged, the
 stable period raises no alarm, drift is detected in the drift period, and the verdict
-queues exactly one retraining run of hotel_training (dag.test has no scheduler to start
+queues exactly one retraining run of hotel_bookings_training (dag.test has no scheduler to start
 it: the real-scheduler end-to-end test covers that)."""
 
 from __future__ import annotations
@@ -35,21 +35,26 @@ def watched(tmp_path_factory, airflow_db):
     # Six drift days are too few for outcomes of the new regime to arrive, so the
     # deferral is switched off here: this test is about detection and the trigger's
     # deduplication; the real-scheduler end-to-end test runs the configured policy.
-    usecase = yaml.safe_load(load_settings().usecase_file.read_text())
+    usecase = yaml.safe_load(load_settings().usecase_path.read_text())
     usecase["model"]["monitoring"]["drift_min_new_labels"] = 0
-    usecase_file = root.parent / "hotel_bookings.yaml"
-    usecase_file.write_text(yaml.safe_dump(usecase))
+    folder = root.parent / "usecases"
+    folder.mkdir()
+    (folder / "hotel_bookings.yaml").write_text(yaml.safe_dump(usecase))
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CLOSEDLOOP_HOME", str(root))
-        mp.setenv("CLOSEDLOOP_USECASE_FILE", str(usecase_file))
+        # the DAG factory builds the DAGs from this folder's declaration
+        mp.setenv("CLOSEDLOOP_USECASES_DIR", str(folder))
         settings = load_settings()
         drift = DriftSpec(start=DRIFT_START, covariate=1.0, concept=1.0)
         write_batches(settings.landing_dir, FIRST, HISTORY + WATCHED, n_bookings=200, drift=drift)
         backfill(settings, FIRST, HISTORY)
         as_of = _midnight(FIRST + timedelta(days=HISTORY))
-        training = load_dag("hotel_training")
+        training = load_dag("hotel_bookings_training")
         assert run_dag(training, as_of, {"as_of": as_of.isoformat(), "reason": "initial"}).succeeded
-        inference, monitoring = load_dag("hotel_batch_inference"), load_dag("hotel_monitoring")
+        inference, monitoring = (
+            load_dag("hotel_bookings_batch_inference"),
+            load_dag("hotel_bookings_monitoring"),
+        )
         days = {}
         for i in range(WATCHED):
             day = FIRST + timedelta(days=HISTORY + i)
@@ -96,7 +101,7 @@ def test_exactly_one_retraining_run_was_queued_with_the_reason(watched):
     with create_session() as session:
         runs = session.scalars(
             select(DagRun).where(
-                DagRun.dag_id == "hotel_training", DagRun.run_id.like("retrain__%")
+                DagRun.dag_id == "hotel_bookings_training", DagRun.run_id.like("retrain__%")
             )
         ).all()
         queued = [(r.run_id, dict(r.conf or {})) for r in runs]

@@ -37,13 +37,13 @@ def test_every_entity_gets_its_latest_values_across_many_write_batches(home, mon
     store = feature_store.open_store(home)
     assert store.config.materialization_config.online_write_batch_size == 37
 
-    bookings = offline.read_partitions(home.offline_table_dir("bookings"))
+    bookings = offline.read_partitions(home.offline_table_dir("events"))
     want = _latest(bookings, "booking_id", "booking_ts")[BOOKING_FEATURES]
     assert len(want) > 10 * 37
-    got = _online(store, "booking_features", "booking_id", list(want.index), BOOKING_FEATURES)
+    got = _online(store, "event_features", "booking_id", list(want.index), BOOKING_FEATURES)
     pd.testing.assert_frame_equal(got[BOOKING_FEATURES], want, check_dtype=False)
 
-    history = offline.read_partitions(home.offline_table_dir("customer_history"))
+    history = offline.read_partitions(home.offline_table_dir("customer_aggregates"))
     want = _latest(history, "customer_id", "event_ts")[CUSTOMER_FEATURES]
-    got = _online(store, "customer_history", "customer_id", list(want.index), CUSTOMER_FEATURES)
+    got = _online(store, "customer_aggregates", "customer_id", list(want.index), CUSTOMER_FEATURES)
     pd.testing.assert_frame_equal(got[CUSTOMER_FEATURES], want, check_dtype=False)

@@ -88,7 +88,7 @@ def world(tmp_path_factory):
         load_offline(settings, DAY, engineer(settings, DAY, end, clean(settings, DAY)))
         open_store(settings).materialize(
             start_date=DAY, end_date=end - timedelta(microseconds=1),
-            feature_views=["booking_features"],
+            feature_views=["event_features"],
         )  # fmt: skip
         yield settings
 
@@ -147,7 +147,7 @@ def servers(world):
 
 
 def _bookings(settings, day: str) -> pd.DataFrame:
-    path = offline.partition_path(settings.offline_table_dir("bookings"), day)
+    path = offline.partition_path(settings.offline_table_dir("events"), day)
     return pd.read_parquet(path)
 
 
@@ -205,12 +205,12 @@ def test_a_prediction_equals_predict_proba_on_the_feast_online_features(world, s
 
     champion = load_model(world)
     store = open_store(world)
-    service = store.get_feature_service(world.usecase.feast.feature_service)
+    service = store.get_feature_service(world.usecase.feature_service)
     keys = _keys(_bookings(world, "2026-01-19").head(20))
     keys.append({**keys[0], "customer_id": "C-NEVER-SEEN"})  # a first-time customer
     got = servers["a"].predict(keys).json()["predictions"]
     features = store.get_online_features(features=service, entity_rows=keys).to_df()
-    features = features.fillna(world.usecase.feast.defaults)
+    features = features.fillna(world.usecase.defaults)
     want = champion.model.predict_proba(features[champion.feature_names])[:, 1]
     np.testing.assert_allclose([p["probability"] for p in got], want, rtol=0, atol=1e-12)
     assert [p["decision"] for p in got] == [int(w >= champion.threshold) for w in want]

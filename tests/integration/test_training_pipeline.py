@@ -1,4 +1,4 @@
-"""hotel_training through Airflow (dag.test) on generated data: the champion/challenger
+"""hotel_bookings_training through Airflow (dag.test) on generated data: the champion/challenger
 gate on MLflow aliases, the promotion ledger, rollback, reproducibility, lineage and the
 absence of feature leakage.
 
@@ -56,7 +56,7 @@ def world(tmp_path_factory, airflow_db):
 def training_dag(airflow_db):
     from closedloop.airflow_runs import load_dag
 
-    return load_dag("hotel_training")
+    return load_dag("hotel_bookings_training")
 
 
 def _train(dag, *, as_of: datetime, reason: str, **conf):
@@ -174,7 +174,7 @@ def test_a_gate_retried_after_it_moved_the_alias_decides_as_its_first_attempt(st
         _xcom(drift, "build_training_set"),
         _xcom(drift, "train"),
         "2",
-        dag_id="hotel_training",
+        dag_id="hotel_bookings_training",
         run_id=drift.run_id,
     )
     assert again == _xcom(drift, "gate")
@@ -205,7 +205,7 @@ def test_ledger_explains_every_move_and_rollback_restores_the_previous_champion(
         ("promote", CHAMPION, "1", "2"),
         ("challenger", CHALLENGER, None, "3"),
     ]
-    assert all(e.dag_id == "hotel_training" for e in ledger.history(MODEL))
+    assert all(e.dag_id == "hotel_bookings_training" for e in ledger.history(MODEL))
 
     was, now = rollback(client_for(world), ledger, MODEL, "test: v2 misbehaves")
 
@@ -216,7 +216,7 @@ def test_ledger_explains_every_move_and_rollback_restores_the_previous_champion(
 
 
 def _customer_rows_as_of(frame, history, *, direction, exact):
-    """For each training row, the customer_history row an as-of join in ``direction`` picks."""
+    """For each training row, the customer_aggregates row an as-of join in ``direction`` picks."""
     rows = frame[["customer_id", "event_timestamp"]].reset_index().sort_values("event_timestamp")
     joined = pd.merge_asof(
         rows,
@@ -233,11 +233,11 @@ def _customer_rows_as_of(frame, history, *, direction, exact):
 def test_training_rows_never_get_feature_values_from_after_their_event_time(story, world):
     built = _xcom(story["drift"], "build_training_set")
     frame = pd.read_parquet(built["uri"])
-    history = offline.read_partitions(world.offline_table_dir("customer_history"))
+    history = offline.read_partitions(world.offline_table_dir("customer_aggregates"))
     expected = _customer_rows_as_of(frame, history, direction="backward", exact=True)
     stamped = expected["event_ts"].notna()
     assert (expected.loc[stamped, "event_ts"] <= expected.loc[stamped, "event_timestamp"]).all()
-    defaults = world.usecase.feast.defaults
+    defaults = world.usecase.defaults
     for column in ("cust_bookings", "cust_cancellations", "cust_cancel_rate"):
         want = expected[column].fillna(defaults[column])
         assert frame[column].tolist() == pytest.approx(want.tolist()), column
@@ -317,15 +317,15 @@ def test_lineage_of_the_champion_is_visible_through_the_mlflow_rest_api(story, m
     assert tags["closedloop.feature_service"] == "hotel_cancellation_v1"
     assert tags["closedloop.feast_project"] == "hotel_bookings"
     assert set(tags["closedloop.feature_views"].split(",")) == {
-        "booking_features",
-        "customer_history",
-        "hotel_stats",
+        "event_features",
+        "customer_aggregates",
+        "hotel_aggregates",
     }
     assert len(tags["closedloop.data_digest"]) == 64
     assert tags["closedloop.gx_verdict"] == "passed"
     assert tags["mlflow.source.git.commit"] == tags["closedloop.git_commit"] != "unknown"
-    assert tags["closedloop.dag_id"] == "hotel_training"
-    assert tags["closedloop.dag_run_id"].startswith("hotel_training/")
+    assert tags["closedloop.dag_id"] == "hotel_bookings_training"
+    assert tags["closedloop.dag_run_id"].startswith("hotel_bookings_training/")
     datasets = run["inputs"]["dataset_inputs"]
     assert datasets and datasets[0]["dataset"]["name"] == "training_set"
     assert datasets[0]["dataset"]["digest"] == tags["closedloop.data_digest"][:36]

@@ -187,7 +187,7 @@ def test_bad_batch_is_quarantined_and_blocked(
     ), report["failed"]
     # Nothing of the batch reached the stores; the good day is intact.
     assert _fingerprint(home) == before
-    assert not (home.offline_table_dir("bookings") / f"{BAD_DAY}.parquet").exists()
+    assert not (home.offline_table_dir("events") / f"{BAD_DAY}.parquet").exists()
 
 
 def test_rerun_of_a_quarantined_day_fails_with_the_stored_report(good_state, features_dag, home):
@@ -211,4 +211,4 @@ def test_a_corrected_batch_after_quarantine_goes_through(good_state, features_da
 
     (home.landing_dir / f"{BAD_DAY}.csv").write_text(good)  # the source re-delivers
     assert run_day(features_dag, BAD_DAY).succeeded
-    assert (home.offline_table_dir("bookings") / f"{BAD_DAY}.parquet").exists()
+    assert (home.offline_table_dir("events") / f"{BAD_DAY}.parquet").exists()

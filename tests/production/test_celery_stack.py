@@ -4,9 +4,9 @@ PostgreSQL with basic-auth and proxied artifacts, the Feast SQL registry on Post
 its online store on Redis, the promotion ledger on PostgreSQL.
 
 One story, in order, on one stack: 21 days of history are loaded in this process while
-the stack starts; then ``hotel_features`` runs two more days and ``hotel_training`` trains
-as of their end — each run triggered over the authenticated REST API, each task run by the
-Celery worker.
+the stack starts; then ``hotel_bookings_features`` runs two more days and
+``hotel_bookings_training`` trains as of their end — each run triggered over the
+authenticated REST API, each task run by the Celery worker.
 """
 
 from __future__ import annotations
@@ -56,9 +56,9 @@ def stack(production_env):
         )
         backfill(settings, FIRST, HISTORY_DAYS)
     try:
-        processes.wait_for_dags(["hotel_features", "hotel_training"])
+        processes.wait_for_dags(["hotel_bookings_features", "hotel_bookings_training"])
         # Training is triggered explicitly below, not by each features run's Asset event.
-        processes.set_paused("hotel_training", True)
+        processes.set_paused("hotel_bookings_training", True)
         yield processes
     finally:
         processes.stop()
@@ -131,20 +131,20 @@ def test_hotel_features_on_celery_fills_offline_store_and_redis(stack):
 
     settings = stack.settings
     started = time.monotonic()
-    runs = [stack.trigger("hotel_features", midnight_after(day)) for day in WATCHED]
-    states = [stack.wait("hotel_features", run, timeout=300) for run in runs]
+    runs = [stack.trigger("hotel_bookings_features", midnight_after(day)) for day in WATCHED]
+    states = [stack.wait("hotel_bookings_features", run, timeout=300) for run in runs]
     seconds = time.monotonic() - started
     assert states == ["success"] * len(runs), [
-        failure_report(stack, "hotel_features", r) for r in runs
+        failure_report(stack, "hotel_bookings_features", r) for r in runs
     ]
-    print(f"hotel_features x{len(runs)} under Celery: {seconds:.1f}s")
+    print(f"hotel_bookings_features x{len(runs)} under Celery: {seconds:.1f}s")
     # The worker imported the heavy libraries before forking its pool: no task pays
     # 10-20 s of imports (closedloop.celery_config).
     durations = sorted(
         ti["duration"]
         for r in runs
         for ti in stack._request(
-            "GET", f"/api/v2/dags/hotel_features/dagRuns/{r}/taskInstances?limit=100"
+            "GET", f"/api/v2/dags/hotel_bookings_features/dagRuns/{r}/taskInstances?limit=100"
         )["task_instances"]
     )
     print(f"task durations: {[round(d, 1) for d in durations]}")
@@ -152,20 +152,20 @@ def test_hotel_features_on_celery_fills_offline_store_and_redis(stack):
     assert sum(d > 8 for d in durations) <= 1, durations
 
     # Offline: every landed booking of the watched days is in its partition.
-    counts = offline.row_counts(settings.offline_table_dir("bookings"))
+    counts = offline.row_counts(settings.offline_table_dir("events"))
     for day in WATCHED:
         landed = len(pd.read_csv(settings.landing_dir / f"{day}.csv"))
         assert counts[str(day)] == landed
 
     # Online: Redis serves the latest offline row of each of the last day's customers.
-    history = offline.read_partitions(settings.offline_table_dir("customer_history"))
+    history = offline.read_partitions(settings.offline_table_dir("customer_aggregates"))
     latest = history.sort_values("event_ts").groupby("customer_id").tail(1).set_index("customer_id")
     customers = sorted(pd.read_csv(settings.landing_dir / f"{WATCHED[-1]}.csv")["customer_id"])
     customers = sorted(set(customers))[:40]
     store = open_store(settings)
     online = (
         store.get_online_features(
-            features=["customer_history:cust_bookings", "customer_history:cust_cancel_rate"],
+            features=["customer_aggregates:cust_bookings", "customer_aggregates:cust_cancel_rate"],
             entity_rows=[{"customer_id": c} for c in customers],
         )
         .to_df()
@@ -181,7 +181,7 @@ def test_hotel_features_on_celery_fills_offline_store_and_redis(stack):
     # The tasks went through Celery: one result per task instance in the result backend
     # (Airflow's PostgreSQL database; the worker may store the last one just after the
     # run is marked done), and the Feast registry is in PostgreSQL.
-    tasks = sum(len(stack.task_states("hotel_features", r)) for r in runs)
+    tasks = sum(len(stack.task_states("hotel_bookings_features", r)) for r in runs)
     airflow_db = create_engine(settings.airflow_sql_alchemy_conn)
     deadline = time.monotonic() + 20
     with airflow_db.connect() as conn:
@@ -209,14 +209,14 @@ def test_hotel_training_on_celery_registers_a_champion_in_mlflow_on_postgres(sta
     from closedloop.core.registry import CHAMPION, alias_version, client_for
 
     settings = stack.settings
-    stack.set_paused("hotel_training", False)
+    stack.set_paused("hotel_bookings_training", False)
     started = time.monotonic()
     run_id = stack.trigger(
-        "hotel_training", AS_OF, {"reason": "production-suite", "as_of": AS_OF.isoformat()}
+        "hotel_bookings_training", AS_OF, {"reason": "production-suite", "as_of": AS_OF.isoformat()}
     )
-    state = stack.wait("hotel_training", run_id, timeout=420)
-    print(f"hotel_training under Celery: {time.monotonic() - started:.1f}s")
-    assert state == "success", failure_report(stack, "hotel_training", run_id)
+    state = stack.wait("hotel_bookings_training", run_id, timeout=420)
+    print(f"hotel_bookings_training under Celery: {time.monotonic() - started:.1f}s")
+    assert state == "success", failure_report(stack, "hotel_bookings_training", run_id)
 
     client = client_for(settings)
     version = alias_version(client, settings.model_name, CHAMPION)

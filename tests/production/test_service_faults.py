@@ -16,7 +16,7 @@ nothing was lost, doubled or half written -- not only that the work ended:
   model, ``/ready`` and ``/metrics`` report the outage, and it follows the registry again
   once the server is back; every answered prediction is in the prediction log.
 * PostgreSQL terminates every connection to Airflow's and Feast's databases in the middle
-  of a ``hotel_features`` run under Celery: the run finishes, components that exited are
+  of a ``hotel_bookings_features`` run under Celery: the run finishes, components that exited are
   started again (as compose's restart policy would), the offline partitions equal a clean
   rerun's, the online store the newest offline values, and the run's Asset event is there
   once.
@@ -62,9 +62,9 @@ CLI = str(Path(sys.executable).with_name("closedloop"))
 #: online view -> (offline table, entity key, event timestamp column): the reference the
 #: tests compute the expected online values from, with pandas, independently of Feast
 VIEWS = {
-    "booking_features": ("bookings", "booking_id", "booking_ts"),
-    "customer_history": ("customer_history", "customer_id", "event_ts"),
-    "hotel_stats": ("hotel_stats", "hotel", "event_ts"),
+    "event_features": ("events", "booking_id", "booking_ts"),
+    "customer_aggregates": ("customer_aggregates", "customer_id", "event_ts"),
+    "hotel_aggregates": ("hotel_aggregates", "hotel", "event_ts"),
 }
 
 
@@ -321,7 +321,7 @@ def _out_of_order(settings, store) -> None:
     older = FIRST + timedelta(days=HISTORY_DAYS - 4)
     history_end = midnight(FIRST + timedelta(days=HISTORY_DAYS))
     materialize_interval(store, midnight(older), midnight(older + timedelta(days=1)))
-    for view in ("customer_history", "hotel_stats"):
+    for view in ("customer_aggregates", "hotel_aggregates"):
         newest = expected_online(settings, view, midnight(FIRST), history_end)
         of_older = expected_online(
             settings, view, midnight(older), midnight(older + timedelta(days=1))
@@ -349,7 +349,7 @@ def test_out_of_order_backfill_keeps_newer_values_in_sqlite(world, tmp_path, mon
     settings = load_settings()
     shutil.copytree(world.offline_dir, settings.offline_dir)
     store = open_store(settings)
-    apply_definitions(store, settings.feature_repo)
+    apply_definitions(store, settings)
     assert store.config.online_store.type == "sqlite"
     materialize_interval(store, midnight(FIRST), midnight(FIRST + timedelta(days=HISTORY_DAYS)))
     _out_of_order(settings, store)
@@ -380,7 +380,7 @@ def test_mlflow_down_during_training_leaves_one_finished_run_and_one_version(
         use_mlflow,
     )
 
-    settings, run_key = world, "hotel_training/mlflow-down"
+    settings, run_key = world, "hotel_bookings_training/mlflow-down"
     name = settings.model_name
     client = client_for(settings)
     champion_before = alias_version(client, name, CHAMPION)
@@ -392,7 +392,12 @@ def test_mlflow_down_during_training_leaves_one_finished_run_and_one_version(
     gx = tp.validate_training(settings, built, run_name="mlflow-down")
     config = tp.training_config(settings, **TRAINING)
     lineage = tp.lineage_for(
-        settings, built, gx, dag_id="hotel_training", dag_run_id=run_key, reason="fault test"
+        settings,
+        built,
+        gx,
+        dag_id="hotel_bookings_training",
+        dag_run_id=run_key,
+        reason="fault test",
     )
 
     # Attempt 1: the server dies after the first trial's nested run was logged.
@@ -433,7 +438,13 @@ def test_mlflow_down_during_training_leaves_one_finished_run_and_one_version(
     assert len(sent) == 2 and version in sent
     assert tp.register(settings, trained, run_key) == version, "a retried register finds it"
     decision = tp.gate(
-        settings, built, trained, version, dag_id="hotel_training", run_id=run_key, config=config
+        settings,
+        built,
+        trained,
+        version,
+        dag_id="hotel_bookings_training",
+        run_id=run_key,
+        config=config,
     )
 
     # One finished parent run for the DAG run; the failed attempt's run is ended, and
@@ -527,7 +538,7 @@ def champion(world, mlflow_server):
     if alias_version(client, world.model_name, CHAMPION) is None:
         start, end = tp.training_window(world, AS_OF)
         tp.run_in_process(
-            world, start, end, "hotel_training/champion", reason="fixture", **TRAINING
+            world, start, end, "hotel_bookings_training/champion", reason="fixture", **TRAINING
         )
     return alias_version(client, world.model_name, CHAMPION)
 
@@ -537,9 +548,7 @@ def test_serving_answers_with_its_model_while_mlflow_is_down(world, mlflow_serve
     from closedloop.core.registry import CHAMPION, TAG_BLESSED, client_for
 
     last_day = str(FIRST + timedelta(days=HISTORY_DAYS - 1))
-    bookings = pd.read_parquet(
-        offline.partition_path(world.offline_table_dir("bookings"), last_day)
-    )
+    bookings = pd.read_parquet(offline.partition_path(world.offline_table_dir("events"), last_day))
     keys = bookings[["booking_id", "customer_id", "hotel"]].head(20).to_dict("records")
     started = datetime.now(UTC)
     server = Serving(world.home)
@@ -629,8 +638,8 @@ def airflow_stack(world):
     )
     stack.start(timeout=300)
     try:
-        stack.wait_for_dags(["hotel_features", "hotel_training"])
-        stack.set_paused("hotel_training", True)  # not trained on this run's Asset event
+        stack.wait_for_dags(["hotel_bookings_features", "hotel_bookings_training"])
+        stack.set_paused("hotel_bookings_training", True)  # not trained on this run's Asset event
         yield stack
     finally:
         stack.stop()
@@ -639,7 +648,7 @@ def airflow_stack(world):
 def _report(stack, run: str) -> str:
     """Task states and tries, and the end of each component's and task's log."""
     tis = stack._request(
-        "GET", f"/api/v2/dags/hotel_features/dagRuns/{run}/taskInstances?limit=100"
+        "GET", f"/api/v2/dags/hotel_bookings_features/dagRuns/{run}/taskInstances?limit=100"
     )["task_instances"]
     lines = [str({ti["task_id"]: (ti["state"], ti["try_number"]) for ti in tis})]
     logs = stack.settings.airflow_home / "logs"
@@ -677,27 +686,31 @@ def test_postgres_connections_dropped_mid_run_leave_a_clean_runs_state(world, ai
     # materialize stops after its first view is written, with its Feast registry
     # connections open: every connection goes while it waits
     failpoints.arm(points, "materialize.view_written", seconds=8)
-    run = stack.trigger("hotel_features", end)
+    run = stack.trigger("hotel_bookings_features", end)
 
     # ... and every connection of Airflow and Feast goes each time another task starts.
     dropped: list[dict[str, int]] = []
     seen: set[str] = set()
     restarted: list[str] = []
     deadline = time.monotonic() + 420
-    while stack.run("hotel_features", run)["state"] not in ("success", "failed"):
+    while stack.run("hotel_bookings_features", run)["state"] not in ("success", "failed"):
         assert time.monotonic() < deadline, _report(stack, run)
         # Airflow's scheduler and DAG processor exit on a connection lost mid-query and
         # leave restarting them to a supervisor: compose's restart policy, here the
         # stack's (what ``closedloop stack up`` does)
         restarted += stack.supervise()
-        running = {t for t, s in stack.task_states("hotel_features", run).items() if s == "running"}
+        running = {
+            t
+            for t, s in stack.task_states("hotel_bookings_features", run).items()
+            if s == "running"
+        }
         held = failpoints.held_by(points, "materialize.view_written")
         if running - seen or (held and "held" not in seen):
             dropped.append(drop_connections(settings, ("airflow", "feast")))
             seen |= running | ({"held"} if held else set())
         time.sleep(0.2)
 
-    states = stack.task_states("hotel_features", run)
+    states = stack.task_states("hotel_bookings_features", run)
     assert set(states.values()) == {"success"}, _report(stack, run)
     assert "held" in seen, "materialize was caught between two views"
     assert sum(d["airflow"] for d in dropped) > 0 and sum(d["feast"] for d in dropped) > 0
@@ -706,21 +719,22 @@ def test_postgres_connections_dropped_mid_run_leave_a_clean_runs_state(world, ai
     tries = {
         ti["task_id"]: ti["try_number"]
         for ti in stack._request(
-            "GET", f"/api/v2/dags/hotel_features/dagRuns/{run}/taskInstances?limit=100"
+            "GET", f"/api/v2/dags/hotel_bookings_features/dagRuns/{run}/taskInstances?limit=100"
         )["task_instances"]
     }
     print(f"connections dropped: {dropped}; task tries: {tries}; restarted: {restarted}")
 
     # Airflow: the run's Asset event, once.
     events = stack._request(
-        "GET", f"/api/v2/assets/events?source_dag_id=hotel_features&source_run_id={quote(run)}"
+        "GET",
+        f"/api/v2/assets/events?source_dag_id=hotel_bookings_features&source_run_id={quote(run)}",
     )
     assert [e["uri"] for e in events["asset_events"]] == ["closedloop://hotel_bookings/features"]
 
     # Offline: what a clean run of the interval writes, byte for byte in content.
     key = str(DAG_DAY)
     landed = len(pd.read_csv(settings.landing_dir / f"{key}.csv"))
-    assert offline.row_counts(settings.offline_table_dir("bookings"))[key] == landed
+    assert offline.row_counts(settings.offline_table_dir("events"))[key] == landed
     after_faults = _digests(settings, key)
     extract(settings, start, end)
     validate(settings, start, end, run_name="clean-rerun", docs=False)

@@ -87,9 +87,11 @@ def stack(production_env):
         step("history loaded")
     step("stack started")
     try:
-        processes.wait_for_dags(["hotel_features", "hotel_training", "hotel_batch_inference"])
+        processes.wait_for_dags(
+            ["hotel_bookings_features", "hotel_bookings_training", "hotel_bookings_batch_inference"]
+        )
         # Training runs when a test triggers it, not on the features runs' Asset events.
-        processes.set_paused("hotel_training", True)
+        processes.set_paused("hotel_bookings_training", True)
         yield processes
     finally:
         # kill -9, not a graceful stop: the databases go next anyway, and a task held at
@@ -222,7 +224,7 @@ def day_outputs(settings) -> dict[str, tuple[int, str]]:
     """The offline partitions of DAY of every table."""
     return {
         table: content(settings.offline_table_dir(table) / f"{DAY}.parquet")
-        for table in settings.usecase.feast.tables
+        for table in settings.usecase.offline_tables
     }
 
 
@@ -320,17 +322,17 @@ def test_worker_killed_mid_training_and_task_killed_mid_gate(stack):
     step("training")
     watcher = AliasWatcher(settings)
     watcher.start()
-    stack.set_paused("hotel_training", False)
+    stack.set_paused("hotel_bookings_training", False)
     failpoints.arm(points, "train.model_logged")
     failpoints.arm(points, "gate.aliases_moved")
     # Trained on the history, as of the end of its last day.
     run_id = stack.trigger(
-        "hotel_training",
+        "hotel_bookings_training",
         START,
         {"reason": "worker-faults", "as_of": START.isoformat()},
         run_id="fault-training",
     )
-    key = f"hotel_training/{run_id}"
+    key = f"hotel_bookings_training/{run_id}"
 
     def experiment_id() -> str:
         return client.get_experiment_by_name(f"closedloop/{settings.usecase.name}").experiment_id
@@ -353,7 +355,9 @@ def test_worker_killed_mid_training_and_task_killed_mid_gate(stack):
         ]
 
     try:
-        pid = wait_for_point(stack, "train.model_logged", "hotel_training", run_id, "train")
+        pid = wait_for_point(
+            stack, "train.model_logged", "hotel_bookings_training", run_id, "train"
+        )
         [killed_run] = parent_runs()
         assert parent_runs() == {killed_run: "RUNNING"}
         logged = client.search_logged_models([experiment_id()])
@@ -361,7 +365,9 @@ def test_worker_killed_mid_training_and_task_killed_mid_gate(stack):
         assert versions() == []
         crash_worker(stack, pid)
 
-        gate_pid = wait_for_point(stack, "gate.aliases_moved", "hotel_training", run_id, "gate")
+        gate_pid = wait_for_point(
+            stack, "gate.aliases_moved", "hotel_bookings_training", run_id, "gate"
+        )
         [version] = versions()
         assert client.get_registered_model(settings.model_name).aliases.get(CHAMPION) == str(
             version.version
@@ -370,10 +376,10 @@ def test_worker_killed_mid_training_and_task_killed_mid_gate(stack):
         assert [e for e in ledger.history(settings.model_name) if e.run_id == run_id] == []
         os.kill(gate_pid, signal.SIGKILL)  # the task process only, as the OOM killer would
         step("killed the gate's task process")
-        finish(stack, "hotel_training", run_id, "gate")
+        finish(stack, "hotel_bookings_training", run_id, "gate")
     finally:
         watcher.stop()
-    assert task_instance(stack, "hotel_training", run_id, "train")["try_number"] == 2
+    assert task_instance(stack, "hotel_bookings_training", run_id, "train")["try_number"] == 2
 
     # One model version for the run, from its one finished MLflow run; the killed
     # attempt's run no longer claims to be running.
@@ -399,8 +405,8 @@ def test_worker_killed_mid_training_and_task_killed_mid_gate(stack):
 
     # One version per successful training run, and none without one.
     successful = {
-        f"hotel_training/{r['dag_run_id']}"
-        for r in stack.runs("hotel_training")
+        f"hotel_bookings_training/{r['dag_run_id']}"
+        for r in stack.runs("hotel_bookings_training")
         if r["state"] == "success"
     }
     per_run: dict[str, int] = {}
@@ -418,8 +424,8 @@ SCORED_START, SCORED_END = START - timedelta(days=1), START
 @pytest.fixture(scope="module")
 def killed_mid_materialization_and_scoring(stack):
     """One ``kill -9`` of the worker while it holds two tasks in the middle of writing:
-    ``hotel_features``' materialize (one view of DAY online, the others not) and
-    ``hotel_batch_inference``'s score (both outputs of SCORED in temporary files, neither
+    ``hotel_bookings_features``' materialize (one view of DAY online, the others not) and
+    ``hotel_bookings_batch_inference``'s score (both outputs of SCORED in temporary files, neither
     in place). Waits for both runs to succeed on the retry; returns their run ids and
     what was seen at the kill."""
     from closedloop.core.batch_inference import predictions_dir
@@ -429,16 +435,18 @@ def killed_mid_materialization_and_scoring(stack):
     step("materialization and batch inference")
     failpoints.arm(points, "materialize.view_written")
     failpoints.arm(points, "batch.outputs_staged")
-    features = stack.trigger("hotel_features", END, run_id=f"fault-{DAY}")
-    scoring = stack.trigger("hotel_batch_inference", START, run_id=f"fault-{SCORED}")
-    wait_for_point(stack, "batch.outputs_staged", "hotel_batch_inference", scoring, "score")
+    features = stack.trigger("hotel_bookings_features", END, run_id=f"fault-{DAY}")
+    scoring = stack.trigger("hotel_bookings_batch_inference", START, run_id=f"fault-{SCORED}")
+    wait_for_point(
+        stack, "batch.outputs_staged", "hotel_bookings_batch_inference", scoring, "score"
+    )
     pid = wait_for_point(
-        stack, "materialize.view_written", "hotel_features", features, "materialize"
+        stack, "materialize.view_written", "hotel_bookings_features", features, "materialize"
     )
     seen = {
         "tries": {
-            task_instance(stack, "hotel_features", features, "materialize")["id"],
-            task_instance(stack, "hotel_batch_inference", scoring, "score")["id"],
+            task_instance(stack, "hotel_bookings_features", features, "materialize")["id"],
+            task_instance(stack, "hotel_bookings_batch_inference", scoring, "score")["id"],
         },
         "online": {v: not online_mismatches(settings, v) for v in ONLINE_VIEWS},
         "temporaries": temporaries(predictions_dir(settings))
@@ -452,12 +460,12 @@ def killed_mid_materialization_and_scoring(stack):
         ],
     }
     crash_worker(stack, pid, also=failpoints.held_by(points, "batch.outputs_staged"))
-    finish(stack, "hotel_features", features, "materialize")
-    finish(stack, "hotel_batch_inference", scoring, "score")
+    finish(stack, "hotel_bookings_features", features, "materialize")
+    finish(stack, "hotel_bookings_batch_inference", scoring, "score")
     return {"features": features, "scoring": scoring, "seen": seen}
 
 
-ONLINE_VIEWS = ("booking_features", "customer_history", "hotel_stats")
+ONLINE_VIEWS = ("event_features", "customer_aggregates", "hotel_aggregates")
 
 
 def test_worker_killed_mid_materialization(stack, killed_mid_materialization_and_scoring):
@@ -473,11 +481,11 @@ def test_worker_killed_mid_materialization(stack, killed_mid_materialization_and
         assert online_mismatches(settings, view) == [], view
     after_fault = day_outputs(settings)
     landed = pd.read_csv(settings.landing_dir / f"{DAY}.csv")
-    assert after_fault["bookings"][0] == len(landed)
+    assert after_fault["events"][0] == len(landed)
     assert temporaries(settings.offline_dir) == []
 
     # A clean run of the same interval leaves exactly the same partitions.
-    rerun_clean(stack, "hotel_features", fault["features"])
+    rerun_clean(stack, "hotel_bookings_features", fault["features"])
     assert day_outputs(settings) == after_fault
     for view in ONLINE_VIEWS:
         assert online_mismatches(settings, view) == [], view
@@ -507,7 +515,7 @@ def test_worker_killed_mid_batch_inference(stack, killed_mid_materialization_and
     assert after_fault["predictions"][f"{SCORED}.parquet"][0] == scored
     assert after_fault["log"][f"source=batch/{SCORED}/batch.parquet"][0] == scored
 
-    rerun_clean(stack, "hotel_batch_inference", fault["scoring"])
+    rerun_clean(stack, "hotel_bookings_batch_inference", fault["scoring"])
     assert {"predictions": folder_contents(predictions), "log": folder_contents(log)} == after_fault
 
 

@@ -1,6 +1,6 @@
 """The drift check of the monitoring DAG (no Airflow), on generated hotel bookings.
 
-The reference is 10 days of ``generate_day`` (~3,900 bookings) through ``booking_table``;
+The reference is 10 days of ``generate_day`` (~3,900 bookings) through ``event_table``;
 current windows are 3 days (~1,100 bookings). All scenarios use one policy: the use
 case's 14 comparable columns with the default methods. Its dataset-drift threshold is
 0.2 instead of the default 0.3: the generator's covariate drift moves 3 of the 14
@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from closedloop.core.derive import event_table
 from closedloop.core.drift import (
     DriftPolicy,
     DriftResult,
@@ -29,9 +30,8 @@ from closedloop.core.drift import (
     run_drift,
     sample,
 )
-from closedloop.core.settings import DEFAULT_USECASE
+from closedloop.core.settings import PACKAGE_USECASES
 from closedloop.core.usecase import UseCase
-from closedloop.usecases.hotel.features import booking_table
 from closedloop.usecases.hotel.generator import DriftSpec, generate_day
 
 MAY = date(2024, 5, 1)
@@ -39,10 +39,12 @@ SEPTEMBER = date(2024, 9, 1)
 REFERENCE_DAYS, CURRENT_DAYS = 10, 3
 COVARIATE_COLUMNS = {"lead_time", "adr", "market_segment"}
 
+HOTEL = UseCase.from_yaml(PACKAGE_USECASES / "hotel_bookings.yaml")
+
 
 def window(start: date, days: int, seed: int, drift: DriftSpec | None = None) -> pd.DataFrame:
     frames = [generate_day(start + timedelta(d), seed=seed, drift=drift) for d in range(days)]
-    return booking_table(pd.concat(frames, ignore_index=True))
+    return event_table(pd.concat(frames, ignore_index=True), HOTEL)
 
 
 def reference(start: date, seed: int) -> pd.DataFrame:
@@ -70,7 +72,7 @@ def with_score(frame: pd.DataFrame, shift: float = 0.0) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def usecase() -> UseCase:
-    return UseCase.from_yaml(DEFAULT_USECASE)
+    return UseCase.from_yaml(PACKAGE_USECASES / "hotel_bookings.yaml")
 
 
 @pytest.fixture(scope="module")

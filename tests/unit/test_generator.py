@@ -12,7 +12,7 @@ from sklearn.metrics import roc_auc_score
 from threadpoolctl import threadpool_limits
 
 from closedloop.core.batches import read_batch
-from closedloop.core.settings import DEFAULT_USECASE
+from closedloop.core.settings import PACKAGE_USECASES
 from closedloop.core.usecase import ACCEPTED_DTYPES, UseCase
 from closedloop.usecases.hotel.generator import DriftSpec, generate_day, write_batches
 
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
-USECASE = UseCase.from_yaml(DEFAULT_USECASE)
+USECASE = UseCase.from_yaml(PACKAGE_USECASES / "hotel_bookings.yaml")
 START = date(2026, 1, 5)
 DRIFT_START = date(2026, 2, 2)
 CATEGORICAL = ["hotel", "market_segment", "distribution_channel", "deposit_type", "customer_type"]
@@ -32,7 +32,7 @@ def _days(start: date, n: int, drift: DriftSpec | None = None, seed: int = 7) ->
 
 
 def _features(df: pd.DataFrame) -> pd.DataFrame:
-    x = df[USECASE.feature_columns].drop(columns=["customer_id", "arrival_date"])
+    x = df[USECASE.feature_columns]
     return x.astype({c: "category" for c in CATEGORICAL})
 
 

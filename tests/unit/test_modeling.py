@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from threadpoolctl import threadpool_limits
 
+from closedloop.core.derive import event_table
 from closedloop.core.modeling import (
     Split,
     TrainingConfig,
@@ -20,7 +21,8 @@ from closedloop.core.modeling import (
     split_by_time,
     train_and_evaluate,
 )
-from closedloop.usecases.hotel.features import booking_table
+from closedloop.core.settings import PACKAGE_USECASES
+from closedloop.core.usecase import UseCase
 from closedloop.usecases.hotel.generator import generate_day
 
 START = date(2026, 1, 5)
@@ -30,6 +32,9 @@ EXCLUDE = ("booking_id", "customer_id")
 # MLflow's rule for metric names (mlflow.utils.validation)
 MLFLOW_NAME = re.compile(r"^[/\w.\- :]*$")
 SMALL_HGB = {"learning_rate": 0.1, "max_leaf_nodes": 15, "max_iter": 30}
+
+HOTEL = UseCase.from_yaml(PACKAGE_USECASES / "hotel_bookings.yaml")
+SPLIT = {"label": "is_canceled", "order_by": ("event_timestamp", "booking_id")}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -46,7 +51,7 @@ def _one_thread():
 def frame() -> pd.DataFrame:
     """A training frame: bookings whose outcome was known by the end of the window."""
     days = [generate_day(START + timedelta(d), n_bookings=150) for d in range(DAYS)]
-    df = booking_table(pd.concat(days, ignore_index=True))
+    df = event_table(pd.concat(days, ignore_index=True), HOTEL)
     df = df.rename(columns={"booking_ts": "event_timestamp"})
     rng = np.random.default_rng(0)  # a stand-in for an aggregate feature
     df["hotel_cancel_rate_30d"] = 0.3 + 0.05 * rng.standard_normal(len(df))
@@ -56,7 +61,7 @@ def frame() -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def split(frame: pd.DataFrame) -> Split:
-    return split_by_time(frame, known_at="arrival_date", validation_days=5, holdout_days=5)
+    return split_by_time(frame, known_at="arrival_date", validation_days=5, holdout_days=5, **SPLIT)
 
 
 def _config(**overrides) -> TrainingConfig:
@@ -102,7 +107,7 @@ def test_split_bounds_are_exact_to_the_microsecond():
             LABEL: [0, 1] * 3,
         }
     )
-    parts = split_by_time(df, known_at="arrival_date", validation_days=3, holdout_days=2)
+    parts = split_by_time(df, known_at="arrival_date", validation_days=3, holdout_days=2, **SPLIT)
     got = {
         row: name
         for name in ("train", "validation", "holdout")
@@ -136,7 +141,11 @@ def _with_gap(df: pd.DataFrame) -> pd.DataFrame:
 def test_split_rejects_empty_or_single_class_parts(frame, make, validation_days, message):
     with pytest.raises(ValueError, match=message):
         split_by_time(
-            make(frame), known_at="arrival_date", validation_days=validation_days, holdout_days=5
+            make(frame),
+            known_at="arrival_date",
+            validation_days=validation_days,
+            holdout_days=5,
+            **SPLIT,
         )
 
 
@@ -144,7 +153,7 @@ def test_split_rejects_a_single_class_holdout(frame):
     end = frame["arrival_date"].max().floor("D") - timedelta(days=4)
     df = frame.assign(is_canceled=frame["is_canceled"].where(frame["arrival_date"] < end, 0))
     with pytest.raises(ValueError, match=r"holdout split .* 1 label class"):
-        split_by_time(df, known_at="arrival_date", validation_days=5, holdout_days=5)
+        split_by_time(df, known_at="arrival_date", validation_days=5, holdout_days=5, **SPLIT)
 
 
 def test_model_inputs_sorts_features_and_keeps_hotel(frame):

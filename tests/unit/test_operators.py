@@ -93,7 +93,7 @@ class _Event:
             {
                 "dag_run": _Run(),
                 "triggering_asset_events": {
-                    "hotel_features": [
+                    "hotel_bookings_features": [
                         _Event({"interval_end": "2026-01-05T00:00:00+00:00"}),
                         _Event({"interval_end": "2026-01-07T00:00:00+00:00"}),
                     ]

@@ -270,7 +270,7 @@ def test_the_ab_test_task_reports_per_arm_performance_from_the_log(home):
             "arrival_date": [datetime(2026, 2, 12 if i % 10 else 20, tzinfo=UTC) for i in range(n)],
         }
     )
-    offline.write_partition(outcomes, home.offline_table_dir("bookings"), "2026-02-10")
+    offline.write_partition(outcomes, home.offline_table_dir("events"), "2026-02-10")
     context = {
         "data_interval_start": datetime(2026, 2, 14, tzinfo=UTC),
         "data_interval_end": datetime(2026, 2, 15, tzinfo=UTC),

@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from closedloop.core.settings import load_settings
-from closedloop.core.usecase import UseCase
+from closedloop.core.settings import PACKAGE_USECASES, load_settings
 
 
 def test_embedded_profile_keeps_everything_under_home(tmp_path: Path):
@@ -94,30 +93,33 @@ def test_unknown_setting_is_rejected(tmp_path: Path):
         load_settings(home=tmp_path, profle="embedded")
 
 
-@pytest.mark.parametrize(
-    ("patch", "message"),
-    [
-        pytest.param({"label": {"column": "nope"}}, "not declared", id="label-not-a-column"),
-        pytest.param({"name": "Hotel Bookings"}, "pattern", id="bad-name"),
-        pytest.param(
-            {"columns": {"hotel": {"type": "category"}}}, "categories", id="category-without-set"
-        ),
-    ],
-)
-def test_usecase_file_errors_name_the_problem(tmp_path: Path, patch, message):
+def test_the_usecase_is_chosen_by_name_from_the_folder(tmp_path: Path):
     import yaml
 
-    raw = yaml.safe_load(load_settings(home=tmp_path).usecase_file.read_text())
-    for key, value in patch.items():
-        raw[key] = {**raw[key], **value} if isinstance(value, dict) else value
-    path = tmp_path / "usecase.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    with pytest.raises(ValidationError, match=message):
-        UseCase.from_yaml(path)
+    raw = yaml.safe_load((PACKAGE_USECASES / "hotel_bookings.yaml").read_text())
+    for name in ("first", "second"):
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump({**raw, "name": name}))
+    settings = load_settings(home=tmp_path, usecases_dir=tmp_path, usecase_name="second")
+    assert settings.usecase.name == "second"
+    assert settings.landing_dir == tmp_path / "landing" / "second"
+    assert settings.for_usecase("first").usecase.name == "first"
+    with pytest.raises(ValueError, match=r"no use case 'third'.*declared: \['first', 'second'\]"):
+        _ = settings.for_usecase("third").usecase
+    with pytest.raises(ValueError, match=r"2 use cases .* name one"):
+        _ = load_settings(home=tmp_path, usecases_dir=tmp_path, usecase_name=None).usecase
 
 
-def test_hotel_usecase_hooks_resolve(tmp_path: Path):
+def test_a_usecase_file_outside_the_folder_wins(tmp_path: Path):
+    import yaml
+
+    raw = yaml.safe_load((PACKAGE_USECASES / "hotel_bookings.yaml").read_text())
+    path = tmp_path / "elsewhere.yaml"
+    path.write_text(yaml.safe_dump({**raw, "name": "elsewhere"}))
+    settings = load_settings(home=tmp_path, usecase_file=path, usecase_name="hotel_bookings")
+    assert settings.usecase.name == "elsewhere"
+
+
+def test_hotel_usecase_resolves_its_generator_and_names(tmp_path: Path):
     usecase = load_settings(home=tmp_path).usecase
     assert callable(usecase.hook("generator"))
-    assert callable(usecase.hook("engineer"))
-    assert usecase.feast.feature_service == "hotel_cancellation_v1"
+    assert usecase.feature_service == "hotel_cancellation_v1"

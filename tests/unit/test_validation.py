@@ -19,7 +19,7 @@ import pytest
 from closedloop.core.batches import read_batch
 from closedloop.core.errors import DataValidationError
 from closedloop.core.quarantine import load_quarantine_report, quarantine_batch
-from closedloop.core.settings import DEFAULT_USECASE
+from closedloop.core.settings import PACKAGE_USECASES
 from closedloop.core.usecase import UseCase
 from closedloop.core.validation import (
     FailedCheck,
@@ -47,7 +47,7 @@ MEAN = "expect_column_mean_to_be_between"
 
 @pytest.fixture(scope="module")
 def usecase() -> UseCase:
-    return UseCase.from_yaml(DEFAULT_USECASE)
+    return UseCase.from_yaml(PACKAGE_USECASES / "hotel_bookings.yaml")
 
 
 def good_frame(usecase: UseCase, rows: int = ROWS) -> pd.DataFrame:

@@ -182,12 +182,12 @@ def ab_report(
     predictions = PredictionLog(settings.prediction_log_dir).read(start, end, sources=("online",))
     metric = usecase.model.gate.get("primary_metric", "roc_auc")
     minimum = min_labelled or int(usecase.model.monitoring.get("min_labelled_rows", 200))
-    table = offline.read_partitions(settings.offline_table_dir(usecase.feast.tables[0]))
+    table = offline.read_partitions(settings.offline_table_dir(usecase.event_table))
     if predictions.empty or table is None:
         labelled = predictions.assign(label=None, label_known=False)
     else:
-        key, known_at = usecase.batch.id_column, usecase.label.known_at
-        columns = [key, usecase.label.column] + ([known_at] if known_at else [])
+        key, known_at = usecase.batch.id_column, usecase.known_at_column
+        columns = [key, usecase.label.column, known_at]
         labelled = join_ground_truth(
             predictions,
             table[columns].drop_duplicates(key),
@@ -196,7 +196,7 @@ def ab_report(
             known_at=known_at,
             as_of=end,
         )
-    if not labelled.empty:  # a booking asked about twice counts once, with its last answer
+    if not labelled.empty:  # an event asked about twice counts once, with its last answer
         labelled = labelled.drop_duplicates(usecase.batch.id_column, keep="last")
     result = compare_arms(labelled, metric=metric, min_labelled=minimum)
     report = {**result.to_dict(), "window_start": start.isoformat(), "window_end": end.isoformat()}

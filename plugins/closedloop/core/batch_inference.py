@@ -178,7 +178,7 @@ def score_interval(
     loaded = model if model is not None else load_model(settings)
     usecase = settings.usecase
     key = start.strftime("%Y-%m-%d")
-    table_dir = settings.offline_table_dir(usecase.feast.tables[0])
+    table_dir = settings.offline_table_dir(usecase.event_table)
     last_day = (end - timedelta(microseconds=1)).strftime("%Y-%m-%d")
     paths = [
         offline.partition_path(table_dir, k)
@@ -188,7 +188,7 @@ def score_interval(
     if key not in offline.partition_keys(table_dir):
         # The features of the interval have not landed yet: a retry may find them.
         raise BatchNotFoundError(
-            f"no {usecase.feast.tables[0]} partition for {key} in {table_dir}: run the "
+            f"no {usecase.event_table} partition for {key} in {table_dir}: run the "
             "feature pipeline for the interval first"
         )
     predictions = PredictionLog(settings.prediction_log_dir)
@@ -200,7 +200,7 @@ def score_interval(
     rows = chunks = positives = 0
     if paths:
         store = open_store(settings)
-        refs = feature_refs(store, usecase.feast.feature_service)
+        refs = feature_refs(store, usecase.feature_service)
         pred_schema, log_schema = _schemas(settings, store, refs, loaded, pq.read_schema(paths[0]))
         t0 = time.perf_counter()
         views = feature_views(settings, store, refs)
@@ -265,7 +265,7 @@ def features_for(
     from closedloop.core.feature_store import historical_features
 
     frame = historical_features(store, entities, refs)
-    defaults = settings.usecase.feast.defaults
+    defaults = settings.usecase.defaults
     return frame.fillna({k: v for k, v in defaults.items() if k in frame})
 
 
@@ -300,7 +300,7 @@ def feature_views(
     from feast import FileSource
 
     usecase = settings.usecase
-    entity_dir = settings.offline_table_dir(usecase.feast.tables[0]).resolve()
+    entity_dir = settings.offline_table_dir(usecase.event_table).resolve()
     wanted: dict[str, list[str]] = {}
     for ref in refs:
         view, name = ref.split(":", 1)
@@ -320,7 +320,7 @@ def feature_views(
                 "(no field mapping, no created timestamp)"
             )
         keys = [fv.projection.join_key_map.get(c.name, c.name) for c in fv.entity_columns]
-        missing = [k for k in keys if k not in usecase.batch.entities]
+        missing = [k for k in keys if k not in usecase.entity_keys]
         if missing:
             raise ValueError(f"feature view {name!r} joins on {missing}, not entity columns")
         folder = Path(source.path)
@@ -571,7 +571,7 @@ def join_features(
     frame = entities.reset_index(drop=True)
     joined = [index.features(frame) for index in indexes]
     frame = pd.concat([frame, *joined], axis=1)
-    defaults = settings.usecase.feast.defaults
+    defaults = settings.usecase.defaults
     return frame.fillna({k: v for k, v in defaults.items() if k in frame})
 
 
@@ -614,13 +614,13 @@ class _ChunkScorer:
     ) -> None:
         batch = settings.usecase.batch
         self.ts = batch.timestamp_column
-        self.keys = batch.entities
+        self.keys = settings.usecase.entity_keys
         self.id_column = batch.id_column
         self.indexes = indexes
         self.loaded = loaded
         self.pred_schema, self.log_schema = pred_schema, log_schema
         joined = {f for index in indexes for f in index.view.features}
-        self.defaults = {k: v for k, v in settings.usecase.feast.defaults.items() if k in joined}
+        self.defaults = {k: v for k, v in settings.usecase.defaults.items() if k in joined}
         self.id_prefix = prediction_id(loaded.name, loaded.version, SOURCE, "")
         try:
             self.fast: FastPipeline | None = FastPipeline(loaded.model)
@@ -807,7 +807,7 @@ def _entity_tables(
     work on their few distinct values instead of every row's string."""
     usecase = settings.usecase
     ts = usecase.batch.timestamp_column
-    columns = [*usecase.batch.entities, ts, *features]
+    columns = [*usecase.entity_keys, ts, *features]
     buffered: list[pa.Table] = []
     held = 0
     t0 = time.perf_counter()
@@ -849,14 +849,14 @@ def _schemas(
     from feast.type_map import feast_value_type_to_pa
 
     usecase = settings.usecase
-    keys = usecase.batch.entities
+    keys = usecase.entity_keys
     types = {k: source.field(k).type for k in keys}
     views = {fv.name: fv for fv in store.list_feature_views()}
     for ref in refs:
         view, name = ref.split(":", 1)
         field = next(f for f in views[view].features if f.name == name)
         kind = feast_value_type_to_pa(field.dtype.to_value_type())
-        default = usecase.feast.defaults.get(name)
+        default = usecase.defaults.get(name)
         if pa.types.is_integer(kind) and isinstance(default, float) and not default.is_integer():
             kind = pa.float64()  # a fractional default widens the column
         types.setdefault(name, kind)
@@ -864,7 +864,7 @@ def _schemas(
     if unknown:
         raise ValueError(
             f"{loaded.name} v{loaded.version} reads {unknown}, which neither the entity "
-            f"columns nor the feature service {usecase.feast.feature_service!r} provide"
+            f"columns nor the feature service {usecase.feature_service!r} provide"
         )
     when = source.field(usecase.batch.timestamp_column).type
     string = pa.string()

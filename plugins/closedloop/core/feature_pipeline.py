@@ -8,7 +8,9 @@ exactly what one clean run leaves.
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, time, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -23,9 +25,11 @@ from closedloop.core.errors import (
 
 if TYPE_CHECKING:
     from datetime import date
-    from pathlib import Path
 
+    from closedloop.core.aggregates import AggregationState
     from closedloop.core.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def _staging(settings: Settings, start: datetime) -> Path:
@@ -105,74 +109,129 @@ def engineer(
     start: datetime,
     end: datetime,
     clean_uri: str,
-    history: pd.DataFrame | None = None,
+    state: AggregationState | None = None,
 ) -> dict[str, str]:
-    """Compute the interval's partition of every offline table from the cleaned batch
-    and the history of earlier intervals; stage them as Parquet files.
+    """The interval's partition of every offline table: the event table (the cleaned
+    batch with its derived features) and each entity's aggregates, staged as Parquet
+    with the aggregation state after the interval.
 
-    ``history`` (the entity table of all earlier intervals) is read from the offline
-    store unless given — a backfill keeps it in memory instead of rereading every day.
+    ``state`` is the state as of ``start``; without it, the snapshot the previous
+    interval saved is read (rebuilt from the event table if there is none). A backfill
+    passes its state along in memory, advanced in place.
     """
+    from closedloop.core.aggregates import AggregationEngine
+    from closedloop.core.derive import event_table
+
     usecase = settings.usecase
-    if history is None:
-        history = offline.read_partitions(
-            settings.offline_table_dir(usecase.feast.tables[0]), before=interval_key(start)
-        )
-    tables = usecase.hook("engineer")(
-        pd.read_parquet(clean_uri), history, interval_start=start, interval_end=end
-    )
-    unknown = set(tables) - set(usecase.feast.tables)
-    if unknown:
-        raise ValueError(f"engineer returned tables the use case does not declare: {unknown}")
+    events = event_table(pd.read_parquet(clean_uri), usecase)
+    if state is None:
+        state = aggregation_state(settings, start)
+    tables = AggregationEngine(usecase).advance(state, events, start, end)
     staged = _staging(settings, start) / "features"
     staged.mkdir(exist_ok=True)
-    uris = {}
-    for name, frame in tables.items():
-        uris[name] = str(staged / f"{name}.parquet")
-        frame.to_parquet(uris[name], index=False)
+    uris = {usecase.event_table: str(staged / f"{usecase.event_table}.parquet")}
+    events.to_parquet(uris[usecase.event_table], index=False)
+    for entity, frame in tables.items():
+        table = usecase.aggregate_tables[entity]
+        uris[table] = str(staged / f"{table}.parquet")
+        frame.to_parquet(uris[table], index=False)
+    state.save(staged / STATE)
     return uris
 
 
+#: the staged aggregation state, beside the staged tables (not a table itself)
+STATE = "aggregation_state"
+
+
+def aggregation_state(settings: Settings, start: datetime) -> AggregationState:
+    """The aggregation state as of ``start``: the snapshot saved by the interval ending
+    there; a fresh state when no interval before ``start`` was loaded; else rebuilt by
+    replaying the event table's earlier partitions (a rerun of an old interval)."""
+    from closedloop.core.aggregates import AggregationEngine, AggregationState
+
+    usecase = settings.usecase
+    previous = interval_key(start - usecase.interval)
+    snapshot = settings.aggregation_state_dir / previous
+    if (snapshot / "state.json").exists():
+        return AggregationState.load(snapshot)
+    table_dir = settings.offline_table_dir(usecase.event_table)
+    earlier = [k for k in offline.partition_keys(table_dir) if k < interval_key(start)]
+    state = AggregationState()
+    if not earlier:
+        return state
+    engine = AggregationEngine(usecase)
+    first = datetime.fromisoformat(earlier[0]).replace(tzinfo=UTC)
+    at = first
+    log.warning("No aggregation state before %s: replaying %d intervals", start, len(earlier))
+    while at < start:
+        key = interval_key(at)
+        frame = offline.read_partitions(table_dir, keys=[key]) if key in earlier else None
+        events = frame if frame is not None else pd.DataFrame(columns=[])
+        if events.empty:
+            events = _no_events(settings)
+        engine.advance(state, events, at, at + usecase.interval)
+        at += usecase.interval
+    return state
+
+
+def _no_events(settings: Settings) -> pd.DataFrame:
+    """An empty event table with the declared columns (an interval without events)."""
+    from closedloop.core.derive import event_table
+    from closedloop.core.transform import clean_batch
+
+    usecase = settings.usecase
+    return event_table(clean_batch(pd.DataFrame(columns=list(usecase.columns)), usecase), usecase)
+
+
 def load_offline(settings: Settings, start: datetime, staged: dict[str, str]) -> dict[str, int]:
-    """Replace the interval's partition of each offline table with the staged one."""
+    """Replace the interval's partition of each offline table with the staged one, then
+    keep the interval's aggregation state (the latest few are kept)."""
+    import shutil
+
     key = interval_key(start)
     rows = {}
     for name, uri in sorted(staged.items()):
         frame = pd.read_parquet(uri)
         offline.write_partition(frame, settings.offline_table_dir(name), key)
         rows[name] = len(frame)
+    staged_state = Path(next(iter(staged.values()))).parent / STATE
+    if staged_state.exists():
+        from closedloop.core.aggregates import KEEP_SNAPSHOTS, AggregationState
+
+        snapshots = settings.aggregation_state_dir
+        snapshots.mkdir(parents=True, exist_ok=True)
+        AggregationState.load(staged_state).save(snapshots / key)
+        for old in sorted(p for p in snapshots.iterdir() if p.is_dir())[:-KEEP_SNAPSHOTS]:
+            shutil.rmtree(old, ignore_errors=True)
     return rows
 
 
 def backfill(
     settings: Settings, first_day: date, days: int, *, docs: bool = False
 ) -> dict[str, Any]:
-    """Run the pipeline's steps for ``days`` consecutive days in this process, then apply
-    the Feast definitions and materialize the whole range once.
+    """Run the pipeline's steps for ``days`` consecutive intervals in this process, then
+    apply the Feast definitions and materialize the whole range once.
 
     For loading history fast (tests, the demo's warm-up): the same functions the DAG's
-    tasks call, without a DAG run per day. A bad batch stops the backfill with its
-    ``DataValidationError``, having quarantined it like the DAG does.
+    tasks call, without a DAG run per interval, the aggregation state kept in memory. A
+    bad batch stops the backfill with its ``DataValidationError``, having quarantined it
+    like the DAG does.
     """
     from closedloop.core.feature_store import apply_definitions, materialize_interval, open_store
 
-    entity_table = settings.usecase.feast.tables[0]
+    usecase = settings.usecase
     first = datetime.combine(first_day, time.min, UTC)
-    history = offline.read_partitions(
-        settings.offline_table_dir(entity_table), before=interval_key(first)
-    )
+    state = aggregation_state(settings, first)
+    count = int(timedelta(days=days) / usecase.interval)
     rows = 0
-    for i in range(days):
-        start = first + timedelta(days=i)
-        end = start + timedelta(days=1)
+    for i in range(count):
+        start = first + i * usecase.interval
+        end = start + usecase.interval
         extract(settings, start, end)
         validate(settings, start, end, run_name=f"backfill-{interval_key(start)}", docs=docs)
-        staged = engineer(settings, start, end, clean(settings, start), history=history)
-        rows += load_offline(settings, start, staged)[entity_table]
-        # The same frames a reader of the offline store would get, without rereading it.
-        written = pd.read_parquet(staged[entity_table])
-        history = written if history is None else pd.concat([history, written], ignore_index=True)
+        staged = engineer(settings, start, end, clean(settings, start), state=state)
+        rows += load_offline(settings, start, staged)[usecase.event_table]
     store = open_store(settings)
-    apply_definitions(store, settings.feature_repo)
+    apply_definitions(store, settings)
     materialize_interval(store, first, first + timedelta(days=days))
     return {"days": days, "rows": rows}

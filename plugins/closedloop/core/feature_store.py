@@ -8,8 +8,6 @@ URLs only. Feast is imported lazily — it costs seconds and resets warning filt
 from __future__ import annotations
 
 import logging
-import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -35,7 +33,7 @@ def repo_config(settings: Settings) -> Any:
 
     settings.feast_dir.mkdir(parents=True, exist_ok=True)
     return RepoConfig(
-        project=settings.usecase.feast.project,
+        project=settings.usecase.name,
         provider="local",
         registry=settings.feast_registry,
         online_store=settings.feast_online_store,
@@ -53,34 +51,14 @@ def open_store(settings: Settings) -> FeatureStore:
     return FeatureStore(config=repo_config(settings), repo_path=str(settings.feature_repo))
 
 
-def load_declarations(repo_path: Path) -> Any:
-    """Import the repository's declarations afresh (``feast apply`` does the same).
-
-    The declaration modules read the settings when imported, so modules cached from an
-    earlier call (another home folder, another profile) are dropped first. Feast names
-    each module after its path relative to the working directory, so it runs in the
-    repository (as ``feast apply`` does); the files then import each other by bare name.
-    """
-    import contextlib
-
-    from feast.repo_operations import parse_repo
-
-    repo_path = repo_path.resolve()
-    for name, module in list(sys.modules.items()):
-        origin = getattr(module, "__file__", None)
-        if origin and Path(origin).resolve().is_relative_to(repo_path):
-            del sys.modules[name]
-    if str(repo_path) not in sys.path:
-        sys.path.insert(0, str(repo_path))
-    with contextlib.chdir(repo_path):
-        return parse_repo(repo_path)
-
-
-def apply_definitions(store: FeatureStore, repo_path: Path) -> dict[str, list[str]]:
-    """Register the repository's objects and remove the ones it no longer declares."""
+def apply_definitions(store: FeatureStore, settings: Settings) -> dict[str, list[str]]:
+    """Register the use case's Feast objects, generated from its declaration
+    (:mod:`closedloop.core.feast_objects`), and remove the ones it no longer declares."""
     from feast.repo_operations import extract_objects_for_apply_delete
 
-    repo = load_declarations(repo_path)
+    from closedloop.core.feast_objects import repo_contents
+
+    repo = repo_contents(settings.usecase, settings)
     to_apply, to_delete, _, _ = extract_objects_for_apply_delete(
         store.project, store.registry, repo
     )
@@ -96,7 +74,7 @@ def apply_definitions(store: FeatureStore, repo_path: Path) -> dict[str, list[st
 def materialize_interval(store: FeatureStore, start: datetime, end: datetime) -> list[str]:
     """Load every online feature view's rows stamped in ``[start, end]`` into the online
     store. Explicit intervals, not ``materialize_incremental``: a backfill of past days
-    must load those days (see ../shared/STACK.md).
+    must load those days (Feast's ``materialize_incremental`` starts at now - TTL).
 
     One view at a time: a run killed between two views leaves some views of the interval
     in the online store and not others, and the retry loads them all again (the online
@@ -229,3 +207,38 @@ def _entity_timestamp(entity_df: Any) -> str:
     if len(times) != 1:
         raise ValueError(f"entity rows need one timestamp column, found {times}")
     return times[0]
+
+
+def online_lookup(settings: Settings, keys: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """The online features of every view keyed by one of ``keys`` (join key -> value),
+    by view; a key no view is keyed by is a ValueError naming the declared keys. A value
+    the store does not hold comes back as None, with the declared default beside it."""
+    usecase = settings.usecase
+    declared = usecase.entity_keys
+    unknown = sorted(set(keys) - set(declared))
+    if unknown:
+        raise ValueError(f"{unknown} are not entity keys of {usecase.name}; declared: {declared}")
+    store = open_store(settings)
+    out: dict[str, dict[str, Any]] = {}
+    for view in store.list_feature_views():
+        key = view.entity_columns[0].name
+        if key not in keys:
+            continue
+        names = [f.name for f in view.features]
+        value = _typed_key(usecase, key, keys[key])
+        answer = store.get_online_features(
+            features=[f"{view.name}:{n}" for n in names], entity_rows=[{key: value}]
+        ).to_dict()
+        found = {n: answer[n][0] for n in names}
+        if all(v is None for v in found.values()):
+            defaults = {n: usecase.defaults.get(n) for n in names}
+            found = {"found": False, "defaults": defaults}
+        out[view.name] = {key: value, **found}
+    return out
+
+
+def _typed_key(usecase: Any, key: str, value: str) -> Any:
+    """A key given as text, typed as its column is declared (Feast matches types)."""
+    if usecase.columns[key].type == "int":
+        return int(value)
+    return value

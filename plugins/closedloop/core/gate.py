@@ -96,3 +96,22 @@ def decide(
 
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
+
+
+@dataclass(frozen=True)
+class TrainingSetPolicy:
+    """What a training set must satisfy beyond the use case's declarations."""
+
+    min_rows: int = 500
+    #: bounds of the label's positive rate (share of rows of the positive class)
+    min_positive_rate: float = 0.05
+    max_positive_rate: float = 0.95
+
+    def __post_init__(self) -> None:
+        if self.min_rows < 0:
+            raise ValueError(f"min_rows must be >= 0, got {self.min_rows}")
+        if not 0 <= self.min_positive_rate <= self.max_positive_rate <= 1:
+            raise ValueError(
+                "need 0 <= min_positive_rate <= max_positive_rate <= 1, got "
+                f"{self.min_positive_rate}, {self.max_positive_rate}"
+            )

@@ -10,59 +10,26 @@ keeps ``import closedloop.core.modeling`` cheap.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
+from closedloop.core.training_config import (  # re-exported: the modeling API
+    FAMILIES,
+    PRIMARY_METRIC,
+    TrainingConfig,
+)
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
     from sklearn.pipeline import Pipeline
 
-#: bump when a change here alters results, so cached training steps are not reused
-MODELING_VERSION = 1
-FAMILIES = ("hist_gradient_boosting", "logistic_regression")
-PRIMARY_METRIC = "roc_auc"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
-
-
-@dataclass(frozen=True)
-class TrainingConfig:
-    """How a model is tuned, validated and evaluated (``model.training`` of a use case)."""
-
-    seed: int = 42
-    trials: int = 6  # random-search trials in total, split round-robin across families
-    families: tuple[str, ...] = FAMILIES
-    validation_days: int = 7  # by known-at time: the days before the holdout
-    holdout_days: int = 7  # the most recent days by known-at time
-    drop_features: tuple[str, ...] = ()  # e.g. to train a deliberately weaker model
-    segments: tuple[str, ...] = ("hotel", "market_segment")  # per-segment metrics
-    min_segment_rows: int = 30
-
-    def __post_init__(self) -> None:
-        for name in ("families", "drop_features", "segments"):  # YAML gives lists
-            object.__setattr__(self, name, tuple(getattr(self, name)))
-        unknown = [f for f in self.families if f not in FAMILIES]
-        if not self.families or unknown:
-            raise ValueError(f"families must be a non-empty subset of {FAMILIES}: {unknown}")
-        if min(self.trials, self.validation_days, self.holdout_days, self.min_segment_rows) < 1:
-            raise ValueError("trials, validation_days, holdout_days, min_segment_rows must be >= 1")
-
-    def to_params(self) -> dict[str, Any]:
-        """Flat, JSON-able settings (MLflow params, cache keys)."""
-        params = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-        return {"modeling_version": MODELING_VERSION, **params}
-
-    def digest(self) -> str:
-        """A stable sha256 of :meth:`to_params`."""
-        text = json.dumps(self.to_params(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -81,8 +48,8 @@ def split_by_time(
     known_at: str,
     validation_days: int,
     holdout_days: int,
-    label: str = "is_canceled",
-    order_by: Sequence[str] = ("event_timestamp", "booking_id"),
+    label: str,
+    order_by: Sequence[str],
 ) -> Split:
     """Split by the time outcomes became known: ``train < validation < holdout``.
 

@@ -56,7 +56,7 @@ def reference_path(settings: Settings, version: str, rows: int, seed: int) -> Pa
 def reference_frame(
     settings: Settings, tags: dict[str, str], loaded: Any, *, rows: int, seed: int
 ) -> pd.DataFrame:
-    """What the champion was trained on, as production sees it: every booking made in its
+    """What the champion was trained on, as production sees it: every event in its
     recorded training window (not only the labelled ones, which over-represent short
     lead times), sampled with a recorded seed, with its features and the champion's score.
 
@@ -89,23 +89,24 @@ def _build_reference(
     start = datetime.fromisoformat(tags["closedloop.window_start"])
     end = datetime.fromisoformat(tags["closedloop.window_end"])
     ts = usecase.batch.timestamp_column
+    table_dir = settings.offline_table_dir(usecase.event_table)
     keys = [
         k
-        for k in offline.partition_keys(settings.offline_table_dir("bookings"))
+        for k in offline.partition_keys(table_dir)
         if start.strftime("%Y-%m-%d") <= k < end.strftime("%Y-%m-%d")
     ]
-    table = offline.read_partitions(settings.offline_table_dir("bookings"), keys=keys)
+    table = offline.read_partitions(table_dir, keys=keys)
     if table is None:
-        raise ValueError(f"no bookings left in the champion's training window [{start}, {end})")
+        raise ValueError(f"no events left in the champion's training window [{start}, {end})")
     table = table[(table[ts] >= start) & (table[ts] < end)]
     if len(table) > rows:
         table = table.sample(n=rows, random_state=seed).sort_index()
-    entities = table[[*usecase.batch.entities, ts]].rename(columns={ts: EVENT_TIMESTAMP})
+    entities = table[[*usecase.entity_keys, ts]].rename(columns={ts: EVENT_TIMESTAMP})
     store = open_store(settings)
     frame = features_for(
         settings,
         store,
-        feature_refs(store, usecase.feast.feature_service),
+        feature_refs(store, usecase.feature_service),
         entities.reset_index(drop=True),
     )
     return frame.assign(score=loaded.model.predict_proba(frame)[:, 1])
@@ -115,7 +116,7 @@ def check_drift(
     settings: Settings, start: datetime, end: datetime, *, window_days: int
 ) -> dict[str, Any]:
     """Evidently drift of the recent predictions against the champion's training window,
-    on the use case's declared booking columns and on the model's score."""
+    on the model's passed-through columns and on its score."""
     from closedloop.core.batch_inference import load_model
     from closedloop.core.drift import DriftPolicy, add_to_workspace, run_drift
     from closedloop.core.monitoring import MonitoringPolicy
@@ -168,11 +169,11 @@ def _labelled(
     usecase = settings.usecase
     predictions = PredictionLog(settings.prediction_log_dir).read(start, end)
     predictions = predictions[predictions["model_version"] == version]
-    table = offline.read_partitions(settings.offline_table_dir(usecase.feast.tables[0]))
+    table = offline.read_partitions(settings.offline_table_dir(usecase.event_table))
     if predictions.empty or table is None:
         return pd.DataFrame(columns=["label", "score"])
-    known_at = usecase.label.known_at
-    columns = [usecase.batch.id_column, usecase.label.column] + ([known_at] if known_at else [])
+    known_at = usecase.known_at_column
+    columns = [usecase.batch.id_column, usecase.label.column, known_at]
     joined = join_ground_truth(
         predictions,
         table[columns].drop_duplicates(usecase.batch.id_column),

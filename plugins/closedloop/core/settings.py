@@ -33,7 +33,8 @@ from pydantic_settings import (
 from closedloop.core.usecase import UseCase
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
-DEFAULT_USECASE = PACKAGE_DIR / "usecases" / "hotel_bookings.yaml"
+#: the use cases that ship with closedloop (a deployment points usecases_dir at its own)
+PACKAGE_USECASES = PACKAGE_DIR / "usecases"
 # In a source checkout (the supported way to run the DAGs) the Feast declarations sit
 # beside the package: <root>/plugins/closedloop -> <root>/feature_repo.
 PROJECT_ROOT = PACKAGE_DIR.parents[1]
@@ -119,8 +120,20 @@ class Settings(BaseSettings):
 
     home: Path = Field(default=Path(".closedloop"), description="root of all local state")
     profile: Literal["embedded", "production"] = "embedded"
-    usecase_file: Path = DEFAULT_USECASE
+    usecases_dir: Path = Field(
+        default=PACKAGE_USECASES,
+        description="folder of use-case declarations (<name>.yaml); one set of DAGs each",
+    )
+    usecase_name: str | None = Field(
+        default=None, description="the use case commands act on, when the folder holds several"
+    )
+    usecase_file: Path | None = Field(
+        default=None, description="a declaration outside usecases_dir (overrides usecase_name)"
+    )
     feature_repo: Path = PROJECT_ROOT / "feature_repo"
+    dags_folder: Path = Field(
+        default=PROJECT_ROOT / "dags", description="the DAG folder Airflow parses"
+    )
     stores: StoreSettings = StoreSettings()
 
     @classmethod
@@ -139,15 +152,42 @@ class Settings(BaseSettings):
             YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file),
         )
 
-    @field_validator("home", "usecase_file", "feature_repo")
+    @field_validator("home", "usecase_file", "feature_repo", "usecases_dir", "dags_folder")
     @classmethod
-    def _absolute(cls, value: Path) -> Path:
-        return value.expanduser().resolve()
+    def _absolute(cls, value: Path | None) -> Path | None:
+        return None if value is None else value.expanduser().resolve()
 
     # -- the use case --------------------------------------------------------------
     @cached_property
     def usecase(self) -> UseCase:
-        return UseCase.from_yaml(self.usecase_file)
+        return UseCase.from_yaml(self.usecase_path)
+
+    @property
+    def usecase_path(self) -> Path:
+        """The declaration in use: ``usecase_file``, else ``<usecases_dir>/<usecase_name>
+        .yaml``, else the folder's only declaration."""
+        if self.usecase_file is not None:
+            return self.usecase_file
+        found = usecase_files(self.usecases_dir)
+        if self.usecase_name is not None:
+            if self.usecase_name not in found:
+                raise ValueError(
+                    f"no use case {self.usecase_name!r} in {self.usecases_dir}; "
+                    f"declared: {sorted(found) or 'none'}"
+                )
+            return found[self.usecase_name]
+        if len(found) == 1:
+            return next(iter(found.values()))
+        raise ValueError(
+            f"{len(found)} use cases in {self.usecases_dir} ({', '.join(sorted(found)) or '-'}): "
+            "name one (--usecase NAME or CLOSEDLOOP_USECASE_NAME)"
+        )
+
+    def for_usecase(self, name: str | None = None, *, file: Path | None = None) -> Settings:
+        """These settings for another use case of the folder (or another file)."""
+        values = {field: getattr(self, field) for field in type(self).model_fields}
+        values.update(usecase_name=name, usecase_file=file)
+        return type(self)(**values)
 
     # -- folders -------------------------------------------------------------------
     @property
@@ -290,12 +330,24 @@ class Settings(BaseSettings):
         return self.home / "prediction_log" / self.usecase.name
 
     @property
+    def aggregation_state_dir(self) -> Path:
+        """Snapshots of the aggregation engine's state, one folder per interval."""
+        return self.home / "state" / self.usecase.name
+
+    @property
     def training_dir(self) -> Path:
         return self.home / "training" / self.usecase.name
 
     def offline_table_dir(self, table: str) -> Path:
         """Folder of one offline table: one Parquet file per data interval."""
         return self.offline_dir / table
+
+
+def usecase_files(folder: Path) -> dict[str, Path]:
+    """Use-case name -> declaration file of a folder (``<name>.yaml``, sorted)."""
+    if not folder.is_dir():
+        return {}
+    return {path.stem: path for path in sorted(folder.glob("*.yaml"))}
 
 
 def _driver(url: str, driver: str) -> str:

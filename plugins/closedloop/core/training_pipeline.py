@@ -29,7 +29,12 @@ PIP_REQUIREMENTS = ["scikit-learn==1.9.1", "pandas==2.3.3", "numpy>=2,<3", "skop
 def training_config(settings: Settings, **overrides: Any) -> TrainingConfig:
     from closedloop.core.modeling import TrainingConfig
 
-    fields = {**settings.usecase.model.training, **overrides}
+    usecase = settings.usecase
+    segments = {
+        "segments": usecase.segments.columns,
+        "min_segment_rows": usecase.segments.min_rows,
+    }
+    fields = {**segments, **usecase.model.training, **overrides}
     if "drop_features" in fields:
         fields["drop_features"] = tuple(fields["drop_features"])
     return TrainingConfig(**fields)
@@ -38,29 +43,29 @@ def training_config(settings: Settings, **overrides: Any) -> TrainingConfig:
 def training_window(
     settings: Settings, end: datetime, days: int | None = None
 ) -> tuple[datetime, datetime]:
-    """``[end - days, end)``: the bookings a model trained at ``end`` may learn from."""
+    """``[end - days, end)``: the events a model trained at ``end`` may learn from."""
     days = days or settings.usecase.model.training_window_days
     end = end.astimezone(UTC)
     return end - timedelta(days=days), end
 
 
 def labelled_entities(settings: Settings, start: datetime, end: datetime) -> pd.DataFrame:
-    """The window's bookings whose outcome was known by ``end``: entity keys, the event
+    """The window's events whose label was known by ``end``: entity keys, the event
     timestamp, the label and the time it became known, in a deterministic order."""
     usecase = settings.usecase
-    ts, label, known = usecase.batch.timestamp_column, usecase.label.column, usecase.label.known_at
+    ts, label, known = usecase.batch.timestamp_column, usecase.label.column, usecase.known_at_column
+    table_dir = settings.offline_table_dir(usecase.event_table)
     keys = [
         k
-        for k in offline.partition_keys(settings.offline_table_dir("bookings"))
+        for k in offline.partition_keys(table_dir)
         if start.strftime("%Y-%m-%d") <= k < end.strftime("%Y-%m-%d")
     ]
-    table = offline.read_partitions(settings.offline_table_dir("bookings"), keys=keys)
+    table = offline.read_partitions(table_dir, keys=keys)
     if table is None:
-        return pd.DataFrame(columns=[*usecase.batch.entities, EVENT_TIMESTAMP, label])
+        return pd.DataFrame(columns=[*usecase.entity_keys, EVENT_TIMESTAMP, label])
     rows = table[(table[ts] >= start) & (table[ts] < end)]
-    if known:
-        rows = rows[rows[known] < end]
-    columns = [*usecase.batch.entities, ts, label] + ([known] if known else [])
+    rows = rows[rows[known] < end]
+    columns = [*usecase.entity_keys, ts, label, known]
     frame = rows[columns].rename(columns={ts: EVENT_TIMESTAMP})
     return frame.sort_values([EVENT_TIMESTAMP, usecase.batch.id_column]).reset_index(drop=True)
 
@@ -75,11 +80,14 @@ def build_training_set(
     usecase = settings.usecase
     entities = labelled_entities(settings, start, end)
     if entities.empty:
-        raise ValueError(f"no labelled bookings in the window [{start}, {end})")
+        raise ValueError(
+            f"no events of {usecase.event_table!r} with a known {usecase.label.column!r} in "
+            f"the window [{start}, {end})"
+        )
     store = open_store(settings)
-    refs = feature_refs(store, usecase.feast.feature_service)
+    refs = feature_refs(store, usecase.feature_service)
     frame = historical_features(store, entities, refs)
-    frame = frame.fillna({k: v for k, v in usecase.feast.defaults.items() if k in frame})
+    frame = frame.fillna({k: v for k, v in usecase.defaults.items() if k in frame})
     path = settings.training_dir / _safe(run_key) / "training_set.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
     frame.to_parquet(path, index=False)
@@ -90,7 +98,7 @@ def build_training_set(
         "positive_rate": float(frame[usecase.label.column].mean()),
         "window_start": start.isoformat(),
         "window_end": end.isoformat(),
-        "feature_service": usecase.feast.feature_service,
+        "feature_service": usecase.feature_service,
         "feature_views": sorted({r.split(":")[0] for r in refs}),
         "features": [r.split(":")[1] for r in refs],
     }
@@ -121,7 +129,7 @@ def split_training_set(settings: Settings, frame: pd.DataFrame, config: Training
     usecase = settings.usecase
     return split_by_time(
         frame,
-        known_at=usecase.label.known_at or EVENT_TIMESTAMP,
+        known_at=usecase.known_at_column,
         validation_days=config.validation_days,
         holdout_days=config.holdout_days,
         label=usecase.label.column,
@@ -130,12 +138,12 @@ def split_training_set(settings: Settings, frame: pd.DataFrame, config: Training
 
 
 def excluded_columns(settings: Settings) -> list[str]:
-    """Columns of a training set that must not be model inputs."""
+    """Columns of a training set that are not model inputs: the id and entity keys
+    (unless declared as features), the event time, the label and its known-at time."""
     usecase = settings.usecase
-    ids = [usecase.batch.id_column, "customer_id"]
-    return [*ids, EVENT_TIMESTAMP, usecase.label.column] + (
-        [usecase.label.known_at] if usecase.label.known_at else []
-    )
+    features = set(usecase.model_features)
+    keys = [k for k in usecase.entity_keys if k not in features]
+    return [*keys, EVENT_TIMESTAMP, usecase.label.column, usecase.known_at_column]
 
 
 def cache_key(built: dict[str, Any], config: TrainingConfig, code: str) -> dict[str, str]:
@@ -418,7 +426,7 @@ def run_in_process(
     skip_unchanged: bool = False,
     **overrides: Any,
 ) -> dict[str, Any]:
-    """``hotel_training``'s steps in order, in this process, for the window
+    """The training DAG's steps in order, in this process, for the window
     ``[start, end)`` — for tests, benchmarks and the plain side of the loop benchmark.
 
     ``overrides`` change the use case's training config (e.g. ``trials=2``). Returns the
@@ -455,7 +463,7 @@ def lineage_for(
         dag_run_id=dag_run_id,
         trigger_reason=reason,
         git_commit=git_commit(),
-        feast_project=settings.usecase.feast.project,
+        feast_project=settings.usecase.name,
         feature_service=built["feature_service"],
         feature_views=",".join(built["feature_views"]),
         window_start=built["window_start"],
@@ -483,7 +491,7 @@ def reproduce(settings: Settings, mlflow_run_id: str) -> dict[str, Any]:
             f"{built['digest'][:12]} != {tags['closedloop.data_digest'][:12]}): the offline "
             "store changed for the window"
         )
-    from closedloop.core.modeling import MODELING_VERSION
+    from closedloop.core.training_config import MODELING_VERSION
 
     recorded_config = json.loads(tags["closedloop.config"])
     if recorded_config.pop("modeling_version", None) != MODELING_VERSION:

@@ -72,6 +72,7 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 import pandas as pd
 
+from closedloop.core.gate import TrainingSetPolicy
 from closedloop.core.usecase import ACCEPTED_DTYPES
 
 if TYPE_CHECKING:
@@ -391,7 +392,8 @@ def build_suite(
                 min_value=spec.min,
                 max_value=spec.max,
             )
-        if spec.categories:
+        if spec.categories and spec.new_categories == "quarantine":
+            # "flag": a new category passes; the drift report names it
             add("categories", column, gxe.ExpectColumnValuesToBeInSet, value_set=spec.categories)
         if spec.unique:
             add("unique", column, gxe.ExpectColumnValuesToBeUnique)
@@ -444,25 +446,6 @@ def _add_label_values(add: Any, gxe: Any, usecase: UseCase) -> None:
         value_set=sorted({0, positive}),
         description=f"the label {column} is 0 or {positive}",
     )
-
-
-@dataclass(frozen=True)
-class TrainingSetPolicy:
-    """What a training set must satisfy beyond the use case's declarations."""
-
-    min_rows: int = 500
-    #: bounds of the label's positive rate (share of rows of the positive class)
-    min_positive_rate: float = 0.05
-    max_positive_rate: float = 0.95
-
-    def __post_init__(self) -> None:
-        if self.min_rows < 0:
-            raise ValueError(f"min_rows must be >= 0, got {self.min_rows}")
-        if not 0 <= self.min_positive_rate <= self.max_positive_rate <= 1:
-            raise ValueError(
-                "need 0 <= min_positive_rate <= max_positive_rate <= 1, got "
-                f"{self.min_positive_rate}, {self.max_positive_rate}"
-            )
 
 
 def build_training_suite(
@@ -572,7 +555,7 @@ def validate_training_set(
     usecase: UseCase,
     *,
     features: Sequence[str],
-    policy: TrainingSetPolicy = TrainingSetPolicy(),
+    policy: TrainingSetPolicy | None = None,
     gx_dir: Path | None = None,
     run_name: str = "adhoc",
 ) -> ValidationResult:
@@ -583,6 +566,7 @@ def validate_training_set(
     """
     if isinstance(features, str):
         raise TypeError("features must be a sequence of column names, not a string")
+    policy = policy or TrainingSetPolicy()
     suite = build_training_suite(usecase, features, policy, f"{usecase.name}_training_set")
     target = _Target("training set", TRAINING_ASSET, usecase)
     return _validate(df, suite, target, gx_dir, run_name)

@@ -59,4 +59,4 @@ class FeastHook(BaseHook):
             views = self.get_conn().list_feature_views()
         except Exception as exc:  # the UI shows the message; any failure means "no"
             return False, f"{type(exc).__name__}: {exc}"
-        return True, f"Feast project {self.settings.usecase.feast.project}: {len(views)} views"
+        return True, f"Feast project {self.settings.usecase.name}: {len(views)} views"

@@ -35,8 +35,15 @@ class _IntervalOperator(ClosedLoopOperator):
             )
         # Core works on plain datetimes; Airflow hands out pendulum ones.
         start, end = (datetime.fromisoformat(d.isoformat()) for d in (start, end))
+        settings = self.settings()
+        first = settings.usecase.first_interval_start
+        if start < first:
+            raise AirflowFailException(
+                f"the interval [{start}, {end}) lies before the declared start of "
+                f"{settings.usecase.name} ({first}, schedule.start): no data of it is processed"
+            )
         with decisions_fail_the_task(context):
-            return self.run_step(self.settings(), start, end, context)
+            return self.run_step(settings, start, end, context)
 
     def run_step(self, settings: Settings, start: Any, end: Any, context: Context) -> Any:
         raise NotImplementedError
@@ -121,7 +128,7 @@ class FeastApplyOperator(_IntervalOperator):
         from closedloop.hooks.feast import FeastHook
 
         hook = FeastHook(settings_overrides={"usecase_file": settings.usecase_file})
-        return apply_definitions(hook.get_conn(), settings.feature_repo)
+        return apply_definitions(hook.get_conn(), settings)
 
 
 class FeastMaterializeOperator(_IntervalOperator):

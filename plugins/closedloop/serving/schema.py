@@ -1,6 +1,6 @@
 """The request schema, derived from the use case and the model.
 
-A booking in a request carries the entity keys of the use case (``batch.entities``) and
+A booking in a request carries the entity keys of the use case (``entity_keys``) and
 any column the model reads that its feature service does not provide (a request-time
 field); each field is typed and bounded as the use-case YAML declares it, so a category
 outside its set or a count out of range is refused before anything is looked up.
@@ -41,7 +41,7 @@ def _field(spec: ColumnSpec) -> Any:
 def request_fields(usecase: UseCase, model_columns: list[str], served: set[str]) -> list[str]:
     """The fields a request must carry: the entity keys, then the model's columns that
     neither the keys nor the feature service (``served``) provide."""
-    keys = list(usecase.batch.entities)
+    keys = list(usecase.entity_keys)
     extra = [c for c in model_columns if c not in served and c not in keys]
     undeclared = [c for c in extra if c not in usecase.columns]
     if undeclared:

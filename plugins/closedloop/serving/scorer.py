@@ -81,13 +81,11 @@ class OnlineScorer:
 
         usecase = settings.usecase
         self.store = store
-        self.service = store.get_feature_service(usecase.feast.feature_service)
+        self.service = store.get_feature_service(usecase.feature_service)
         self.refs = feature_refs(store, self.service)
-        self.keys = list(usecase.batch.entities)
+        self.keys = list(usecase.entity_keys)
         self.id_column = usecase.batch.id_column
-        self.defaults = {
-            k: v for k, v in usecase.feast.defaults.items() if k in self.served_features
-        }
+        self.defaults = {k: v for k, v in usecase.defaults.items() if k in self.served_features}
         self._fast: dict[int, tuple[LoadedModel, FastPipeline | None]] = {}
         #: the use case's declared categories: the fast path encodes all of them ahead
         self.categories = {
