@@ -81,7 +81,7 @@ def prepare(args: argparse.Namespace) -> dict:
     from closedloop.usecases.hotel.generator import write_batches
 
     settings = _settings()
-    write_batches(settings.landing_dir, FIRST, args.history_days, n_bookings=150)
+    write_batches(settings.landing_dir, FIRST, args.history_days, rows_per_day=150)
     backfill(settings, FIRST, args.history_days)
     end = _scoring_day(args.history_days) - timedelta(days=1)
     gate = tp.run_in_process(
@@ -119,7 +119,8 @@ def scale(args: argparse.Namespace) -> dict:
     key = day.strftime("%Y-%m-%d")
     rng = np.random.default_rng(args.rows)
     base = event_table(
-        clean_batch(generate_day(day.date(), n_bookings=50_000), settings.usecase), settings.usecase
+        clean_batch(generate_day(day.date(), rows_per_day=50_000), settings.usecase),
+        settings.usecase,
     )
     n, customers = args.rows, args.customers
     seconds = np.sort(rng.integers(0, 86_400_000_000, n))  # microseconds into the day

@@ -43,7 +43,7 @@ def _prepare(scenario: Any) -> Any:
         scenario.first_day,
         scenario.history_days + len(scenario.watched),
         seed=scenario.seed,
-        n_bookings=scenario.rows_per_day,
+        rows_per_day=scenario.rows_per_day,
         drift=drift,
     )
     backfill(settings, scenario.first_day, scenario.history_days)

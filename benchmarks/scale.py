@@ -118,7 +118,7 @@ def generate(args: argparse.Namespace) -> dict:
     settings = load_settings()
     per_day = args.size // args.days
     t0 = time.perf_counter()
-    write_batches(settings.landing_dir, FIRST, args.days, n_bookings=per_day)
+    write_batches(settings.landing_dir, FIRST, args.days, rows_per_day=per_day)
     wall = time.perf_counter() - t0
     return {"wall": wall, "per_day": per_day, "peak_mib": _hwm_mib()}
 

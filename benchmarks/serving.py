@@ -1,17 +1,18 @@
 """Online serving latency and throughput: ``closedloop serve`` against its limit and
 against ``mlflow models serve``.
 
-Three ways to answer "score this one booking", each measured here in the same run:
+Three ways to answer "score this one event", each measured here in the same run:
 
 * **in-process** — the service's own lookup + predict
-  (:meth:`closedloop.serving.scorer.OnlineScorer.score`: Feast ``get_online_features`` on
-  the FeatureService, defaults, ``predict_proba``), called in a loop: the limit;
-* **closedloop serve** — the same over HTTP (uvicorn subprocess on loopback), booking keys
-  in, prediction logged;
+  (:meth:`closedloop.serving.scorer.OnlineScorer.score`: the derived features computed
+  from the request, Feast ``get_online_features`` of the entity aggregates, defaults,
+  ``predict_proba``), called in a loop: the limit;
+* **closedloop serve** — the same over HTTP (uvicorn subprocess on loopback), the event's
+  declared request columns in, prediction logged;
 * **mlflow models serve** of the same model version, given the feature values directly
   (``dataframe_split``): no lookup, no log.
 
-Sequential one-booking requests on one connection (p50/p99 latency, req/s) are measured
+Sequential one-event requests on one connection (p50/p99 latency, req/s) are measured
 in ``--rounds`` interleaved rounds: each round runs the in-process loop, then each
 ``closedloop serve`` for ``--seconds / --rounds``, and each one's latencies are pooled
 over the rounds. The machine's speed drifts by tens of percent over minutes (it shares
@@ -66,7 +67,7 @@ def prepare(settings) -> None:
     from closedloop.core.feature_pipeline import backfill
     from closedloop.usecases.hotel.generator import write_batches
 
-    write_batches(settings.landing_dir, FIRST, DAYS, n_bookings=150)
+    write_batches(settings.landing_dir, FIRST, DAYS, rows_per_day=150)
     backfill(settings, FIRST, DAYS)
     end = datetime(2026, 1, DAYS - 1, tzinfo=UTC)
     tp.run_in_process(
@@ -82,14 +83,15 @@ def prepare(settings) -> None:
     )
 
 
-def bookings(settings, n: int = 500) -> list[dict]:
-    """Keys of bookings the online store knows (the newest days')."""
+def events(settings, n: int = 500) -> list[dict]:
+    """Requests for the newest days' events (their entities are in the online store)."""
     from closedloop.core import offline
+    from closedloop.serving.schema import as_requests
 
     table_dir = settings.offline_table_dir("events")
     keys = offline.partition_keys(table_dir)[-4:]
     frame = offline.read_partitions(table_dir, keys=keys)
-    return frame[settings.usecase.entity_keys].head(n).to_dict("records")
+    return as_requests(frame.head(n), settings.usecase)
 
 
 # -- the load generator -----------------------------------------------------------------
@@ -284,7 +286,7 @@ def main() -> None:
         if tmp is not None:
             print("preparing a home with a champion ...", flush=True)
             prepare(settings)
-        keys = bookings(settings)
+        keys = events(settings)
         model = load_model(settings)
         results: dict[str, dict] = {}
 
@@ -293,7 +295,7 @@ def main() -> None:
         deployment = Deployment(model)
         for k in keys:  # warm, as the server's warm-up phase warms it
             scorer.score(deployment, [k])
-        # the features each booking has, for the server that is given them
+        # the features each event has, for the server that is given them
         features = [scorer.score(deployment, [k])[0]["_record"] for k in keys]
         # the process tuning the server applies after start-up (closedloop.serving.app)
         gc.collect()
@@ -317,7 +319,7 @@ def main() -> None:
             _wait(port, "/ready", proc)
             if workers > 1:  # every worker loaded, not just the first to answer
                 _wait_all(port, workers, proc)
-            servers[f"closedloop serve x{workers} (keys in)"] = port
+            servers[f"closedloop serve x{workers} (event in)"] = port
         for port in servers.values():
             _run(_load(port, "/predict", bodies, min(3.0, args.seconds), args.connections))
 
@@ -401,7 +403,7 @@ def main() -> None:
     limit_mean = 1000 * float(np.mean(sequential[limit_name].latencies))
     theirs = results["mlflow models serve (features in)"]
     for workers in args.workers:
-        name = f"closedloop serve x{workers} (keys in)"
+        name = f"closedloop serve x{workers} (event in)"
         ours = results[name]
         total, count = scoring[name]
         print(

@@ -46,7 +46,7 @@ def main() -> None:
     from closedloop.usecases.hotel.generator import write_batches
 
     first = date(2026, 1, 1)
-    write_batches(settings.landing_dir, first, args.days, n_bookings=args.rows)
+    write_batches(settings.landing_dir, first, args.days, rows_per_day=args.rows)
     t0 = time.perf_counter()
     backfill(settings, first, args.days)
     print(f"setup: backfilled {args.days} days in {time.perf_counter() - t0:.1f}s")

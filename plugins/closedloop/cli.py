@@ -90,7 +90,7 @@ def _settings(*, usecase: bool = True) -> Settings:
     type=click.IntRange(1),
     default=400,
     show_default=True,
-    help="Bookings per day (on average).",
+    help="Events per day (on average).",
 )
 @click.option("--seed", type=int, default=7, show_default=True)
 @click.option(
@@ -111,7 +111,7 @@ def _settings(*, usecase: bool = True) -> Settings:
     default=0.0,
     help="Concept-shift strength from --drift-start.",
 )
-@click.option("--new-category", is_flag=True, help="A new market segment appears.")
+@click.option("--new-category", is_flag=True, help="A category value never seen appears.")
 def generate(
     start: date,
     days: int,
@@ -122,10 +122,16 @@ def generate(
     concept: float,
     new_category: bool,
 ) -> None:
-    """Write synthetic daily batches of bookings into the landing folder."""
-    from closedloop.usecases.hotel.generator import DriftSpec, write_batches
+    """Write synthetic daily batches from the use case's declared generator into the
+    landing folder."""
+    from closedloop.demo import generator_module
 
     settings = _settings()
+    try:
+        module = generator_module(settings.usecase)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    DriftSpec, write_batches = module.DriftSpec, module.write_batches
     if (covariate or concept or new_category) and drift_start is None:
         raise click.UsageError("drift options need --drift-start")
     drift = (
@@ -136,7 +142,7 @@ def generate(
         else None
     )
     paths = write_batches(
-        settings.landing_dir, start, days, seed=seed, n_bookings=rows, drift=drift
+        settings.landing_dir, start, days, seed=seed, rows_per_day=rows, drift=drift
     )
     click.echo(f"wrote {len(paths)} batches to {settings.landing_dir}")
 
@@ -449,7 +455,7 @@ LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
     type=click.FloatRange(0, 1),
     default=0.0,
     show_default=True,
-    help="A/B: share of booking ids (sticky, by hash) scored by the `challenger`.",
+    help="A/B: share of event ids (sticky, by hash) scored by the `challenger`.",
 )
 @click.option(
     "--poll-seconds",
@@ -458,7 +464,7 @@ LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
     show_default=True,
     help="How often the registry's aliases are checked for a hot swap.",
 )
-@click.option("--max-bookings", type=click.IntRange(1), default=100, show_default=True)
+@click.option("--max-events", type=click.IntRange(1), default=100, show_default=True)
 @click.option(
     "--log-flush-seconds",
     type=click.FloatRange(0.01),
@@ -480,7 +486,7 @@ def serve(
     port: int,
     challenger_share: float,
     poll_seconds: float,
-    max_bookings: int,
+    max_events: int,
     log_flush_seconds: float,
     workers: int,
     log_level: str,
@@ -513,7 +519,7 @@ def serve(
         api_key=api_key,
         challenger_share=challenger_share,
         poll_seconds=poll_seconds,
-        max_bookings=max_bookings,
+        max_events=max_events,
         log_flush_seconds=log_flush_seconds,
     )
     # No access log: one line per request costs more than the lookup it describes.

@@ -9,7 +9,7 @@ import time
 import warnings
 from contextlib import redirect_stderr, redirect_stdout
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from closedloop.core.settings import Settings
+    from closedloop.core.usecase import UseCase
     from closedloop.loop import Replay, Scenario
 
 #: Folders the demo owns under the home folder; it never deletes anything else.
@@ -65,17 +66,23 @@ def reset_state(settings: Settings) -> None:
         (settings.home / name).unlink(missing_ok=True)
 
 
+def generator_module(usecase: UseCase) -> Any:
+    """The module of the use case's declared ``generator``: its ``write_batches(landing,
+    start, days, seed=, rows_per_day=, drift=)`` and ``DriftSpec`` drive the synthetic
+    scenarios."""
+    import importlib
+
+    if usecase.generator is None:
+        raise ValueError(f"use case {usecase.name} declares no generator")
+    return importlib.import_module(usecase.generator.partition(":")[0])
+
+
 def run_demo(settings: Settings, scenario: Scenario, *, keep: bool = False) -> int:
     """A scenario on synthetic data (the use case's generator module: its
     ``write_batches`` and ``DriftSpec``, drift injected from a known day) through a real
     Airflow scheduler (see :mod:`closedloop.loop`); returns the exit code: 0 only if the
     loop closed."""
-    import importlib
-
-    generator = settings.usecase.generator
-    if generator is None:
-        raise ValueError(f"use case {settings.usecase.name} declares no generator")
-    module = importlib.import_module(generator.partition(":")[0])
+    module = generator_module(settings.usecase)
     DriftSpec, write_batches = module.DriftSpec, module.write_batches
 
     def land() -> None:
@@ -92,7 +99,7 @@ def run_demo(settings: Settings, scenario: Scenario, *, keep: bool = False) -> i
             scenario.first_day,
             scenario.history_days + len(scenario.watched),
             seed=scenario.seed,
-            n_bookings=scenario.rows_per_day,
+            rows_per_day=scenario.rows_per_day,
             drift=drift,
         )
 

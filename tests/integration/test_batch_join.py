@@ -36,7 +36,7 @@ def world(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CLOSEDLOOP_HOME", str(root))
         settings = load_settings()
-        write_batches(settings.landing_dir, FIRST, DAYS, n_bookings=60)
+        write_batches(settings.landing_dir, FIRST, DAYS, rows_per_day=60)
         backfill(settings, FIRST, DAYS)
         yield settings
 

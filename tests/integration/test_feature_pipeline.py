@@ -37,7 +37,7 @@ def _asset_events(uri: str) -> int:
 
 
 def test_good_days_reach_offline_and_online_stores(home, features_dag):
-    batches = write_batches(home.landing_dir, D1, 3, n_bookings=150)
+    batches = write_batches(home.landing_dir, D1, 3, rows_per_day=150)
     events_before = _asset_events("closedloop://hotel_bookings/features")
 
     outcomes = [run_day(features_dag, D1 + timedelta(days=i)) for i in range(3)]
@@ -70,7 +70,7 @@ def test_good_days_reach_offline_and_online_stores(home, features_dag):
 
 
 def test_rerun_of_a_day_replaces_its_partitions(home, features_dag):
-    write_batches(home.landing_dir, D1, 2, n_bookings=120)
+    write_batches(home.landing_dir, D1, 2, rows_per_day=120)
     assert run_day(features_dag, D1).succeeded
     assert run_day(features_dag, D1 + timedelta(days=1)).succeeded
     first = {
@@ -89,7 +89,7 @@ def test_rerun_of_a_day_replaces_its_partitions(home, features_dag):
 
 
 def test_historical_features_never_come_from_after_the_entity_timestamp(home, features_dag):
-    write_batches(home.landing_dir, D1, 4, n_bookings=300)
+    write_batches(home.landing_dir, D1, 4, rows_per_day=300)
     for i in range(4):
         assert run_day(features_dag, D1 + timedelta(days=i)).succeeded
     history = offline.read_partitions(home.offline_table_dir("customer_aggregates"))
@@ -148,12 +148,12 @@ def test_backfill_writes_exactly_what_the_dag_writes(home, features_dag, tmp_pat
     from closedloop.core.feature_pipeline import backfill
     from closedloop.core.settings import load_settings
 
-    write_batches(home.landing_dir, D1, 3, n_bookings=120)
+    write_batches(home.landing_dir, D1, 3, rows_per_day=120)
     for i in range(3):
         assert run_day(features_dag, D1 + timedelta(days=i)).succeeded
     monkeypatch.setenv("CLOSEDLOOP_HOME", str(tmp_path / "backfilled"))
     other = load_settings()
-    write_batches(other.landing_dir, D1, 3, n_bookings=120)
+    write_batches(other.landing_dir, D1, 3, rows_per_day=120)
 
     backfill(other, D1, 3)
 

@@ -46,7 +46,7 @@ def watched(tmp_path_factory, airflow_db):
         mp.setenv("CLOSEDLOOP_USECASES_DIR", str(folder))
         settings = load_settings()
         drift = DriftSpec(start=DRIFT_START, covariate=1.0, concept=1.0)
-        write_batches(settings.landing_dir, FIRST, HISTORY + WATCHED, n_bookings=200, drift=drift)
+        write_batches(settings.landing_dir, FIRST, HISTORY + WATCHED, rows_per_day=200, drift=drift)
         backfill(settings, FIRST, HISTORY)
         as_of = _midnight(FIRST + timedelta(days=HISTORY))
         training = load_dag("hotel_bookings_training")

@@ -32,7 +32,7 @@ def _online(store, view: str, key: str, keys: list[str], names: list[str]) -> pd
 
 def test_every_entity_gets_its_latest_values_across_many_write_batches(home, monkeypatch):
     monkeypatch.setattr(feature_store, "ONLINE_WRITE_BATCH", 37)  # ~15 batches per view
-    write_batches(home.landing_dir, date(2026, 1, 1), 3, n_bookings=180)
+    write_batches(home.landing_dir, date(2026, 1, 1), 3, rows_per_day=180)
     backfill(home, date(2026, 1, 1), 3)
     store = feature_store.open_store(home)
     assert store.config.materialization_config.online_write_batch_size == 37

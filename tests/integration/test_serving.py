@@ -2,12 +2,13 @@
 127.0.0.1, with the real Feast online store (SQLite) and MLflow registry (SQLite) of a
 home built by the feature pipeline and the training functions.
 
-The world: 19 days of bookings backfilled (features materialized through the end of day
-19), a champion trained on them, and day 20's bookings processed by the feature pipeline
-with only the bookings' own features materialized — the online store then holds exactly
-what was known when those bookings were made, which is what batch inference joins for
-them point in time. Version 2 of the model (the same run registered again) is the
-``challenger``.
+The world: 19 days of bookings backfilled (aggregates materialized through the end of
+day 19), a champion trained on them, and day 20's bookings processed by the feature
+pipeline into the offline store only — the online store then holds exactly the
+aggregates known when those bookings were made, which is what batch inference joins
+for them point in time. A request carries the booking itself (its declared columns),
+as it would when it happens. Version 2 of the model (the same run registered again) is
+the ``challenger``.
 
 Two servers start together: A (champion only, fast alias polling) and B (A/B, half the
 keys to the challenger, a long log flush interval so that only the shutdown flush can
@@ -58,14 +59,13 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     from closedloop.core import training_pipeline as tp
-    from closedloop.core.feature_store import open_store
     from closedloop.core.registry import CHALLENGER, client_for
 
     root = tmp_path_factory.mktemp("serving") / "home"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CLOSEDLOOP_HOME", str(root))
         settings = load_settings()
-        write_batches(settings.landing_dir, FIRST, HISTORY + 1, n_bookings=150)
+        write_batches(settings.landing_dir, FIRST, HISTORY + 1, rows_per_day=150)
         backfill(settings, FIRST, HISTORY)
         decision = tp.run_in_process(
             settings,
@@ -82,14 +82,10 @@ def world(tmp_path_factory):
         first = client.get_model_version(settings.model_name, "1")
         second = client.create_model_version(settings.model_name, first.source, run_id=first.run_id)
         client.set_registered_model_alias(settings.model_name, CHALLENGER, second.version)
-        # Day 20 through the feature pipeline; online: only the bookings' own features.
+        # Day 20 through the feature pipeline, offline only: its bookings are new online.
         end = DAY + timedelta(days=1)
         extract(settings, DAY, end)
         load_offline(settings, DAY, engineer(settings, DAY, end, clean(settings, DAY)))
-        open_store(settings).materialize(
-            start_date=DAY, end_date=end - timedelta(microseconds=1),
-            feature_views=["event_features"],
-        )  # fmt: skip
         yield settings
 
 
@@ -147,12 +143,16 @@ def servers(world):
 
 
 def _bookings(settings, day: str) -> pd.DataFrame:
+    """A day of the offline event table: cleaned bookings with their derived features."""
     path = offline.partition_path(settings.offline_table_dir("events"), day)
     return pd.read_parquet(path)
 
 
 def _keys(frame: pd.DataFrame) -> list[dict]:
-    return frame[["booking_id", "customer_id", "hotel"]].to_dict("records")
+    """The bookings as requests: their declared request columns, dates as ISO text."""
+    out = frame[REQUEST].copy()
+    out["arrival_date"] = out["arrival_date"].dt.strftime("%Y-%m-%d")
+    return out.to_dict("records")
 
 
 def test_ready_reports_the_loaded_models_and_the_request_schema(world, servers):
@@ -160,15 +160,17 @@ def test_ready_reports_the_loaded_models_and_the_request_schema(world, servers):
     assert a.client.get("/health").json() == {"status": "ok"}
     ready = a.client.get("/ready").json()
     assert ready["ready"] is True and ready["models"] == {"champion": "1"}
-    assert ready["request_fields"] == ["booking_id", "customer_id", "hotel"]
+    assert ready["request_fields"] == REQUEST
     b = servers["b"].client.get("/ready").json()
     assert b["models"] == {"champion": "1", "challenger": "2"}
     spec = a.client.get("/openapi.json").json()
     assert "PredictResponse" in json.dumps(spec)
     body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]
     one, many = body["schema"]["anyOf"]
-    assert sorted(one["required"]) == ["booking_id", "customer_id", "hotel"]
+    assert sorted(one["required"]) == sorted(REQUEST)
     assert one["properties"]["hotel"]["enum"] == world.usecase.columns["hotel"].categories
+    assert one["properties"]["arrival_date"]["format"] == "date"
+    assert one["properties"]["lead_time"]["maximum"] == world.usecase.columns["lead_time"].max
     assert many["items"] == one and many["maxItems"] == 100
     assert a.client.get("/docs").status_code == 200
 
@@ -199,18 +201,38 @@ def test_online_predictions_equal_batch_predictions_for_the_same_bookings(world,
     assert flagged and all("cust_bookings" in p["defaults_used"] for p in flagged)
 
 
-def test_a_prediction_equals_predict_proba_on_the_feast_online_features(world, servers):
+def test_a_prediction_equals_predict_proba_on_the_pipelines_features_and_feast_online(
+    world, servers
+):
+    """The server's derived features are the feature pipeline's (offline event table);
+    its aggregates are the online store's."""
     from closedloop.core.batch_inference import load_model
     from closedloop.core.feature_store import open_store
 
     champion = load_model(world)
     store = open_store(world)
-    service = store.get_feature_service(world.usecase.feature_service)
-    keys = _keys(_bookings(world, "2026-01-19").head(20))
-    keys.append({**keys[0], "customer_id": "C-NEVER-SEEN"})  # a first-time customer
+    usecase = world.usecase
+    events = _bookings(world, "2026-01-19").head(20)
+    events = pd.concat([events, events.head(1).assign(customer_id="C-NEVER-SEEN")])
+    keys = _keys(events)  # the last: a first-time customer
     got = servers["a"].predict(keys).json()["predictions"]
-    features = store.get_online_features(features=service, entity_rows=keys).to_df()
-    features = features.fillna(world.usecase.defaults)
+    aggregates = [
+        f"{table}:{name}"
+        for entity, table in usecase.aggregate_tables.items()
+        for name in usecase.features.aggregations[entity]
+    ]
+    online = store.get_online_features(
+        features=aggregates,
+        entity_rows=[{e.join_key: k[e.join_key] for e in usecase.entities.values()} for k in keys],
+    ).to_df()
+    features = pd.concat(
+        [
+            events.reset_index(drop=True)[usecase.event_features],
+            online[[ref.split(":")[1] for ref in aggregates]],
+        ],
+        axis=1,
+    ).fillna(usecase.defaults)
+    assert set(usecase.features.derived) <= set(champion.feature_names)
     want = champion.model.predict_proba(features[champion.feature_names])[:, 1]
     np.testing.assert_allclose([p["probability"] for p in got], want, rtol=0, atol=1e-12)
     assert [p["decision"] for p in got] == [int(w >= champion.threshold) for w in want]
@@ -220,7 +242,20 @@ def test_a_prediction_equals_predict_proba_on_the_feast_online_features(world, s
     assert got[-1]["probability"] != got[0]["probability"]
 
 
-KNOWN = {"booking_id": "BK-20260119-00000", "customer_id": "C000001", "hotel": "H01"}
+REQUEST = [
+    "booking_id", "customer_id", "hotel", "arrival_date", "lead_time", "stays_weekend_nights",
+    "stays_week_nights", "adults", "children", "adr", "market_segment", "distribution_channel",
+    "deposit_type", "customer_type", "previous_cancellations", "total_of_special_requests",
+    "is_repeated_guest",
+]  # fmt: skip
+KNOWN = {
+    "booking_id": "BK-20260119-00000", "customer_id": "C000001", "hotel": "H01",
+    "arrival_date": "2026-02-14", "lead_time": 25, "stays_weekend_nights": 2,
+    "stays_week_nights": 1, "adults": 2, "children": 0, "adr": 120.0,
+    "market_segment": "Online TA", "distribution_channel": "TA/TO",
+    "deposit_type": "No Deposit", "customer_type": "Transient", "previous_cancellations": 0,
+    "total_of_special_requests": 1, "is_repeated_guest": 0,
+}  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -228,7 +263,7 @@ KNOWN = {"booking_id": "BK-20260119-00000", "customer_id": "C000001", "hotel": "
     [
         pytest.param({**KNOWN, "booking_id": 12}, 422, "'booking_id'", id="wrong-type"),
         pytest.param(
-            {"booking_id": "x", "hotel": "H01"},
+            {k: v for k, v in KNOWN.items() if k != "customer_id"},
             422,
             "'customer_id' is required",
             id="missing-field",
@@ -237,17 +272,15 @@ KNOWN = {"booking_id": "BK-20260119-00000", "customer_id": "C000001", "hotel": "
             {**KNOWN, "lead_tim": 3}, 422, "'lead_tim' is not a field", id="unknown-field"
         ),
         pytest.param({**KNOWN, "hotel": "H99"}, 422, "'hotel'", id="category-out-of-set"),
-        pytest.param(
-            [KNOWN, {**KNOWN, "hotel": None}], 422, "'bookings[1].hotel'", id="bad-item-in-list"
-        ),
-        pytest.param([KNOWN] * 101, 413, "101 bookings", id="oversized-batch"),
+        pytest.param([KNOWN, {**KNOWN, "hotel": None}], 422, "'[1].hotel'", id="bad-item-in-list"),
+        pytest.param([KNOWN] * 101, 413, "101 events", id="oversized-batch"),
         pytest.param([], 422, "non-empty list", id="empty-list"),
-        pytest.param("just a string", 422, "booking object", id="not-an-object"),
+        pytest.param("just a string", 422, "event object", id="not-an-object"),
         pytest.param(
-            {**KNOWN, "booking_id": "BK-NOPE"},
-            404,
-            "unknown booking_id 'BK-NOPE'",
-            id="unknown-booking",
+            {**KNOWN, "arrival_date": "2026-02-30"}, 422, "'arrival_date'", id="impossible-date"
+        ),
+        pytest.param(
+            {**KNOWN, "adr": -1.0}, 422, "'adr': Input should be greater", id="below-declared-min"
         ),
     ],
 )

@@ -46,7 +46,7 @@ def world(tmp_path_factory, airflow_db):
         settings = load_settings()
         drift = DriftSpec(start=DRIFT_START, concept=1.0)
         write_batches(
-            settings.landing_dir, FIRST, STABLE_DAYS + DRIFT_DAYS, n_bookings=250, drift=drift
+            settings.landing_dir, FIRST, STABLE_DAYS + DRIFT_DAYS, rows_per_day=250, drift=drift
         )
         backfill(settings, FIRST, STABLE_DAYS + DRIFT_DAYS)
         yield settings

@@ -50,7 +50,7 @@ def _write_bytes(data: bytes):
 
 
 def _unknown_category(path):
-    drifted = generate_day(BAD_DAY, n_bookings=200, drift=DriftSpec(BAD_DAY, new_category=True))
+    drifted = generate_day(BAD_DAY, rows_per_day=200, drift=DriftSpec(BAD_DAY, new_category=True))
     path.write_text(_csv(drifted))
 
 
@@ -152,7 +152,7 @@ def good_state(features_dag, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CLOSEDLOOP_HOME", str(root))
         settings = load_settings()
-        write_batches(settings.landing_dir, GOOD_DAY, 2, n_bookings=200)
+        write_batches(settings.landing_dir, GOOD_DAY, 2, rows_per_day=200)
         assert run_day(features_dag, GOOD_DAY).succeeded
     return root
 

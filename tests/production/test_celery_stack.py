@@ -52,7 +52,7 @@ def stack(production_env):
     processes = ProductionStack(settings, use_job_schedule=False)
     with processes.starting(timeout=240):
         write_batches(
-            settings.landing_dir, FIRST, HISTORY_DAYS + WATCHED_DAYS, n_bookings=ROWS_PER_DAY
+            settings.landing_dir, FIRST, HISTORY_DAYS + WATCHED_DAYS, rows_per_day=ROWS_PER_DAY
         )
         backfill(settings, FIRST, HISTORY_DAYS)
     try:

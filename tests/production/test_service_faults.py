@@ -224,7 +224,7 @@ def world(production_env):
 
     settings = load_settings()
     ensure_databases(settings)
-    write_batches(settings.landing_dir, FIRST, HISTORY_DAYS + 1, n_bookings=ROWS_PER_DAY)
+    write_batches(settings.landing_dir, FIRST, HISTORY_DAYS + 1, rows_per_day=ROWS_PER_DAY)
     backfill(settings, FIRST, HISTORY_DAYS)
     return settings
 
@@ -546,10 +546,11 @@ def champion(world, mlflow_server):
 def test_serving_answers_with_its_model_while_mlflow_is_down(world, mlflow_server, champion):
     from closedloop.core.prediction_log import PredictionLog
     from closedloop.core.registry import CHAMPION, TAG_BLESSED, client_for
+    from closedloop.serving.schema import as_requests
 
     last_day = str(FIRST + timedelta(days=HISTORY_DAYS - 1))
     bookings = pd.read_parquet(offline.partition_path(world.offline_table_dir("events"), last_day))
-    keys = bookings[["booking_id", "customer_id", "hotel"]].head(20).to_dict("records")
+    keys = as_requests(bookings.head(20), world.usecase)
     started = datetime.now(UTC)
     server = Serving(world.home)
     answered: list[dict] = []

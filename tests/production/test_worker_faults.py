@@ -82,7 +82,7 @@ def stack(production_env):
         environ_extra={**FAST_FAILURE, failpoints.ENV: str(points)},
     )
     with processes.starting(timeout=240):
-        write_batches(settings.landing_dir, FIRST, HISTORY_DAYS + 1, n_bookings=ROWS_PER_DAY)
+        write_batches(settings.landing_dir, FIRST, HISTORY_DAYS + 1, rows_per_day=ROWS_PER_DAY)
         backfill(settings, FIRST, HISTORY_DAYS)
         step("history loaded")
     step("stack started")

@@ -83,8 +83,8 @@ def test_zero_strength_drift_changes_nothing() -> None:
     pd.testing.assert_frame_equal(generate_day(START), generate_day(START, drift=no_op))
 
 
-def test_row_count_varies_around_n_bookings() -> None:
-    counts = [len(generate_day(START + timedelta(d), n_bookings=400)) for d in range(7)]
+def test_row_count_varies_around_rows_per_day() -> None:
+    counts = [len(generate_day(START + timedelta(d), rows_per_day=400)) for d in range(7)]
     assert all(320 <= c <= 480 for c in counts)
     assert len(set(counts)) > 1
 
@@ -194,14 +194,14 @@ def test_drift_spec_rejects_bad_values(bad: dict[str, float]) -> None:
 
 def test_write_batches_round_trips(tmp_path: Path) -> None:
     landing = tmp_path / "landing" / "hotel_bookings"
-    paths = write_batches(landing, START, 2, n_bookings=50)
+    paths = write_batches(landing, START, 2, rows_per_day=50)
     assert [p.name for p in paths] == ["2026-01-05.csv", "2026-01-06.csv"]
     assert sorted(landing.iterdir()) == paths  # no temp files left behind
     first_line = paths[0].read_text().splitlines()[1]
     assert "+00:00" in first_line
     for path, offset in zip(paths, range(2), strict=True):
         read = read_batch(path, USECASE)
-        expected = generate_day(START + timedelta(days=offset), n_bookings=50)
+        expected = generate_day(START + timedelta(days=offset), rows_per_day=50)
         pd.testing.assert_frame_equal(read, expected, check_dtype=False)
         for name, spec in USECASE.columns.items():
             assert str(read[name].dtype) in ACCEPTED_DTYPES[spec.type], name
@@ -211,7 +211,7 @@ def test_write_batches_round_trips(tmp_path: Path) -> None:
 
 
 def test_rewriting_a_day_is_byte_identical(tmp_path: Path) -> None:
-    first = write_batches(tmp_path, START, 1, n_bookings=60)[0].read_bytes()
-    second = write_batches(tmp_path, START, 1, n_bookings=60)[0].read_bytes()
+    first = write_batches(tmp_path, START, 1, rows_per_day=60)[0].read_bytes()
+    second = write_batches(tmp_path, START, 1, rows_per_day=60)[0].read_bytes()
     assert first
     assert first == second

@@ -50,7 +50,7 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def frame() -> pd.DataFrame:
     """A training frame: bookings whose outcome was known by the end of the window."""
-    days = [generate_day(START + timedelta(d), n_bookings=150) for d in range(DAYS)]
+    days = [generate_day(START + timedelta(d), rows_per_day=150) for d in range(DAYS)]
     df = event_table(pd.concat(days, ignore_index=True), HOTEL)
     df = df.rename(columns={"booking_ts": "event_timestamp"})
     rng = np.random.default_rng(0)  # a stand-in for an aggregate feature

@@ -51,7 +51,7 @@ def test_unreadable_batch_fails_for_good_and_is_quarantined(home):
 
 
 def test_failed_validation_pushes_the_report_and_fails_for_good(home):
-    [path] = write_batches(home.landing_dir, START.date(), 1, n_bookings=30)
+    [path] = write_batches(home.landing_dir, START.date(), 1, rows_per_day=30)
     path.write_text(path.read_text().replace(",Direct,", ",Walk-in,"))
     context = _context()
     with pytest.raises(DataQualityGateFailed, match="market_segment") as info:

@@ -14,9 +14,10 @@ from pydantic import ValidationError
 
 from closedloop.core.ab import arm_for, compare_arms
 from closedloop.core.prediction_log import PredictionLog
+from closedloop.core.usecase import UseCase
 from closedloop.serving.app import Batcher
 from closedloop.serving.logwriter import PredictionLogWriter
-from closedloop.serving.schema import booking_model, describe_errors, request_fields
+from closedloop.serving.schema import describe_errors, event_model, prediction_model
 
 KEYS = [f"BK-{i:06d}" for i in range(20_000)]
 
@@ -82,46 +83,74 @@ def test_too_few_labelled_rows_is_insufficient_data_and_unknown_labels_do_not_co
     assert "challenger: 150 labelled rows" in result.reasons[0]
 
 
-def test_the_request_schema_comes_from_the_use_case_and_the_model(usecase):
-    served = {"lead_time", "adr", "cust_bookings"}
-    assert request_fields(usecase, ["hotel", "lead_time", "adr"], served) == [
-        "booking_id", "customer_id", "hotel"
-    ]  # fmt: skip
-    # a model column nobody serves becomes a typed request field
-    fields = request_fields(usecase, ["hotel", "adults", "adr"], served)
-    assert fields[-1] == "adults"
-    model = booking_model(usecase, fields)
-    ok = model.model_validate({"booking_id": "b", "customer_id": "c", "hotel": "H01", "adults": 2})
-    assert ok.adults == 2
-    with pytest.raises(ValueError, match="neither the feature service"):
-        request_fields(usecase, ["hotel", "not_declared"], served)
+def _event(usecase, **changes):
+    """A valid request event of the shipped hotel declaration, with ``changes``."""
+    event = {
+        "booking_id": "b", "customer_id": "c", "hotel": "H01", "arrival_date": "2025-06-01",
+        "lead_time": 30, "stays_weekend_nights": 1, "stays_week_nights": 2, "adults": 2,
+        "children": 0, "adr": 99.5, "market_segment": "Direct", "distribution_channel": "Direct",
+        "deposit_type": "No Deposit", "customer_type": "Transient",
+        "previous_cancellations": 0, "total_of_special_requests": 1, "is_repeated_guest": 0,
+    }  # fmt: skip
+    assert set(event) == set(usecase.request_columns)  # the declaration still says so
+    event.update(changes)
+    return {k: v for k, v in event.items() if v is not ...}
+
+
+def test_the_request_is_the_id_the_keys_and_the_columns_features_are_computed_from(usecase):
+    request = usecase.request_columns
+    # the id and the join keys; the columns passed through and those derivations read
+    assert request[:3] == ["booking_id", "customer_id", "hotel"]
+    assert "arrival_date" in request  # arrival_month/arrival_weekday are derived from it
+    assert {"stays_weekend_nights", "stays_week_nights", "adults", "children"} <= set(request)
+    # not the label, its known-at time, the event's timestamp or derived features
+    assert not {"is_canceled", "booking_ts", "stay_nights", "arrival_month"} & set(request)
+    ok = event_model(usecase).model_validate(_event(usecase))
+    assert ok.arrival_date.isoformat() == "2025-06-01"
+
+
+def test_a_category_declared_to_flag_new_values_accepts_them_the_others_refuse(usecase):
+    raw = usecase.model_dump(mode="json", exclude_defaults=True)
+    raw["columns"]["market_segment"]["new_categories"] = "flag"
+    flagged = UseCase.from_dict(raw)
+    assert event_model(flagged).model_validate(_event(flagged, market_segment="Aviation"))
+    with pytest.raises(ValidationError, match="market_segment"):
+        event_model(usecase).model_validate(_event(usecase, market_segment="Aviation"))
+
+
+def test_the_response_answers_under_the_declared_response_id(usecase):
+    raw = usecase.model_dump(mode="json", exclude_defaults=True)
+    raw["serving"] = {"response_id": "reservation"}
+    fields = prediction_model(UseCase.from_dict(raw)).model_fields
+    assert "reservation" in fields and "booking_id" not in fields
+    assert "booking_id" in prediction_model(usecase).model_fields
 
 
 @pytest.mark.parametrize(
-    ("booking", "message"),
+    ("change", "message"),
     [
-        pytest.param({"customer_id": "c", "hotel": "H01", "adults": 2}, "'booking_id' is required",
-                     id="missing"),
-        pytest.param({"booking_id": 1, "customer_id": "c", "hotel": "H01", "adults": 2},
-                     "field 'booking_id': Input should be a valid string", id="int-for-string"),
-        pytest.param({"booking_id": "b", "customer_id": "c", "hotel": "H01", "adults": "2"},
-                     "field 'adults': Input should be a valid integer", id="string-for-int"),
-        pytest.param({"booking_id": "b", "customer_id": "c", "hotel": "H01", "adults": 99},
-                     "field 'adults': Input should be less than or equal to 10", id="range"),
-        pytest.param({"booking_id": "b", "customer_id": "c", "hotel": "H01", "adults": 2, "x": 1},
-                     "field 'x' is not a field of a booking", id="unknown"),
+        pytest.param({"booking_id": ...}, "'booking_id' is required", id="missing"),
+        pytest.param({"booking_id": 1}, "field 'booking_id': Input should be a valid string",
+                     id="int-for-string"),
+        pytest.param({"adults": "2"}, "field 'adults': Input should be a valid integer",
+                     id="string-for-int"),
+        pytest.param({"adults": 99}, "field 'adults': Input should be less than or equal to 10",
+                     id="range"),
+        pytest.param({"arrival_date": "June"}, "field 'arrival_date': Input should be a valid date",
+                     id="not-a-date"),
+        pytest.param({"hotel": "H99"}, "field 'hotel': Input should be", id="category"),
+        pytest.param({"x": 1}, "field 'x' is not a field of an event", id="unknown"),
     ],
 )  # fmt: skip
-def test_validation_errors_name_the_field(usecase, booking, message):
+def test_validation_errors_name_the_field(usecase, change, message):
     from pydantic import TypeAdapter
 
-    fields = request_fields(usecase, ["hotel", "adults"], set())
-    adapter = TypeAdapter(list[booking_model(usecase, fields)])
+    adapter = TypeAdapter(list[event_model(usecase)])
     with pytest.raises(ValidationError) as caught:
-        adapter.validate_python([booking])
+        adapter.validate_python([_event(usecase, **change)])
     assert any(message in m for m in describe_errors(caught.value.errors(), single=True))
     listed = describe_errors(caught.value.errors(), single=False)
-    assert all(m.startswith("field 'bookings[0].") for m in listed)
+    assert all(m.startswith("field '[0].") for m in listed)
 
 
 def test_the_batcher_scores_ready_requests_together_and_returns_each_its_own():

@@ -423,6 +423,21 @@ class UseCase(_Strict):
         return [*self.features.passthrough, *self.features.derived]
 
     @property
+    def request_columns(self) -> list[str]:
+        """What a serving request carries, in declaration order: the id, every entity's
+        join key and the declared columns the event's features are computed from (so
+        an event is scored when it happens; only aggregates come from the online store)."""
+        needed = set(self.entity_keys) | set(self.features.passthrough)
+        pending = list(self.features.derived.values())
+        while pending:  # a derivation may read an earlier one: down to declared columns
+            for name in pending.pop().inputs():
+                if name in self.features.derived:
+                    pending.append(self.features.derived[name])
+                else:
+                    needed.add(name)
+        return [c for c in self.columns if c in needed]
+
+    @property
     def aggregate_features(self) -> dict[str, AggregateSpec]:
         return {n: a for aggs in self.features.aggregations.values() for n, a in aggs.items()}
 

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import FastAPI, Request, Response
 from pydantic import TypeAdapter, ValidationError
 
-from closedloop.serving.schema import PredictResponse, booking_model, describe_errors
+from closedloop.serving.schema import describe_errors, event_model, response_model
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -67,7 +67,7 @@ class ServeConfig:
 
     challenger_share: float = 0.0  # share of keys sent to the challenger (A/B); 0 = off
     poll_seconds: float = 5.0  # how often the registry's aliases are checked
-    max_bookings: int = 100  # per request; more is a 413
+    max_events: int = 100  # per request; more is a 413
     max_rows: int = 256  # per scoring call of the batcher
     max_body_bytes: int = 1_000_000
     log_flush_seconds: float = 1.0
@@ -168,7 +168,7 @@ class Batcher:
     """Scores on the event loop's thread, in one call, the requests that are ready
     together (see the module).
 
-    :meth:`submit_async` queues a request's bookings and, unless it is scheduled already,
+    :meth:`submit_async` queues a request's events and, unless it is scheduled already,
     schedules the scoring call with ``call_soon``: it runs after the other requests the
     loop has ready at that moment, which have queued theirs by then. A lone request
     waits for nothing; under load one call serves every request that arrived while the
@@ -176,15 +176,15 @@ class Batcher:
     and the loop and a scoring thread no longer take the GIL from each other."""
 
     def __init__(self, score: Any, max_rows: int) -> None:
-        self.score = score  # list[booking] -> list[result]
+        self.score = score  # list[event] -> list[result]
         self.max_rows = max_rows
         self._pending: list[tuple[list[dict[str, Any]], asyncio.Future]] = []
         self._scheduled = False
 
-    def submit_async(self, bookings: list[dict[str, Any]]) -> asyncio.Future:
+    def submit_async(self, events: list[dict[str, Any]]) -> asyncio.Future:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._pending.append((bookings, future))
+        self._pending.append((events, future))
         if not self._scheduled:
             # after the other requests the loop has ready now, which join this call
             self._scheduled = True
@@ -207,7 +207,7 @@ class Batcher:
 
     def _score(self, items: list[tuple[list[dict[str, Any]], asyncio.Future]]) -> None:
         try:
-            results = self.score([b for bookings, _ in items for b in bookings])
+            results = self.score([e for events, _ in items for e in events])
         except Exception as exc:
             log.exception("scoring failed")
             for _, future in items:
@@ -215,10 +215,10 @@ class Batcher:
                     future.set_exception(exc)
             return
         at = 0
-        for bookings, future in items:
+        for events, future in items:
             if not future.done():
-                future.set_result(results[at : at + len(bookings)])
-            at += len(bookings)
+                future.set_result(results[at : at + len(events)])
+            at += len(events)
 
 
 class Service:
@@ -232,7 +232,7 @@ class Service:
         self.batcher: Batcher | None = None
         self.writer: Any = None
         self.adapter: TypeAdapter | None = None
-        self.booking: Any = None
+        self.event: Any = None
         self.fields: list[str] = []
         self.error: str | None = None
         self._probe: dict[str, Any] | None = None
@@ -244,7 +244,6 @@ class Service:
         from closedloop.core.prediction_log import PredictionLog
         from closedloop.serving.follower import ModelFollower
         from closedloop.serving.logwriter import PredictionLogWriter
-        from closedloop.serving.schema import request_fields
         from closedloop.serving.scorer import OnlineScorer
 
         self.writer = PredictionLogWriter(
@@ -265,13 +264,9 @@ class Service:
         for model in (deployment.champion, deployment.challenger):
             if model is not None:
                 self._accept(model)
-        self.fields = request_fields(
-            self.settings.usecase,
-            deployment.champion.feature_names,
-            set(self.scorer.served_features),
-        )
-        self.booking = booking_model(self.settings.usecase, self.fields)
-        self.adapter = TypeAdapter(list[self.booking])
+        self.fields = self.scorer.fields
+        self.event = event_model(self.settings.usecase)
+        self.adapter = TypeAdapter(list[self.event])
         self._published(deployment)
         self.metrics.registry_up.set(1)  # the registry answered the initial load
         self.batcher = Batcher(self._score, self.config.max_rows)
@@ -285,15 +280,14 @@ class Service:
 
     # -- model follower hooks ---------------------------------------------------------
     def _accept(self, model: Any) -> None:
-        """Refuse a model the service cannot feed; score a probe booking with it."""
+        """Refuse a model the service cannot feed; score a probe event with it."""
         if self.scorer is None:
             return
-        provided = set(self.scorer.served_features) | set(self.fields or model.feature_names)
-        missing = [c for c in model.feature_names if c not in provided]
+        missing = [c for c in model.feature_names if c not in self.scorer.provided]
         if missing:
             raise ValueError(
-                f"{model.name} v{model.version} reads {missing}, which this "
-                "service's feature service and request schema do not provide"
+                f"{model.name} v{model.version} reads {missing}, which neither this "
+                "service's requests, their derived features nor its online store provide"
             )
         if self._probe is not None:
             import pandas as pd
@@ -326,9 +320,9 @@ class Service:
             self.metrics.serving.labels(alias, version).set(1)
 
     # -- scoring (on the batcher's thread) -------------------------------------------
-    def _score(self, bookings: list[dict[str, Any]]) -> list[Any]:
-        results = self.scorer.score(self.follower.deployment, bookings)
-        self.metrics.batch_rows.observe(len(bookings))
+    def _score(self, events: list[dict[str, Any]]) -> list[Any]:
+        results = self.scorer.score(self.follower.deployment, events)
+        self.metrics.batch_rows.observe(len(events))
         if self._probe is None:
             self._probe = next((r["_record"] for r in results if isinstance(r, dict)), None)
         return results
@@ -498,17 +492,17 @@ def create_app(settings: Settings, config: ServeConfig | None = None) -> Serving
         single = isinstance(payload, dict)
         items = [payload] if single else payload
         if not isinstance(items, list) or not items:
-            return refuse(422, "the body must be a booking object or a non-empty list of bookings")
-        if len(items) > config.max_bookings:
-            return refuse(413, f"{len(items)} bookings in one request, at most "
-                               f"{config.max_bookings}")  # fmt: skip
+            return refuse(422, "the body must be an event object or a non-empty list of events")
+        if len(items) > config.max_events:
+            return refuse(413, f"{len(items)} events in one request, at most "
+                               f"{config.max_events}")  # fmt: skip
         try:
-            bookings = service.adapter.validate_python(items)
+            events = service.adapter.validate_python(items)
         except ValidationError as exc:
             return refuse(422, *describe_errors(exc.errors(), single))
         began = time.perf_counter()
         try:
-            results = await service.batcher.submit_async([b.model_dump() for b in bookings])
+            results = await service.batcher.submit_async([e.model_dump() for e in events])
         except Exception as exc:
             return refuse(503, f"scoring failed: {type(exc).__name__}: {exc}")
         unknown = [str(r) for r in results if isinstance(r, Exception)]
@@ -522,23 +516,24 @@ def create_app(settings: Settings, config: ServeConfig | None = None) -> Serving
 
     @app.post(
         "/predict",
-        response_model=PredictResponse,
+        response_model=response_model(settings.usecase),
         openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-            "schema": {"description": "one booking, or a list of bookings "
-                       f"(at most {config.max_bookings})"}}}}},
+            "schema": {"description": "one event, or a list of events "
+                       f"(at most {config.max_events})"}}}}},
         responses={
             400: {"description": "the body is not JSON"},
             401: {"description": "missing or wrong API key (when the service has one)"},
-            404: {"description": "a booking the online store does not know"},
-            413: {"description": "too many bookings or too large a body"},
+            404: {"description": "an entity without online aggregates or their defaults"},
+            413: {"description": "too many events or too large a body"},
             422: {"description": "a field is missing, unknown, of the wrong type or out of range"},
             503: {"description": "not ready, or the feature store failed"},
         },
     )  # fmt: skip
     async def predict(request: Request) -> Response:
-        """Score bookings: keys in; features from Feast's online store; the champion's
-        (or the A/B challenger's) probability, decision and version out. (Answered by
-        :class:`ServingApp`; declared here for the docs.)"""
+        """Score events when they happen: the event's declared columns in; its derived
+        features computed, its entities' aggregates from Feast's online store; the
+        champion's (or the A/B challenger's) probability, decision and version out.
+        (Answered by :class:`ServingApp`; declared here for the docs.)"""
         status, payload, extra = await answer(dict(request.headers.raw), await request.body())
         return Response(payload, status, {k.decode(): v.decode() for k, v in extra},
                         media_type="application/json")  # fmt: skip
@@ -585,9 +580,9 @@ def create_app(settings: Settings, config: ServeConfig | None = None) -> Serving
 
         spec = get_openapi(title=app.title, version=app.version, description=app.description,
                            routes=app.routes)  # fmt: skip
-        if service.booking is not None:
-            one = service.booking.model_json_schema()
-            many = {"type": "array", "items": one, "minItems": 1, "maxItems": config.max_bookings}
+        if service.event is not None:
+            one = service.event.model_json_schema()
+            many = {"type": "array", "items": one, "minItems": 1, "maxItems": config.max_events}
             body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]
             body["schema"] = {"anyOf": [one, many], "description": body["schema"]["description"]}
             app.openapi_schema = spec

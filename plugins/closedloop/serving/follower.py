@@ -3,7 +3,7 @@
 A thread polls the registry every ``poll_seconds`` for the versions behind ``champion``
 (and ``challenger`` in an A/B test). When one moved, it loads the new version, checks that
 the service can feed it (its columns are served by the feature service or the request
-schema) and scores a probe booking with it — all off the request path — then publishes a
+schema) and scores a probe event with it — all off the request path — then publishes a
 new :class:`~closedloop.serving.scorer.Deployment` with one reference assignment. A
 request holds the deployment it started with, so none is dropped or mixes versions.
 

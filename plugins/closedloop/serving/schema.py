@@ -1,25 +1,35 @@
-"""The request schema, derived from the use case and the model.
+"""The request and response schemas, derived from the use case.
 
-A booking in a request carries the entity keys of the use case (``entity_keys``) and
-any column the model reads that its feature service does not provide (a request-time
-field); each field is typed and bounded as the use-case YAML declares it, so a category
-outside its set or a count out of range is refused before anything is looked up.
-Unknown fields are refused too: a misspelt key must not fall back to a default.
+An event in a request carries the use case's ``request_columns``: its id, the entity
+keys and the declared columns its features are computed from, so it can be scored when
+it happens. Each field is typed and bounded as the declaration says: a count out of
+range or a category outside its set (unless the column accepts new categories) is
+refused before anything is looked up. Unknown fields are refused too: a misspelt key
+must not fall back to a default.
 """
 
 from __future__ import annotations
 
+from datetime import date, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, create_model
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from closedloop.core.usecase import ColumnSpec, UseCase
 
 
 def _annotation(spec: ColumnSpec) -> Any:
     if spec.type == "category":
+        if spec.new_categories == "flag":  # a new one is news for the drift report
+            return StrictStr
         return Literal[tuple(spec.categories or ())]
+    if spec.type == "date":
+        return date
+    if spec.type == "timestamp":  # ISO 8601; without an offset it is UTC, as in batches
+        return datetime
     if spec.type == "int":
         return StrictInt
     if spec.type == "float":
@@ -33,68 +43,73 @@ def _field(spec: ColumnSpec) -> Any:
     bounds: dict[str, Any] = {}
     if spec.type in ("int", "float"):
         bounds = {"ge": spec.min, "le": spec.max}
-    if spec.type == "string":
+    if spec.type == "string" or (spec.type == "category" and spec.new_categories == "flag"):
         bounds = {"min_length": 1, "max_length": 128}
     return (_annotation(spec), Field(..., **{k: v for k, v in bounds.items() if v is not None}))
 
 
-def request_fields(usecase: UseCase, model_columns: list[str], served: set[str]) -> list[str]:
-    """The fields a request must carry: the entity keys, then the model's columns that
-    neither the keys nor the feature service (``served``) provide."""
-    keys = list(usecase.entity_keys)
-    extra = [c for c in model_columns if c not in served and c not in keys]
-    undeclared = [c for c in extra if c not in usecase.columns]
-    if undeclared:
-        raise ValueError(
-            f"the model reads {undeclared}, which neither the feature service nor the use "
-            "case's declared columns provide"
-        )
-    return keys + extra
-
-
-def booking_model(usecase: UseCase, fields: list[str]) -> type[BaseModel]:
-    """A pydantic model of one booking in a request (strict types, no unknown fields)."""
+def event_model(usecase: UseCase) -> type[BaseModel]:
+    """A pydantic model of one event in a request (strict types, no unknown fields)."""
     return create_model(
-        "Booking",
+        "Event",
         __config__=ConfigDict(extra="forbid", frozen=True),
-        **{name: _field(usecase.columns[name]) for name in fields},
+        **{name: _field(usecase.columns[name]) for name in usecase.request_columns},
     )
 
 
-class Prediction(BaseModel):
-    """One answer of ``POST /predict`` (documentation of the response)."""
+def as_requests(frame: pd.DataFrame, usecase: UseCase) -> list[dict[str, Any]]:
+    """Rows of events (a landed batch, the offline event table) as ``/predict`` bodies:
+    their request columns, dates and timestamps as ISO 8601 text."""
+    out = frame[usecase.request_columns].copy()
+    for name in usecase.request_columns:
+        kind = usecase.columns[name].type
+        if kind == "date":
+            out[name] = out[name].dt.strftime("%Y-%m-%d")
+        elif kind == "timestamp":
+            out[name] = out[name].map(lambda t: t.isoformat())
+    return out.to_dict("records")
 
-    prediction_id: str
-    booking_id: str
-    probability: float
-    decision: int
-    threshold: float
-    model_name: str
-    model_version: str
-    arm: str
-    defaults_used: list[str] = Field(
-        description="features the online store had no value for, filled with the use "
-        "case's declared defaults (e.g. a customer without history)"
+
+def prediction_model(usecase: UseCase) -> type[BaseModel]:
+    """One answer of ``POST /predict``, answered under the use case's ``response_id``."""
+    return create_model(
+        "Prediction",
+        prediction_id=(str, ...),
+        **{usecase.response_id: (str, ...)},
+        probability=(float, ...),
+        decision=(int, ...),
+        threshold=(float, ...),
+        model_name=(str, ...),
+        model_version=(str, ...),
+        arm=(str, Field(..., description="champion, or challenger in an A/B test")),
+        defaults_used=(
+            list[str],
+            Field(
+                ...,
+                description="aggregates the online store had no value for, filled with "
+                "the declared defaults (an entity without history)",
+            ),
+        ),
     )
 
 
-class PredictResponse(BaseModel):
-    predictions: list[Prediction]
+def response_model(usecase: UseCase) -> type[BaseModel]:
+    return create_model("PredictResponse", predictions=(list[prediction_model(usecase)], ...))
 
 
 def describe_errors(errors: list[dict[str, Any]], single: bool) -> list[str]:
-    """pydantic's validation errors as messages that name the booking and the field."""
+    """pydantic's validation errors as messages that name the event and the field."""
     messages = []
     for error in errors:
         loc = list(error.get("loc", ()))
         where = ""
         if loc and isinstance(loc[0], int):
             index = loc.pop(0)
-            where = "" if single else f"bookings[{index}]"
+            where = "" if single else f"[{index}]"
         field = ".".join(str(p) for p in loc)
         name = f"{where}.{field}" if where and field else (field or where or "body")
         if error.get("type") == "extra_forbidden":
-            messages.append(f"field {name!r} is not a field of a booking")
+            messages.append(f"field {name!r} is not a field of an event")
         elif error.get("type") == "missing":
             messages.append(f"field {name!r} is required")
         else:

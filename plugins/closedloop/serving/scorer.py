@@ -1,17 +1,18 @@
 """Lookup and predict: the work of one ``/predict`` call, without HTTP.
 
-:class:`OnlineScorer` turns bookings (entity keys + request-time fields) into scored
-predictions: one ``get_online_features`` call on the model's FeatureService for every
-booking of the call, the use case's declared defaults where the store has no value (as
-the training set and batch inference do), then ``predict_proba`` of the arm's model.
-Calls are made for many bookings at once by the server's batcher, which is why this
-works on lists.
+:class:`OnlineScorer` turns events, as a request declares them (the use case's
+``request_columns``), into scored predictions: the derived features computed from the
+event's own columns by the definitions the feature pipeline uses
+(:mod:`closedloop.core.derive`), the entity aggregates from one ``get_online_features``
+call for every event of the call, the use case's declared defaults where the store has
+no value (as the training set and batch inference do), then ``predict_proba`` of the
+arm's model. Calls are made for many events at once by the server's batcher, which is
+why this works on lists.
 
-Unknown-entity policy: a feature *with* a declared default that the online store lacks
-(a customer without history, a hotel without recent stats) gets the default and is named
-in the prediction's ``defaults_used``; a feature *without* one (the booking's own
-attributes: a booking the store does not know) makes the booking unanswerable — the
-server answers 404 naming the key, never a guess.
+Unknown-entity policy: an aggregate *with* a declared default that the online store
+lacks (an entity without history) gets the default and is named in the prediction's
+``defaults_used``; one *without* a default makes the event unanswerable — the server
+answers 404 naming the key, never a guess.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import pandas as pd
 from closedloop.core.ab import arm_for
 from closedloop.core.fast_pipeline import FastPipeline
 from closedloop.core.registry import CHALLENGER, CHAMPION
+from closedloop.core.usecase import EVENT_VIEW
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -62,7 +64,7 @@ class Deployment:
 
 
 class UnknownEntityError(LookupError):
-    """A booking whose features have no value and no declared default."""
+    """An event whose aggregates have no value and no declared default."""
 
     def __init__(self, key: str, value: str, view: str, features: list[str]) -> None:
         super().__init__(
@@ -74,17 +76,24 @@ class UnknownEntityError(LookupError):
 
 
 class OnlineScorer:
-    """Online features + a :class:`Deployment` -> predictions (see the module)."""
+    """Request columns + online aggregates + a :class:`Deployment` -> predictions (see
+    the module)."""
 
     def __init__(self, settings: Settings, store: FeatureStore) -> None:
         from closedloop.core.feature_store import feature_refs
 
         usecase = settings.usecase
+        self.usecase = usecase
         self.store = store
-        self.service = store.get_feature_service(usecase.feature_service)
-        self.refs = feature_refs(store, self.service)
-        self.keys = list(usecase.entity_keys)
+        service = store.get_feature_service(usecase.feature_service)
+        # the event's own features come with the request, not from the store
+        self.refs = [r for r in feature_refs(store, service) if r.split(":")[0] != EVENT_VIEW]
+        self.fields = list(usecase.request_columns)
+        self.keys = list(usecase.entity_keys)  # the id and the join keys, logged
+        self.lookup_keys = [usecase.entities[e].join_key for e in usecase.features.aggregations]
         self.id_column = usecase.batch.id_column
+        self.response_id = usecase.response_id
+        self.times = [c for c in self.fields if usecase.columns[c].type in ("date", "timestamp")]
         self.defaults = {k: v for k, v in usecase.defaults.items() if k in self.served_features}
         self._fast: dict[int, tuple[LoadedModel, FastPipeline | None]] = {}
         #: the use case's declared categories: the fast path encodes all of them ahead
@@ -95,7 +104,7 @@ class OnlineScorer:
         }
         # feature -> (view, the view's join key), to name the key of an unknown entity
         self._owner: dict[str, tuple[str, str]] = {}
-        for proj in self.service.feature_view_projections:
+        for proj in service.feature_view_projections:
             view = store.get_feature_view(proj.name)
             join_key = view.join_keys[0] if view.join_keys else proj.name
             for f in proj.features:
@@ -103,16 +112,26 @@ class OnlineScorer:
 
     @property
     def served_features(self) -> list[str]:
+        """The features the online store provides: the entity aggregates."""
         return [r.split(":", 1)[1] for r in self.refs]
 
-    def lookup(self, bookings: list[dict[str, Any]]) -> tuple[dict[str, list[Any]], list[Any]]:
-        """Columns of features for ``bookings`` (defaults filled in), and per booking
-        either the list of defaulted features or an :class:`UnknownEntityError`."""
-        rows = [{k: b[k] for k in self.keys} for b in bookings]
-        columns = self.store.get_online_features(features=self.service, entity_rows=rows).to_dict()
-        status: list[Any] = [[] for _ in bookings]
+    @property
+    def provided(self) -> set[str]:
+        """Every feature this scorer can give a model."""
+        return {*self.fields, *self.usecase.features.derived, *self.served_features}
+
+    def lookup(self, events: list[dict[str, Any]]) -> tuple[dict[str, list[Any]], list[Any]]:
+        """Columns of features for ``events`` (defaults filled in), and per event either
+        the list of defaulted features or an :class:`UnknownEntityError`."""
+        columns = {name: [e[name] for e in events] for name in self.fields}
+        columns.update(self.derived(columns))
+        status: list[Any] = [[] for _ in events]
+        if not self.refs:
+            return columns, status
+        rows = [{k: e[k] for k in self.lookup_keys} for e in events]
+        found = self.store.get_online_features(features=self.refs, entity_rows=rows).to_dict()
         for name in self.served_features:
-            values = columns[name]
+            values = columns[name] = found[name]
             for i, value in enumerate(values):
                 if value is not None:
                     continue
@@ -126,23 +145,34 @@ class OnlineScorer:
                         n for n in self.served_features
                         if self._owner[n][0] == view and n not in self.defaults
                     ]  # fmt: skip
-                    status[i] = UnknownEntityError(key, str(bookings[i].get(key)), view, missing)
-        for name in bookings[0] if bookings else ():
-            if name not in columns:  # request-time fields
-                columns[name] = [b[name] for b in bookings]
+                    status[i] = UnknownEntityError(key, str(events[i].get(key)), view, missing)
         return columns, status
 
-    def score(self, deployment: Deployment, bookings: list[dict[str, Any]]) -> list[Any]:
-        """Per booking a prediction dict (with its log record under ``"_record"``) or an
+    def derived(self, columns: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        """The declared row-level features of the request's events, computed as the
+        feature pipeline computes them (dates and timestamps in UTC, as in batches)."""
+        from closedloop.core.derive import derive
+
+        if not self.usecase.features.derived:
+            return {}
+        frame = pd.DataFrame(columns)
+        for name in self.times:
+            frame[name] = pd.to_datetime(frame[name], utc=True).astype("datetime64[us, UTC]")
+        for name, derivation in self.usecase.features.derived.items():
+            frame[name] = derive(frame, derivation)
+        return {name: frame[name].tolist() for name in self.usecase.features.derived}
+
+    def score(self, deployment: Deployment, events: list[dict[str, Any]]) -> list[Any]:
+        """Per event a prediction dict (with its log record under ``"_record"``) or an
         :class:`UnknownEntityError`."""
-        columns, status = self.lookup(bookings)
+        columns, status = self.lookup(events)
         now = datetime.now(UTC)
         out: list[Any] = list(status)
         groups: dict[int, tuple[LoadedModel, list[int]]] = {}
-        for i, booking in enumerate(bookings):
+        for i, event in enumerate(events):
             if isinstance(status[i], Exception):
                 continue
-            model = deployment.model_for(str(booking[self.id_column]))
+            model = deployment.model_for(str(event[self.id_column]))
             groups.setdefault(id(model), (model, []))[1].append(i)
         for model, index in groups.values():
             scores = self.predict(model, columns, index)
@@ -164,7 +194,7 @@ class OnlineScorer:
                 }
                 out[i] = {
                     "prediction_id": pid,
-                    self.id_column: str(bookings[i][self.id_column]),
+                    self.response_id: str(events[i][self.id_column]),
                     "probability": score,
                     "decision": decision,
                     "threshold": model.threshold,

@@ -1,6 +1,6 @@
 """Seeded synthetic hotel bookings, one landed batch per day, with optional drift.
 
-Each day's bookings depend only on ``(day, seed, n_bookings, drift)``: every random
+Each day's bookings depend only on ``(day, seed, rows_per_day, drift)``: every random
 number comes from a generator seeded with ``(seed, day ordinal)``, drawn as one block
 before any drift is applied, so a drift of strength 0 reproduces the undrifted day
 exactly. Customers come from a fixed population (derived from ``seed`` only) with a
@@ -157,18 +157,18 @@ def _cancel_logit(df: pd.DataFrame, propensity: np.ndarray, concept: float) -> n
 
 
 def generate_day(
-    day: date, *, seed: int = 7, n_bookings: int = 400, drift: DriftSpec | None = None
+    day: date, *, seed: int = 7, rows_per_day: int = 400, drift: DriftSpec | None = None
 ) -> pd.DataFrame:
     """The bookings made on ``day``, one row per booking, in the use case's column order."""
-    if not 1 <= n_bookings <= 50_000:
-        raise ValueError(f"n_bookings must lie in [1, 50000], got {n_bookings}")
+    if not 1 <= rows_per_day <= 50_000:
+        raise ValueError(f"rows_per_day must lie in [1, 50000], got {rows_per_day}")
     weight = drift.weight(day) if drift else 0.0
     covariate = drift.covariate * weight if drift else 0.0
     concept = drift.concept * weight if drift else 0.0
     aviation_share = 0.10 * weight if drift and drift.new_category else 0.0
     rng = np.random.default_rng([seed, day.toordinal()])
     volume = WEEKDAY_VOLUME[day.weekday()]
-    n = max(1, round(n_bookings * volume * (1.0 + 0.03 * rng.standard_normal())))
+    n = max(1, round(rows_per_day * volume * (1.0 + 0.03 * rng.standard_normal())))
     u, z = rng.random((n, 15)), rng.standard_normal((n, 2))
     people = _population(seed)
 
@@ -236,7 +236,7 @@ def write_batches(
     days: int,
     *,
     seed: int = 7,
-    n_bookings: int = 400,
+    rows_per_day: int = 400,
     drift: DriftSpec | None = None,
 ) -> list[Path]:
     """Write ``days`` daily batches from ``start`` as ``<YYYY-MM-DD>.csv``, atomically."""
@@ -244,7 +244,7 @@ def write_batches(
     paths = []
     for offset in range(days):
         day = start + timedelta(days=offset)
-        data = _csv_bytes(generate_day(day, seed=seed, n_bookings=n_bookings, drift=drift))
+        data = _csv_bytes(generate_day(day, seed=seed, rows_per_day=rows_per_day, drift=drift))
         path = landing_dir / f"{day:%Y-%m-%d}.csv"
         fd, tmp = tempfile.mkstemp(dir=landing_dir, prefix=f".{path.name}.", suffix=".tmp")
         try:
