@@ -193,6 +193,33 @@ def test_new_category_drifts_its_column(may_reference, policy, stable_run) -> No
     # 10 % of the bookings in a segment the reference never saw
     assert result.column_scores["market_segment"] > 0.3
     assert result.column_scores["market_segment"] > 10 * stable.column_scores["market_segment"]
+    # quarantine is the hotel's declared policy: a batch with it never gets here
+    assert result.new_categories == {}
+
+
+def test_a_column_declared_to_flag_new_categories_names_them_in_the_result(
+    usecase, may_reference
+) -> None:
+    raw = usecase.model_dump(mode="json", exclude_defaults=True)
+    raw["columns"]["market_segment"]["new_categories"] = "flag"
+    flagging = DriftPolicy.for_usecase(UseCase.from_dict(raw), drift_share_threshold=0.2)
+    assert flagging.flagged == {
+        "market_segment": tuple(usecase.columns["market_segment"].categories)
+    }
+    drifted = current(MAY, seed=7, new_category=True)
+    want = drifted["market_segment"].value_counts()
+    want = {
+        k: int(v) for k, v in want.items() if k not in usecase.columns["market_segment"].categories
+    }
+    assert want, "the generator's new category is in the window"
+    # counted over every row, even when the comparison samples
+    small = DriftPolicy.for_usecase(UseCase.from_dict(raw), drift_share_threshold=0.2, max_rows=50)
+    for policy in (flagging, small):
+        result = detect_drift(may_reference, drifted, policy)
+        assert result.new_categories == {"market_segment": want}
+        assert f"new market_segment categories: {', '.join(want)}" in result.summary()
+        assert DriftResult.from_dict(json.loads(json.dumps(result.to_dict()))) == result
+    assert detect_drift(may_reference, current(MAY, seed=7), flagging).new_categories == {}
 
 
 @pytest.mark.parametrize(

@@ -94,10 +94,14 @@ class DriftPolicy:
     #: numeric columns to compare as categories (e.g. integer codes); columns of a
     #: non-numeric or boolean dtype are categorical anyway
     categorical: tuple[str, ...] = ()
+    #: column -> its declared categories, for the columns that accept a new category
+    #: and flag it (``new_categories: flag``): the result names the new values
+    flagged: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "columns", tuple(self.columns))
         object.__setattr__(self, "categorical", tuple(self.categorical))
+        object.__setattr__(self, "flagged", {c: tuple(v) for c, v in dict(self.flagged).items()})
         if not self.columns:
             raise ValueError("a drift policy needs at least one column")
         duplicated = sorted({c for c in self.columns if self.columns.count(c) > 1})
@@ -136,7 +140,12 @@ class DriftPolicy:
         if undeclared:
             raise ValueError(f"not comparable columns of use case {usecase.name!r}: {undeclared}")
         categorical = tuple(c for c in chosen if usecase.columns[c].type in CATEGORICAL_TYPES)
-        return cls(columns=chosen, categorical=categorical, **overrides)
+        flagged = {
+            c: tuple(usecase.columns[c].categories or ())
+            for c in categorical
+            if usecase.columns[c].new_categories == "flag"
+        }
+        return cls(columns=chosen, categorical=categorical, flagged=flagged, **overrides)
 
     def describe(self) -> str:
         return (
@@ -147,6 +156,7 @@ class DriftPolicy:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["columns"], d["categorical"] = list(self.columns), list(self.categorical)
+        d["flagged"] = {c: list(v) for c, v in self.flagged.items()}
         return d
 
 
@@ -173,14 +183,21 @@ class DriftResult:
     current_rows_total: int = 0
     #: per checked column, "numerical" or "categorical"
     column_kinds: dict[str, str] = field(default_factory=dict)
+    #: per column declared ``new_categories: flag``, the current window's values outside
+    #: its declared categories (all rows, before sampling), with their row counts
+    new_categories: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def summary(self) -> str:
         verdict = "dataset drift" if self.dataset_drift else "no dataset drift"
         drifted = ", ".join(self.drifted_columns) or "none"
         score = {True: "; prediction drift", False: "; no prediction drift", None: ""}
+        new = "".join(
+            f"; new {column} categories: {', '.join(sorted(values))}"
+            for column, values in self.new_categories.items()
+        )
         return (
             f"{verdict}: {len(self.drifted_columns)} of {len(self.column_scores)} columns "
-            f"drifted ({self.drift_share:.0%}: {drifted}){score[self.prediction_drift]}"
+            f"drifted ({self.drift_share:.0%}: {drifted}){score[self.prediction_drift]}{new}"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -284,6 +301,18 @@ class _Windows:
     policy: DriftPolicy
     reference_rows_total: int
     current_rows_total: int
+    new_categories: dict[str, dict[str, int]]
+
+
+def _new_categories(current: pd.DataFrame, policy: DriftPolicy) -> dict[str, dict[str, int]]:
+    """The values of each flagged column outside its declared categories, counted."""
+    out = {}
+    for column, declared in policy.flagged.items():
+        values = current[column].dropna().astype(str)
+        counts = values[~values.isin(declared)].value_counts()
+        if len(counts):
+            out[column] = {str(k): int(v) for k, v in sorted(counts.items())}
+    return out
 
 
 def _windows(reference: pd.DataFrame, current: pd.DataFrame, policy: DriftPolicy) -> _Windows:
@@ -310,6 +339,7 @@ def _windows(reference: pd.DataFrame, current: pd.DataFrame, policy: DriftPolicy
         policy=policy,
         reference_rows_total=len(reference),
         current_rows_total=len(current),
+        new_categories=_new_categories(current, policy),
     )
 
 
@@ -359,6 +389,7 @@ def _verdict(windows: _Windows) -> DriftResult:
         reference_rows_total=windows.reference_rows_total,
         current_rows_total=windows.current_rows_total,
         column_kinds=windows.kinds,
+        new_categories=windows.new_categories,
     )
 
 
