@@ -4,7 +4,7 @@ Nothing is declared by hand here: entities, sources, feature views and the versi
 feature service are generated from the use-case declaration
 (``closedloop.core.feast_objects``), the same objects closedloop applies itself. Run the
 CLI from this folder with the use case named, e.g.
-``CLOSEDLOOP_USECASE_NAME=hotel_bookings feast plan``.
+``CLOSEDLOOP_USECASE_NAME=<name> feast plan``.
 """
 
 from closedloop.core.feast_objects import feast_objects

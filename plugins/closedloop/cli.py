@@ -206,7 +206,7 @@ def status() -> None:
 @click.argument("keys", nargs=-1, required=True, metavar="KEY=VALUE...")
 def online_features(keys: tuple[str, ...]) -> None:
     """Look up features in the Feast online store by entity keys, e.g.
-    ``closedloop --usecase NAME online-features customer_id=C000042``: every feature view
+    ``closedloop --usecase NAME online-features device_id=D042``: every feature view
     keyed by one of the given keys answers (the event's own view by its id)."""
     from closedloop.core.feature_store import online_lookup
 

@@ -1,7 +1,7 @@
 """The closed loop under a real Airflow scheduler: the scenario of ``make demo`` and of the
 end-to-end test.
 
-A history of bookings is generated with a drift starting in its last weeks. The history
+A history of events is generated with a drift starting in its last weeks. The history
 before the watched days is loaded in one bulk backfill (the feature pipeline's own steps,
 in this process, while Airflow starts), and then everything goes through Airflow's
 scheduler, API server and DAG processor, started as processes on the embedded profile:

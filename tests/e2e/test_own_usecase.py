@@ -179,3 +179,42 @@ def test_entity_keys_are_not_model_inputs(walk):
     champion = load_model(settings)
     assert not {"device_id", "reading_id", "failed", "read_at"} & set(champion.feature_names)
     assert {"temperature", "vibration", "device_events_7d"} <= set(champion.feature_names)
+
+
+def test_its_events_are_scored_when_they_happen_from_their_declared_columns(walk):
+    """``closedloop serve`` of this use case: a reading as it happens (its raw columns,
+    no label) in; its device's aggregates from the online store; answered under its id."""
+    from fastapi.testclient import TestClient
+
+    from closedloop.core.batch_inference import load_model
+    from closedloop.core.feature_store import open_store
+    from closedloop.serving.app import create_app
+
+    settings, _, _ = walk
+    usecase = settings.usecase
+    last = FIRST + timedelta(days=HISTORY_DAYS + WATCHED_DAYS - 1)
+    landed = pd.read_csv(settings.landing_dir / f"{last:%Y-%m-%d}.csv").head(5)
+    assert "failed" not in usecase.request_columns and "read_at" not in usecase.request_columns
+    requests = landed[usecase.request_columns].to_dict("records")
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/ready").json()["request_fields"] == usecase.request_columns
+        response = client.post("/predict", json=requests)
+        assert response.status_code == 200, response.text
+        got = response.json()["predictions"]
+        bad = client.post("/predict", json={**requests[0], "failed": 1})
+        assert bad.status_code == 422 and "'failed' is not a field" in bad.text
+    assert [p["reading_id"] for p in got] == landed["reading_id"].tolist()
+    # the model on the request's own columns and the online store's 7-day aggregates
+    champion = load_model(settings)
+    aggregates = list(usecase.features.aggregations["device"])
+    online = (
+        open_store(settings)
+        .get_online_features(
+            features=[f"device_aggregates:{a}" for a in aggregates],
+            entity_rows=[{"device_id": r["device_id"]} for r in requests],
+        )
+        .to_df()
+    )
+    features = pd.concat([landed, online[aggregates].fillna(usecase.defaults)], axis=1)
+    want = champion.model.predict_proba(features[champion.feature_names])[:, 1]
+    np.testing.assert_allclose([p["probability"] for p in got], want, rtol=0, atol=1e-12)

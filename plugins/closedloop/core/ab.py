@@ -1,7 +1,7 @@
 """A/B tests between the ``champion`` and the ``challenger`` (the paper's C8).
 
 Traffic is split by entity, not by request: :func:`arm_for` hashes the entity key, so a
-booking asked about twice gets the same arm each time (its two answers never disagree
+event asked about twice gets the same arm each time (its two answers never disagree
 because of the split), and the share of keys sent to the challenger is the configured
 one. The serving layer records the arm in the prediction log.
 

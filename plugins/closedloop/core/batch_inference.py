@@ -1,17 +1,17 @@
-"""Batch inference (the paper's C7): score an interval's bookings with the champion.
+"""Batch inference (the paper's C7): score an interval's events with the champion.
 
 The model comes from the project's own MLflow registry (``models:/<name>/<version>``, the
 version resolved through an alias, ``champion`` by default) with the threshold its
-training run recorded. The rows are the bookings *made* in ``[start, end)``: the offline
+training run recorded. The rows are the events that happened in ``[start, end)``: the offline
 entity table's partitions of those days, filtered by the batch timestamp column. Their
-features are the feature service's, as of each booking's time, with the use case's
+features are the feature service's, as of each event's time, with the use case's
 declared defaults filled in afterwards — the values the training set gets from Feast
-(:func:`closedloop.core.training_pipeline.build_training_set`), so a booking gets the
+(:func:`closedloop.core.training_pipeline.build_training_set`), so an event gets the
 same inputs in a training set, in batch and online.
 
 The join is not Feast's retrieval, and this is why. Feast's file offline store (dask)
 reads every feature view's whole source folder on each ``get_historical_features``
-call: at 1M bookings in chunks of 50,000 that was 1.2 % of the bare model's throughput
+call: at 1M events in chunks of 50,000 that was 1.2 % of the bare model's throughput
 (``benchmarks/batch_inference.py``, before this change). Feast 0.67 also has a
 ``duckdb`` offline store (an ibis range join of each view's whole source against the
 entity rows, per call); it needs ``ibis-framework`` and ``duckdb``, which this project
@@ -20,7 +20,7 @@ point-in-time rule itself, reading only what a chunk needs (the same rule — sa
 keys, timestamp field and TTL, read from the registry):
 
 * a view whose source *is* the entity table, keyed by its id and stamped by its
-  timestamp (``booking_features``), is read with the entity rows: a row is its own
+  timestamp (``event_features``), is read with the entity rows: a row is its own
   point-in-time match (:func:`feature_views`);
 * every other view is read once per interval, only the rows stamped in
   ``[start - ttl, end)`` (Parquet statistics skip the other partitions and row
@@ -28,7 +28,7 @@ keys, timestamp field and TTL, read from the registry):
   (:class:`AsOfIndex`).
 
 ``tests/integration/test_batch_join.py`` checks the result equals Feast's (through the
-workaround) on real bookings and on the rule's edges: a row exactly at the entity time,
+workaround) on real events and on the rule's edges: a row exactly at the entity time,
 none before it, one exactly TTL old and one just beyond, an unknown key.
 Measured with the benchmark, 1M rows: see the numbers below.
 
@@ -49,7 +49,7 @@ interval's start date and replaced whole (temporary file + ``os.replace``) on a 
 * the prediction log's batch partition of that day — the log's core columns, the entity
   keys and the feature values the model saw (see :mod:`closedloop.core.prediction_log`).
 
-An interval without bookings writes no file, and removes the files an earlier run of the
+An interval without events writes no file, and removes the files an earlier run of the
 same interval wrote: the outputs always say what the latest run found.
 
 Cost: ``benchmarks/batch_inference.py``; the figures are in the README (batch inference).
@@ -158,7 +158,7 @@ def score_interval(
     chunk_rows: int = 50_000,
     model: LoadedModel | None = None,
 ) -> dict[str, Any]:
-    """Score the bookings made in ``[start, end)`` and write both outputs (see the module).
+    """Score the events of ``[start, end)`` and write both outputs (see the module).
 
     ``model`` defaults to the champion (:func:`load_model`). Returns ``rows``, ``chunks``,
     ``model_version``, ``predictions_uri`` and ``log_uri`` (``None`` when there were no
@@ -432,7 +432,7 @@ class AsOfIndex:
     def codes_of_table(self, table: pa.Table) -> np.ndarray:
         """:meth:`codes_of` for the key columns of an Arrow table. A single key is
         dictionary-encoded by Arrow first, so only its distinct values become Python
-        objects to look up (a chunk of bookings has two hotels, not 50,000)."""
+        objects to look up (a chunk of 50,000 events may have a handful of distinct keys)."""
         keys = self.view.join_keys
         if len(keys) > 1:
             return self.codes_of(table.select(keys).to_pandas())
@@ -484,8 +484,8 @@ class _StringKeys:
     """The position of string keys among ``uniques``, without a Python object per key.
 
     Why by hand: a pandas ``Index.get_indexer`` needs Python strings, and making them
-    from Arrow plus hashing them cost ~40 ms per chunk of 50,000 bookings against 200,000
-    customers — more than the model's share of the chunk with :class:`FastPipeline`.
+    from Arrow plus hashing them cost ~40 ms per chunk of 50,000 events against 200,000
+    entities — more than the model's share of the chunk with :class:`FastPipeline`.
     Arrow's ``index_in`` rebuilds its hash table of the 200,000 on every call. Here each
     key's UTF-8 bytes, zero-padded to ``width``, are 64-bit words taken straight from the
     Arrow buffers; a 64-bit hash of the words and the length is looked up in a pandas

@@ -228,7 +228,7 @@ def render(draft: Draft) -> str:
         lines.append("entities:")
         lines += [f"  {e}: {{join_key: {k}}}" for e, k in draft.entities.items()]
     else:
-        lines.append("entities: {}  # none guessed: columns events share, e.g. a customer")
+        lines.append("entities: {}  # none guessed: columns events share, e.g. a user or a device")
     label = draft.label_guess
     lines += [
         "",

@@ -2,7 +2,7 @@
 it was trained on?
 
 A reference window (typically the champion's training set) and a current window (the
-latest bookings, optionally with the model's ``score``) are compared column by column
+latest events, optionally with the model's ``score``) are compared column by column
 with Evidently's drift tests.
 
 Two steps, both Evidently's: :func:`detect_drift` gives the verdict — each column's
@@ -18,7 +18,7 @@ numpy/scipy 1.8 s, the verdict with the report 15 s (the shared machine was busy
 ratios hold). A caller that only needs the verdict pays for the statistics only; the
 monitoring DAG builds the report once per run.
 
-Methods (chosen on the hotel generator, see ``tests/unit/test_drift.py``):
+Methods (chosen on the hotel use case's generator, see ``tests/unit/test_drift.py``):
 
 * numerical columns: **normed Wasserstein distance** (``wasserstein``: the earth mover's
   distance divided by the reference standard deviation), drifted at ``>= 0.1``, i.e.
@@ -41,9 +41,9 @@ rows pin these distances to about 0.01, and the check stays at seconds (see
 ``benchmarks/drift.py``).
 
 The windows decide what "drift" means. Distances on a current window of a few hundred
-rows are noisy (a stable day of ~400 bookings reaches 0.1 in a column or two), and a
+rows are noisy (a stable day of ~400 events reaches 0.1 in a column or two), and a
 reference that differs from production traffic by construction drifts without any
-change in the world: a training set keeps only bookings whose outcome was known (too
+change in the world: a training set keeps only events whose outcome was known (too
 few long lead times), history features grow with time, calendar features follow it.
 
 Evidently is imported inside the functions only (importing it takes seconds).

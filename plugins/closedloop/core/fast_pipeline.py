@@ -1,5 +1,5 @@
 """``predict_proba`` of the pipelines :func:`closedloop.core.modeling.build_model` makes,
-without the pandas round trip — for one booking online and for a million in batch.
+without the pandas round trip — for one event online and for a million in batch.
 
 A fitted ``Pipeline(ColumnTransformer(remainder='drop'), estimator)`` is what training
 registers. Its ``predict_proba`` wants a DataFrame; the ColumnTransformer then selects
@@ -9,7 +9,7 @@ and hands the stack to the fitted estimator. :class:`FastPipeline` does the same
 on the same fitted objects, with the blocks built straight from the caller's columns:
 
 * online (:meth:`FastPipeline.predict_proba`), from columns of Python values: on one
-  booking the pipeline on a frame spent ~5 ms (2 cores, unloaded) in the column
+  event the pipeline on a frame spent ~5 ms (2 cores, unloaded) in the column
   selection and validation and the frame ~1 ms, against ~0.8 ms for Feast's
   ``get_online_features`` — the whole budget of an online answer; this path: ~1.5 ms;
 * in batch (:meth:`FastPipeline.predict_proba_columns`), from Arrow or numpy columns:
@@ -17,8 +17,8 @@ on the same fitted objects, with the blocks built straight from the caller's col
   string columns an ``OneHotEncoder``/``OrdinalEncoder`` reads — is transformed once
   per distinct combination of values in the chunk and gathered per row. Both encoders
   map each row on its own (fitted categories, no batch statistics), so the result is
-  the one the whole block gives. A chunk of 50,000 bookings has a few hundred distinct
-  (hotel, segment, channel, customer type, deposit) combinations: the object-array
+  the one the whole block gives. A chunk of 50,000 events has a few hundred distinct
+  combinations of its five categorical columns (the hotel case): the object-array
   work of the encoder (a dict lookup per value and column) shrinks by that factor. No
   library offers this: scikit-learn encodes every row, pandas ``Categorical`` codes
   would still go through the frame path.
@@ -87,7 +87,7 @@ class FastPipeline:
         """The probabilities of ``rows`` of ``columns`` (name -> list of values).
 
         A categorical block of a row-wise encoder comes from a cache of the encoder's
-        answers per distinct row: one booking's one-hot encoding cost 2.4 ms here
+        answers per distinct row: one event's one-hot encoding cost 2.4 ms here
         (``OneHotEncoder.transform``'s checks on a 1-row object array), more than the
         feature lookup and the rest of the model together, and a use case has a few
         hundred combinations of its categories."""

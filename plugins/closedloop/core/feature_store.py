@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 MATERIALIZE_PASSES = 3
 
 #: rows per online-store write while materializing. Feast's default (None) converts an
-#: interval's rows to protobufs all at once: 1M bookings took 12 GB (benchmarks/scale.py).
+#: interval's rows to protobufs all at once: 1M events took 12 GB (benchmarks/scale.py).
 ONLINE_WRITE_BATCH = 10_000
 
 
@@ -168,7 +168,7 @@ def historical_features(store: FeatureStore, entity_df: Any, features: Any) -> A
       for every view;
     * it keeps one row per view join key and entity timestamp (``drop_duplicates`` on
       them after the join), so of two entity rows with the same key and timestamp for a
-      view — two bookings of one hotel in the same second — only one survives.
+      view — two events of one entity in the same second — only one survives.
 
     A missing value must stay a missing value and a present one present, so each view
     is joined separately, on the distinct (join keys, timestamp) pairs of the entity

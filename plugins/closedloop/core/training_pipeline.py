@@ -73,7 +73,7 @@ def labelled_entities(settings: Settings, start: datetime, end: datetime) -> pd.
 def build_training_set(
     settings: Settings, start: datetime, end: datetime, run_key: str
 ) -> dict[str, Any]:
-    """Join the window's labelled bookings with the model's features, point in time
+    """Join the window's labelled events with the model's features, point in time
     correct (Feast), apply the declared defaults and snapshot the result."""
     from closedloop.core.feature_store import feature_refs, historical_features, open_store
 

@@ -9,7 +9,7 @@ DAGs. ``docs/usecases.md`` is the reference of every field.
 
 A declaration that cannot work fails when it is read, before anything runs, with a
 :class:`DeclarationError` that lists each problem under the path of its field
-(``features.aggregations.customer.cust_rate.window: ...``).
+(``features.aggregations.device.failure_rate_7d.window: ...``).
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ class BatchSpec(_Strict):
 
 
 class EntitySpec(_Strict):
-    """Something events share and features are aggregated per (a customer, a device)."""
+    """Something events share and features are aggregated per (a user, a device)."""
 
     join_key: str
     description: str = ""

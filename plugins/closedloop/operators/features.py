@@ -141,7 +141,7 @@ class FeastMaterializeOperator(_IntervalOperator):
         hook = FeastHook(settings_overrides={"usecase_file": settings.usecase_file})
         views = materialize_interval(hook.get_conn(), start, end)
         self.log.info("Materialized %s for [%s, %s]", views, start, end)
-        # Consumers (hotel_training) learn which interval the new features cover.
+        # Consumers (<use case>_training) learn which interval the new features cover.
         for outlet in self.outlets:
             context["outlet_events"][outlet].extra = {
                 "interval_start": start.isoformat(),

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 
 class BatchScoreOperator(_IntervalOperator):
-    """Score the interval's new bookings with the champion, features from Feast, in
+    """Score the interval's new events with the champion, features from Feast, in
     chunks; write the predictions partition and the prediction log (idempotent).
 
     :param chunk_rows: entity rows per chunk (memory stays flat in the number of rows).
@@ -34,7 +34,7 @@ class BatchScoreOperator(_IntervalOperator):
         from closedloop.core.batch_inference import score_interval
 
         out = score_interval(settings, start, end, chunk_rows=self.chunk_rows)
-        self.log.info("Scored %d bookings with v%s", out["rows"], out["model_version"])
+        self.log.info("Scored %d events with v%s", out["rows"], out["model_version"])
         return out
 
 
@@ -73,7 +73,7 @@ class PerformanceCheckOperator(_IntervalOperator):
 
 class MonitoringDecisionOperator(_IntervalOperator, SkipMixin):
     """Decide (thresholds, cooldown), record the verdict, and short-circuit: unless the
-    verdict says retrain, the tasks downstream (the trigger of ``hotel_training``) are
+    verdict says retrain, the tasks downstream (the trigger of ``<use case>_training``) are
     skipped and this task succeeds.
 
     The verdict is the task's return value (XCom) either way; when it says retrain, the

@@ -60,7 +60,7 @@ def as_of(context: Context) -> datetime:
 
 
 class BuildTrainingSetOperator(ClosedLoopOperator):
-    """Join the window's labelled bookings with the model's Feast features (point in
+    """Join the window's labelled events with the model's Feast features (point in
     time correct) and snapshot the training set."""
 
     def execute(self, context: Context) -> dict[str, Any]:
