@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from contextlib import redirect_stderr, redirect_stdout
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -25,10 +25,6 @@ if TYPE_CHECKING:
 
 def _say(message: str) -> None:
     click.echo(f"[{time.strftime('%H:%M:%S')}] {message}")
-
-
-def midnight(day: date) -> datetime:
-    return datetime.combine(day, datetime.min.time(), UTC)
 
 
 class _Airflow:
@@ -67,20 +63,27 @@ def _report(airflow: LocalAirflow, dag_id: str, run_id: str, state: str) -> None
 
 
 def run_stage(settings: Settings, stage: str, day: date, conf: dict[str, Any]) -> int:
-    """One run of the use case's ``stage`` DAG for ``day``'s interval (training: as of
-    the end of ``day``); 0 when it succeeded."""
-    dag_id = settings.usecase.dag_ids[stage]
-    end = midnight(day + timedelta(days=1))
+    """The use case's ``stage`` DAG for ``day``: a run per interval of the day (one for a
+    daily use case; monitoring's is daily always; training: one, as of the end of
+    ``day``); 0 when every run succeeded."""
+    usecase = settings.usecase
+    dag_id = usecase.dag_ids[stage]
+    ends = [end for _, end in usecase.intervals(day, day)]
+    if stage in ("training", "monitoring"):
+        ends = ends[-1:]
     if stage == "training":
-        conf = {"reason": "manual", "as_of": end.isoformat(), **conf}
+        conf = {"reason": "manual", "as_of": ends[0].isoformat(), **conf}
     settings.home.mkdir(parents=True, exist_ok=True)
+    failed = 0
     with _Airflow(settings) as airflow:
-        run_id = airflow.trigger(
-            dag_id, end, conf, run_id=f"cli__{day:%Y-%m-%d}__{int(time.time())}"
-        )
-        state = airflow.wait(dag_id, run_id, timeout=3600)
-        _report(airflow, dag_id, run_id, state)
-    return 0 if state == "success" else 1
+        for end in ends:
+            run_id = airflow.trigger(
+                dag_id, end, conf, run_id=f"cli__{end:%Y-%m-%dT%H}__{int(time.time())}"
+            )
+            state = airflow.wait(dag_id, run_id, timeout=3600)
+            _report(airflow, dag_id, run_id, state)
+            failed += state != "success"
+    return 0 if not failed else 1
 
 
 def run_backfill(settings: Settings, first: date, last: date, *, train: bool) -> int:
@@ -90,24 +93,25 @@ def run_backfill(settings: Settings, first: date, last: date, *, train: bool) ->
     ``train``, runs once as of the end of ``last``. 0 when every run succeeded."""
     usecase = settings.usecase
     features, training = usecase.dag_ids["features"], usecase.dag_ids["training"]
+    intervals = usecase.intervals(first, last)
     settings.home.mkdir(parents=True, exist_ok=True)
     with _Airflow(settings) as airflow:
         airflow.set_paused(training, True)
         try:
             _say(f"backfilling {features} for {first} .. {last}")
-            runs = airflow.backfill(features, midnight(first), midnight(last))
+            # logical dates are the intervals' starts
+            runs = airflow.backfill(features, intervals[0][0], intervals[-1][0])
         finally:
             airflow.set_paused(training, False)
         failed = [r for r in runs if r["state"] != "success"]
         _say(f"{len(runs)} runs, {len(runs) - len(failed)} succeeded")
         for run in failed:
             _report(airflow, features, run["dag_run_id"], run["state"])
-        expected = (last - first).days + 1
-        if failed or len(runs) != expected:
-            _say(f"expected {expected} successful runs: the training DAG was not started")
+        if failed or len(runs) != len(intervals):
+            _say(f"expected {len(intervals)} successful runs: the training DAG was not started")
             return 1
         if train:
-            as_of = midnight(last + timedelta(days=1))
+            as_of = intervals[-1][1]
             conf = {"reason": "backfill", "as_of": as_of.isoformat()}
             run_id = airflow.trigger(training, as_of, conf, run_id=f"backfill__{last:%Y-%m-%d}")
             state = airflow.wait(training, run_id, timeout=3600)

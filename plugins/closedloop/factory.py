@@ -85,6 +85,11 @@ def _interval_timetable(usecase: UseCase) -> CronDataIntervalTimetable:
     return CronDataIntervalTimetable(usecase.cron, timezone=usecase.schedule.timezone)
 
 
+def _daily_timetable(usecase: UseCase) -> CronDataIntervalTimetable:
+    """Monitoring's: its windows and verdicts are days, whatever the batch cadence."""
+    return CronDataIntervalTimetable("0 0 * * *", timezone=usecase.schedule.timezone)
+
+
 def features_dag(usecase: UseCase, common: dict) -> DAG:
     assets = usecase_assets(usecase)
     doc = f"""
@@ -213,7 +218,7 @@ Each interval: the recent prediction log against the champion's training set.
 2. **performance**: live ROC AUC where labels have become known
    (last {schedule.performance_window_days} days);
 3. **decide**: thresholds, a cooldown (unless performance collapsed) and one recorded
-   verdict per interval, logged to an MLflow monitoring run linked to the champion;
+   verdict per day, logged to an MLflow monitoring run linked to the champion;
    unless the verdict says retrain, **trigger_training** is skipped;
 4. **trigger_training**: `{training}` is triggered with `conf` carrying the reason and
    the report; its run id is derived from the verdict, so a retried monitoring run can
@@ -225,7 +230,7 @@ Each interval: the recent prediction log against the champion's training set.
         dag_id=usecase.dag_ids["monitoring"],
         description="Drift and live performance of the champion; retrain when warranted.",
         doc_md=doc,
-        schedule=_interval_timetable(usecase),
+        schedule=_daily_timetable(usecase),
         tags=_tags(usecase, "monitoring"),
         **common,
     ) as dag:

@@ -247,11 +247,26 @@ class ClosedLoop:
         )
         return self._champion()
 
-    def _trigger_day(self, dag_id: str, day: date) -> str:
-        """The run the daily schedule would start at the midnight after ``day``."""
-        return self.airflow.trigger(
-            dag_id, midnight(day + timedelta(days=1)), run_id=f"{DAY_PREFIX}{day:%Y-%m-%d}"
-        )
+    def _trigger_day(self, dag_id: str, day: date) -> list[str]:
+        """The runs the schedule would start for ``day``: one at each of its intervals'
+        ends in the use case's timezone (one a day, or one an hour; monitoring's is
+        daily whatever the cadence)."""
+        usecase = self.settings.usecase
+        start, last = usecase.day_start(day), usecase.day_start(day + timedelta(days=1))
+        runs = []
+        daily = dag_id == self.dag_ids["monitoring"] or usecase.batch.cadence == "daily"
+        while start < last:
+            end = last if daily else usecase.next_start(start)
+            key = f"{day:%Y-%m-%d}" if daily else usecase.interval_key(start)
+            runs.append(self.airflow.trigger(dag_id, end, run_id=f"{DAY_PREFIX}{key}"))
+            start = end
+        return runs
+
+    def _wait_all(self, dag_id: str, run_ids: list[str], label: str) -> str:
+        """The state of a day's runs: success when every one succeeded, else the first
+        other state."""
+        states = [self._wait(dag_id, run_id, label) for run_id in run_ids]
+        return next((s for s in states if s != "success"), "success")
 
     def watch(self) -> list[DayReport]:
         reports = []
@@ -260,13 +275,13 @@ class ClosedLoop:
         for i, day in enumerate(days):
             report = DayReport(day, self.scenario.phase(day))
             self.say(f"{day} ({report.phase}, day {i + 1}/{len(days)})")
-            report.runs[self.dag_ids["features"]] = self._wait(
+            report.runs[self.dag_ids["features"]] = self._wait_all(
                 self.dag_ids["features"], features[day], self.dag_ids["features"]
             )
             if i + 1 < len(days):  # tomorrow's features overlap today's scoring
                 features[days[i + 1]] = self._trigger_day(self.dag_ids["features"], days[i + 1])
             for dag_id in (self.dag_ids["batch_inference"], self.dag_ids["monitoring"]):
-                report.runs[dag_id] = self._wait(dag_id, self._trigger_day(dag_id, day), dag_id)
+                report.runs[dag_id] = self._wait_all(dag_id, self._trigger_day(dag_id, day), dag_id)
             self._read_day(report)
             if report.retrain:
                 report.retrain_run = self._retrain_run_of(report)
@@ -320,14 +335,18 @@ class ClosedLoop:
         from closedloop.core.batch_inference import predictions_dir
         from closedloop.core.monitoring import DecisionLog
 
-        path = predictions_dir(self.settings) / f"{report.day:%Y-%m-%d}.parquet"
-        if path.exists():
+        # the day's file, or its intervals' (``<day>T<hour>``)
+        paths = sorted(predictions_dir(self.settings).glob(f"{report.day:%Y-%m-%d}*.parquet"))
+        if paths:
             import pyarrow.parquet as pq
 
-            table = pq.read_table(path, columns=["model_version"])
-            report.rows = table.num_rows
-            versions = sorted(set(table.column("model_version").to_pylist()))
-            report.scored_by = ",".join(versions)
+            versions: set[str] = set()
+            report.rows = 0
+            for path in paths:
+                table = pq.read_table(path, columns=["model_version"])
+                report.rows += table.num_rows
+                versions |= set(table.column("model_version").to_pylist())
+            report.scored_by = ",".join(sorted(versions))
         log = DecisionLog(self.settings.closedloop_db)
         try:
             verdicts = log.verdicts(self.settings.model_name)

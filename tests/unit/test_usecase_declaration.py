@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import re
 from collections.abc import Callable
+from datetime import UTC, date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -859,3 +861,36 @@ def test_the_reference_names_every_model_setting(policy):
 def test_the_reference_names_every_op():
     doc = _doc()
     assert [op for op in (*EVENT_OPS, *LABEL_OPS) if f"`{op}`" not in doc] == []
+
+
+@pytest.mark.parametrize(
+    ("cadence", "timezone", "day", "count", "first_key", "hours"),
+    [
+        pytest.param("daily", "Europe/Berlin", "2025-03-30", 1, "2025-03-30", 23,
+                     id="berlin-23h-day"),
+        pytest.param("daily", "America/New_York", "2025-11-02", 1, "2025-11-02", 25,
+                     id="ny-25h-day"),
+        pytest.param("hourly", "Europe/Berlin", "2025-10-26", 25, "2025-10-25T22Z", 25,
+                     id="berlin-25-hours"),
+        pytest.param("hourly", "UTC", "2025-03-30", 24, "2025-03-30T00Z", 24, id="utc-24-hours"),
+    ],
+)  # fmt: skip
+def test_intervals_are_the_local_days_or_hours_and_their_keys_sort_in_time(
+    cadence, timezone, day, count, first_key, hours
+):
+    raw = declaration()
+    raw["batch"]["cadence"] = cadence
+    raw["schedule"]["timezone"] = timezone
+    usecase = UseCase.from_dict(raw)
+    first = date.fromisoformat(day)
+    intervals = usecase.intervals(first, first)
+    assert len(intervals) == count
+    assert intervals[0][0] == usecase.day_start(first)
+    assert intervals[-1][1] == usecase.day_start(first + timedelta(days=1))
+    elapsed = intervals[-1][1].astimezone(UTC) - intervals[0][0].astimezone(UTC)
+    assert elapsed == timedelta(hours=hours)
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(intervals))
+    keys = [usecase.interval_key(start) for start, _ in intervals]
+    # one key each, even for the local hour repeated when the clocks go back
+    assert keys[0] == first_key and keys == sorted(keys) and len(set(keys)) == len(keys)
+    assert all(usecase.key_start(k) == start for k, (start, _) in zip(keys, intervals, strict=True))

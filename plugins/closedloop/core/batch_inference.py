@@ -177,13 +177,13 @@ def score_interval(
     began = time.perf_counter()
     loaded = model if model is not None else load_model(settings)
     usecase = settings.usecase
-    key = start.strftime("%Y-%m-%d")
+    key = usecase.interval_key(start)
     table_dir = settings.offline_table_dir(usecase.event_table)
-    last_day = (end - timedelta(microseconds=1)).strftime("%Y-%m-%d")
+    last = usecase.interval_key(end - timedelta(microseconds=1))
     paths = [
         offline.partition_path(table_dir, k)
         for k in offline.partition_keys(table_dir)
-        if key <= k <= last_day
+        if key <= k <= last
     ]
     if key not in offline.partition_keys(table_dir):
         # The features of the interval have not landed yet: a retry may find them.

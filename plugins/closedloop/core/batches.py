@@ -1,4 +1,4 @@
-"""Landed batches: where a day's file is, and reading it into a typed frame.
+"""Landed batches: where an interval's file is, and reading it into a typed frame.
 
 Reading is deliberately forgiving about *content* (a wrong dtype or an unparseable
 timestamp is the validation suite's business, so it can be reported with examples) and
@@ -7,7 +7,6 @@ strict about *form*: a file that cannot be parsed at all raises ``BatchUnreadabl
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import pandas as pd
@@ -15,24 +14,22 @@ import pandas as pd
 from closedloop.core.errors import BatchNotFoundError, BatchUnreadableError
 
 if TYPE_CHECKING:
+    from datetime import datetime
     from pathlib import Path
 
     from closedloop.core.usecase import UseCase
 
 
-def interval_key(start: datetime) -> str:
-    """The partition key of a daily data interval: its start date, ``YYYY-MM-DD``."""
-    return start.astimezone(UTC).strftime("%Y-%m-%d")
+def landing_path(landing_dir: Path, start: datetime, usecase: UseCase) -> Path:
+    """Where the batch of the interval starting at ``start`` lands:
+    ``<key>.<format>`` (:meth:`~closedloop.core.usecase.UseCase.interval_key`)."""
+    return landing_dir / f"{usecase.interval_key(start)}.{usecase.batch.format}"
 
 
-def landing_path(landing_dir: Path, start: datetime, fmt: str = "csv") -> Path:
-    return landing_dir / f"{interval_key(start)}.{fmt}"
-
-
-def find_batch(landing_dir: Path, start: datetime, fmt: str = "csv") -> Path:
-    path = landing_path(landing_dir, start, fmt)
+def find_batch(landing_dir: Path, start: datetime, usecase: UseCase) -> Path:
+    path = landing_path(landing_dir, start, usecase)
     if not path.exists():
-        raise BatchNotFoundError(f"no batch has landed for {interval_key(start)}: {path}")
+        raise BatchNotFoundError(f"no batch has landed for {usecase.interval_key(start)}: {path}")
     return path
 
 

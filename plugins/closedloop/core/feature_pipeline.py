@@ -9,14 +9,14 @@ exactly what one clean run leaves.
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from closedloop.core import offline
-from closedloop.core.batches import find_batch, interval_key, landing_path, read_batch
+from closedloop.core.batches import find_batch, landing_path, read_batch
 from closedloop.core.errors import (
     BatchNotFoundError,
     BatchUnreadableError,
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 
 def _staging(settings: Settings, start: datetime) -> Path:
-    path = settings.staging_dir / interval_key(start)
+    path = settings.staging_dir / settings.usecase.interval_key(start)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -49,9 +49,9 @@ def extract(settings: Settings, start: datetime, end: datetime) -> dict[str, Any
     from closedloop.core.validation import unreadable_result
 
     usecase = settings.usecase
-    key = interval_key(start)
+    key = usecase.interval_key(start)
     try:
-        path = find_batch(settings.landing_dir, start, usecase.batch.format)
+        path = find_batch(settings.landing_dir, start, usecase)
     except BatchNotFoundError:
         stored = load_quarantine_report(settings.quarantine_dir, key)
         if stored is not None:
@@ -75,8 +75,8 @@ def validate(
     from closedloop.core.validation import validate_batch
 
     usecase = settings.usecase
-    key = interval_key(start)
-    path = landing_path(settings.landing_dir, start, usecase.batch.format)
+    key = usecase.interval_key(start)
+    path = landing_path(settings.landing_dir, start, usecase)
     df = read_batch(path, usecase)
     result = validate_batch(
         df,
@@ -97,7 +97,7 @@ def clean(settings: Settings, start: datetime) -> str:
     from closedloop.core.transform import clean_batch
 
     usecase = settings.usecase
-    path = landing_path(settings.landing_dir, start, usecase.batch.format)
+    path = landing_path(settings.landing_dir, start, usecase)
     cleaned = clean_batch(read_batch(path, usecase), usecase)
     target = _staging(settings, start) / "clean.parquet"
     cleaned.to_parquet(target, index=False)
@@ -126,6 +126,9 @@ def engineer(
     events = event_table(pd.read_parquet(clean_uri), usecase)
     if state is None:
         state = aggregation_state(settings, start)
+    # stamped in UTC, as every time in the offline store (Feast localizes its range
+    # bounds in the column's zone, where a local hour may not exist)
+    start, end = start.astimezone(UTC), end.astimezone(UTC)
     tables = AggregationEngine(usecase).advance(state, events, start, end)
     staged = _staging(settings, start) / "features"
     staged.mkdir(exist_ok=True)
@@ -150,27 +153,27 @@ def aggregation_state(settings: Settings, start: datetime) -> AggregationState:
     from closedloop.core.aggregates import AggregationEngine, AggregationState
 
     usecase = settings.usecase
-    previous = interval_key(start - usecase.interval)
+    previous = usecase.interval_key(start - usecase.interval)
     snapshot = settings.aggregation_state_dir / previous
     if (snapshot / "state.json").exists():
         return AggregationState.load(snapshot)
     table_dir = settings.offline_table_dir(usecase.event_table)
-    earlier = [k for k in offline.partition_keys(table_dir) if k < interval_key(start)]
+    earlier = [k for k in offline.partition_keys(table_dir) if k < usecase.interval_key(start)]
     state = AggregationState()
     if not earlier:
         return state
     engine = AggregationEngine(usecase)
-    first = datetime.fromisoformat(earlier[0]).replace(tzinfo=UTC)
-    at = first
+    at = usecase.key_start(earlier[0])
     log.warning("No aggregation state before %s: replaying %d intervals", start, len(earlier))
     while at < start:
-        key = interval_key(at)
+        key = usecase.interval_key(at)
         frame = offline.read_partitions(table_dir, keys=[key]) if key in earlier else None
         events = frame if frame is not None else pd.DataFrame(columns=[])
         if events.empty:
             events = _no_events(settings)
-        engine.advance(state, events, at, at + usecase.interval)
-        at += usecase.interval
+        following = usecase.next_start(at)
+        engine.advance(state, events, at, following)
+        at = following
     return state
 
 
@@ -188,7 +191,7 @@ def load_offline(settings: Settings, start: datetime, staged: dict[str, str]) ->
     keep the interval's aggregation state (the latest few are kept)."""
     import shutil
 
-    key = interval_key(start)
+    key = settings.usecase.interval_key(start)
     rows = {}
     for name, uri in sorted(staged.items()):
         frame = pd.read_parquet(uri)
@@ -220,18 +223,20 @@ def backfill(
     from closedloop.core.feature_store import apply_definitions, materialize_interval, open_store
 
     usecase = settings.usecase
-    first = datetime.combine(first_day, time.min, UTC)
+    first = usecase.day_start(first_day)
+    last = usecase.day_start(first_day + timedelta(days=days))
     state = aggregation_state(settings, first)
-    count = int(timedelta(days=days) / usecase.interval)
     rows = 0
-    for i in range(count):
-        start = first + i * usecase.interval
-        end = start + usecase.interval
+    start = first
+    while start < last:
+        end = usecase.next_start(start)
+        key = usecase.interval_key(start)
         extract(settings, start, end)
-        validate(settings, start, end, run_name=f"backfill-{interval_key(start)}", docs=docs)
+        validate(settings, start, end, run_name=f"backfill-{key}", docs=docs)
         staged = engineer(settings, start, end, clean(settings, start), state=state)
         rows += load_offline(settings, start, staged)[usecase.event_table]
+        start = end
     store = open_store(settings)
     apply_definitions(store, settings)
-    materialize_interval(store, first, first + timedelta(days=days))
+    materialize_interval(store, first, last)
     return {"days": days, "rows": rows}

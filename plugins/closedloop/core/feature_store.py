@@ -8,6 +8,7 @@ URLs only. Feast is imported lazily — it costs seconds and resets warning filt
 from __future__ import annotations
 
 import logging
+from datetime import UTC
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -94,6 +95,7 @@ def materialize_interval(store: FeatureStore, start: datetime, end: datetime) ->
     after which :class:`~closedloop.core.errors.OnlineStoreRestartedError` (retryable)
     is raised.
     """
+    start, end = start.astimezone(UTC), end.astimezone(UTC)
     from closedloop.core import failpoints
     from closedloop.core.errors import OnlineStoreRestartedError
 

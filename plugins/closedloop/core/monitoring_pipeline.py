@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from closedloop.core import offline
-from closedloop.core.batches import interval_key
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -25,7 +24,7 @@ if TYPE_CHECKING:
 
 
 def reports_dir(settings: Settings, start: datetime) -> Path:
-    path = settings.home / "reports" / settings.usecase.name / interval_key(start)
+    path = settings.home / "reports" / settings.usecase.name / settings.usecase.interval_key(start)
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -93,7 +93,9 @@ class PredictionLog:
             if not base.exists():
                 continue
             for day_dir in sorted(base.iterdir()):
-                if not (start.strftime("%Y-%m-%d") <= day_dir.name <= end.strftime("%Y-%m-%d")):
+                # a folder per day, or per interval (``YYYY-MM-DDTHH``): its day decides
+                day = day_dir.name[:10]
+                if not (start.strftime("%Y-%m-%d") <= day <= end.strftime("%Y-%m-%d")):
                     continue
                 frames += [pd.read_parquet(p) for p in sorted(day_dir.glob("*.parquet"))]
         if not frames:

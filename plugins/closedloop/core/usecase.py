@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import ast
 import re
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -485,10 +485,49 @@ class UseCase(_Strict):
     def first_interval_start(self) -> datetime:
         """The start of the first interval with data: ``schedule.start`` at midnight in
         the schedule's timezone."""
+        return self.day_start(self.schedule.start)
+
+    def interval_key(self, start: datetime) -> str:
+        """The key of the data interval starting at ``start``: its landed file's name and
+        its partition in every table. A daily interval's is its date in
+        ``schedule.timezone`` (``YYYY-MM-DD``); an hourly one's its hour in UTC
+        (``YYYY-MM-DDTHHZ``: a local hour repeats when the clocks go back). Keys sort in
+        time."""
+        if self.batch.cadence == "hourly":
+            return start.astimezone(UTC).strftime("%Y-%m-%dT%HZ")
+        return start.astimezone(self.tz).strftime("%Y-%m-%d")
+
+    def key_start(self, key: str) -> datetime:
+        """The start of the interval whose key is ``key`` (inverse of :meth:`interval_key`)."""
+        if key.endswith("Z"):
+            return datetime.fromisoformat(key).astimezone(self.tz)
+        return self.day_start(date.fromisoformat(key))
+
+    def next_start(self, start: datetime) -> datetime:
+        """The start of the interval after the one starting at ``start``: the next local
+        midnight (a day of 23 or 25 hours where the clocks change), or an hour later."""
+        if self.batch.cadence == "hourly":
+            return (start.astimezone(UTC) + timedelta(hours=1)).astimezone(self.tz)
+        return self.day_start(start.astimezone(self.tz).date() + timedelta(days=1))
+
+    def intervals(self, first: date, last: date) -> list[tuple[datetime, datetime]]:
+        """The data intervals ``(start, end)`` of the days ``first`` to ``last``."""
+        start, stop = self.day_start(first), self.day_start(last + timedelta(days=1))
+        out = []
+        while start < stop:
+            out.append((start, self.next_start(start)))
+            start = out[-1][1]
+        return out
+
+    def day_start(self, day: date) -> datetime:
+        """Midnight of ``day`` in ``schedule.timezone``: where a day's intervals begin."""
+        return datetime.combine(day, time.min, self.tz)
+
+    @property
+    def tz(self) -> Any:
         import zoneinfo
 
-        tz = zoneinfo.ZoneInfo(self.schedule.timezone)
-        return datetime.combine(self.schedule.start, time.min, tz)
+        return zoneinfo.ZoneInfo(self.schedule.timezone)
 
     @property
     def cron(self) -> str:
