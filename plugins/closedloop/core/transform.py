@@ -26,7 +26,8 @@ def clean_batch(df: pd.DataFrame, usecase: UseCase) -> pd.DataFrame:
             out[name] = col.astype(_CASTS[spec.type])
         elif spec.type in ("timestamp", "date"):
             out[name] = pd.to_datetime(col, utc=True).astype("datetime64[us, UTC]")
-        else:
-            out[name] = col.astype(str).str.strip()
+        else:  # text, stripped; a missing value stays missing (never the text "nan")
+            text = col.astype("string").str.strip()
+            out[name] = text.astype(object).where(text.notna(), None)
     order = [usecase.batch.timestamp_column, usecase.batch.id_column]
     return out.sort_values(order, kind="stable").reset_index(drop=True)
