@@ -89,11 +89,7 @@ def _build_reference(
     end = datetime.fromisoformat(tags["closedloop.window_end"])
     ts = usecase.batch.timestamp_column
     table_dir = settings.offline_table_dir(usecase.event_table)
-    keys = [
-        k
-        for k in offline.partition_keys(table_dir)
-        if start.strftime("%Y-%m-%d") <= k < end.strftime("%Y-%m-%d")
-    ]
+    keys = offline.keys_around(table_dir, start, end)
     table = offline.read_partitions(table_dir, keys=keys)
     if table is None:
         raise ValueError(f"no events left in the champion's training window [{start}, {end})")

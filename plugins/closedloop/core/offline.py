@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 if TYPE_CHECKING:
+    from datetime import datetime
     from types import TracebackType
 
 
@@ -167,6 +169,15 @@ def partition_keys(table_dir: Path) -> list[str]:
     if not table_dir.exists():
         return []
     return sorted(p.stem for p in table_dir.glob("*.parquet"))
+
+
+def keys_around(table_dir: Path, start: datetime, end: datetime) -> list[str]:
+    """The keys of the partitions that may hold rows stamped in ``[start, end)``: those
+    of the days from the day before ``start`` to the day after ``end`` (a key is a date,
+    or an hour, in the use case's timezone or UTC; callers filter the rows by time)."""
+    low = (start - timedelta(days=1)).strftime("%Y-%m-%d")
+    high = (end + timedelta(days=1)).strftime("%Y-%m-%d")
+    return [k for k in partition_keys(table_dir) if low <= k[:10] <= high]
 
 
 def read_partitions(

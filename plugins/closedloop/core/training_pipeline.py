@@ -55,11 +55,7 @@ def labelled_entities(settings: Settings, start: datetime, end: datetime) -> pd.
     usecase = settings.usecase
     ts, label, known = usecase.batch.timestamp_column, usecase.label.column, usecase.known_at_column
     table_dir = settings.offline_table_dir(usecase.event_table)
-    keys = [
-        k
-        for k in offline.partition_keys(table_dir)
-        if start.strftime("%Y-%m-%d") <= k < end.strftime("%Y-%m-%d")
-    ]
+    keys = offline.keys_around(table_dir, start, end)
     table = offline.read_partitions(table_dir, keys=keys)
     if table is None:
         return pd.DataFrame(columns=[*usecase.entity_keys, EVENT_TIMESTAMP, label])
