@@ -35,7 +35,7 @@ import shutil
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -200,7 +200,11 @@ class AggregationEngine:
         keys = sorted({self.usecase.entities[e].join_key for e in self.by_entity})
         fresh = pd.DataFrame(
             {
-                _KNOWN: np.maximum(events[self.known_at], events[self.ts]),
+                # never before the event (a column may say earlier); `where` keeps the
+                # zone, where np.maximum on zoned times takes an object-dtype detour
+                _KNOWN: events[self.known_at].where(
+                    events[self.known_at] >= events[self.ts], events[self.ts]
+                ),
                 _POSITIVE: (events[label.column].astype(str) == str(label.positive)),
                 **{k: events[k] for k in keys},
             }
@@ -324,8 +328,9 @@ class AggregationEngine:
     ) -> pd.DataFrame:
         out = pd.DataFrame(index=keys.sort_values())
         out.index.name = key
+        sums: dict[tuple[str, timedelta | None], pd.DataFrame | None] = {}  # one per window
         for name, agg in aggregates.items():
-            out[name] = self._values(st, key, agg, out.index, end)
+            out[name] = self._values(st, key, agg, out.index, end, sums)
             fill = agg.fill_value
             if fill is not None:
                 out[name] = out[name].fillna(fill)
@@ -334,9 +339,22 @@ class AggregationEngine:
         return out.reset_index()
 
     def _values(
-        self, st: EntityState, key: str, agg: AggregateSpec, keys: pd.Index, end: pd.Timestamp
+        self,
+        st: EntityState,
+        key: str,
+        agg: AggregateSpec,
+        keys: pd.Index,
+        end: pd.Timestamp,
+        sums: dict[tuple[str, timedelta | None], pd.DataFrame | None],
     ) -> pd.Series:
         window = agg.window_length
+
+        def window_sums(kind: str, buckets: Any, totals: Any) -> pd.DataFrame | None:
+            # the aggregates over one window share its sums (a pass over the buckets each)
+            if (kind, window) not in sums:
+                sums[(kind, window)] = _window_sums(buckets, totals, key, window, keys, end)
+            return sums[(kind, window)]
+
         if agg.op == "distinct_count":
             if window is None:
                 pairs = st.distinct_totals.get(agg.column)
@@ -348,7 +366,7 @@ class AggregationEngine:
             pairs = pairs[pairs[key].isin(keys)]
             return pairs.groupby(key)["v"].nunique().reindex(keys)
         if agg.op in LABEL_OPS:
-            source = _window_sums(st.label_buckets, st.label_totals, key, window, keys, end)
+            source = window_sums("labels", st.label_buckets, st.label_totals)
             if source is None:
                 return pd.Series(np.nan, index=keys)
             ln, lp = source["ln"].fillna(0), source["lp"].fillna(0)
@@ -359,7 +377,7 @@ class AggregationEngine:
             if agg.prior is not None:
                 return (lp + agg.prior.rate * agg.prior.weight) / (ln + agg.prior.weight)
             return (lp / ln).where(ln > 0)
-        source = _window_sums(st.buckets, st.totals, key, window, keys, end)
+        source = window_sums("events", st.buckets, st.totals)
         if source is None:
             return pd.Series(np.nan, index=keys)
         c = agg.column
