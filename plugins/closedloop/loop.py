@@ -252,15 +252,14 @@ class ClosedLoop:
         ends in the use case's timezone (one a day, or one an hour; monitoring's is
         daily whatever the cadence)."""
         usecase = self.settings.usecase
-        start, last = usecase.day_start(day), usecase.day_start(day + timedelta(days=1))
-        runs = []
-        daily = dag_id == self.dag_ids["monitoring"] or usecase.batch.cadence == "daily"
-        while start < last:
-            end = last if daily else usecase.next_start(start)
-            key = f"{day:%Y-%m-%d}" if daily else usecase.interval_key(start)
-            runs.append(self.airflow.trigger(dag_id, end, run_id=f"{DAY_PREFIX}{key}"))
-            start = end
-        return runs
+        intervals = usecase.intervals(day, day)
+        if dag_id == self.dag_ids["monitoring"] or usecase.batch.cadence == "daily":
+            end = intervals[-1][1]
+            return [self.airflow.trigger(dag_id, end, run_id=f"{DAY_PREFIX}{day:%Y-%m-%d}")]
+        return [
+            self.airflow.trigger(dag_id, end, run_id=f"{DAY_PREFIX}{usecase.interval_key(start)}")
+            for start, end in intervals
+        ]
 
     def _wait_all(self, dag_id: str, run_ids: list[str], label: str) -> str:
         """The state of a day's runs: success when every one succeeded, else the first

@@ -223,20 +223,16 @@ def backfill(
     from closedloop.core.feature_store import apply_definitions, materialize_interval, open_store
 
     usecase = settings.usecase
-    first = usecase.day_start(first_day)
-    last = usecase.day_start(first_day + timedelta(days=days))
-    state = aggregation_state(settings, first)
+    intervals = usecase.intervals(first_day, first_day + timedelta(days=days - 1))
+    state = aggregation_state(settings, intervals[0][0])
     rows = 0
-    start = first
-    while start < last:
-        end = usecase.next_start(start)
+    for start, end in intervals:
         key = usecase.interval_key(start)
         extract(settings, start, end)
         validate(settings, start, end, run_name=f"backfill-{key}", docs=docs)
         staged = engineer(settings, start, end, clean(settings, start), state=state)
         rows += load_offline(settings, start, staged)[usecase.event_table]
-        start = end
     store = open_store(settings)
     apply_definitions(store, settings)
-    materialize_interval(store, first, last)
+    materialize_interval(store, intervals[0][0], intervals[-1][1])
     return {"days": days, "rows": rows}
