@@ -152,3 +152,32 @@ def test_a_rerun_of_one_hour_leaves_what_one_run_left(world):
         after = pd.read_parquet(offline.partition_path(settings.offline_table_dir(table), key))
         pd.testing.assert_frame_equal(after, before)
     assert sorted(p.name for p in settings.aggregation_state_dir.iterdir()) == snapshots
+
+
+def test_a_snapshot_in_a_layout_this_version_cannot_read_is_rebuilt_from_the_event_table(
+    world, caplog
+):
+    """A snapshot saved by another closedloop (its ``format`` differs) is not read: the
+    interval's state is replayed from the event table, and the rerun leaves the same rows."""
+    import json
+
+    settings, hours, _ = world
+    usecase = settings.usecase
+    start = hours[-1]
+    key = usecase.interval_key(start)
+    tables = {
+        t: pd.read_parquet(offline.partition_path(settings.offline_table_dir(t), key))
+        for t in usecase.offline_tables
+    }
+    meta_path = settings.aggregation_state_dir / usecase.interval_key(hours[-2]) / "state.json"
+    meta = json.loads(meta_path.read_text())
+    meta["format"] = 1
+    meta_path.write_text(json.dumps(meta))
+
+    with caplog.at_level("WARNING"):
+        staged = engineer(settings, start, start + usecase.interval, clean(settings, start))
+    assert "format 1" in caplog.text and "replaying 22 intervals" in caplog.text, caplog.text
+    load_offline(settings, start, staged)
+    for table, before in tables.items():
+        after = pd.read_parquet(offline.partition_path(settings.offline_table_dir(table), key))
+        pd.testing.assert_frame_equal(after, before)

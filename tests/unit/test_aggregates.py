@@ -28,6 +28,7 @@ import bisect
 import copy
 import itertools
 import math
+import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -579,3 +580,47 @@ def test_an_interval_without_readings_still_emits_the_rows_whose_windows_moved(r
                 expected = brute_force(facts[k], spec, pd.Timestamp(empty_end))
                 assert agrees(rows.loc[k, name], expected), (entity, k, name)
         assert (rows[[n for n in aggregates if n.endswith("_1d")]] == 0).any(axis=None)
+
+
+def test_snapshots_link_what_they_already_hold_stay_few_files_and_survive_a_removed_one(
+    tmp_path: Path,
+):
+    """The pipeline's cycle hour after hour over 8 days: load the predecessor's snapshot,
+    advance, save a new one, remove old ones. Every interval's rows equal one run in
+    memory. A snapshot writes only the interval's new bucket parts and links the rest
+    (hard links: nothing is copied); the linked segments stay bounded (compacted into one
+    past the limit); and a snapshot removed after it was loaded (a concurrent prune)
+    still yields a complete next one."""
+    from closedloop.core.aggregation_state import MAX_SEGMENTS
+
+    removed_at = {100, 170}
+    raw = declaration(known_at="2h", short="6h", cadence="hourly")
+    usecase = UseCase.from_dict(raw)
+    periods = intervals(8 * 24, HOUR)  # the 7-day windows keep 168 hourly buckets
+    readings = generate(raw, periods, seed=13, per_period=(0.05, 0.3, 1.0))
+    engine = AggregationEngine(usecase)
+    memory = AggregationState()
+    segments, linked, removed_early = [], 0, 0
+    for i, (start, end) in enumerate(periods):
+        events = batch(readings, usecase, start, end)
+        expected = engine.advance(memory, events, start, end)
+        state = AggregationState.load(tmp_path / f"{i - 1:04d}") if i else AggregationState()
+        if i in removed_at:  # removed while the next interval runs from it
+            shutil.rmtree(tmp_path / f"{i - 1:04d}")
+            removed_early += 1
+        got = engine.advance(state, events, start, end)
+        state.save(tmp_path / f"{i:04d}")
+        assert_same_rows(got, expected)
+        files = [p for p in (tmp_path / f"{i:04d}").iterdir() if p.name.startswith("segment.")]
+        segments.append(len(files))
+        linked += sum(p.stat().st_nlink > 1 for p in files)
+        for old in sorted(p for p in tmp_path.iterdir() if p.is_dir())[:-3]:
+            shutil.rmtree(old)
+    assert removed_early == len(removed_at)
+    assert max(segments) <= MAX_SEGMENTS, max(segments)
+    # one new segment a snapshot, old ones expire one by one: a fall by more than one is
+    # a compaction, or the rewrite after a removed snapshot
+    fell = [i for i in range(1, len(segments)) if segments[i] < segments[i - 1] - 1]
+    assert set(fell) - removed_at, f"never compacted: {segments}"
+    assert removed_at <= set(fell), f"a removed snapshot's segments were linked: {segments}"
+    assert linked > 1000, "snapshots rewrote their parts instead of linking them"

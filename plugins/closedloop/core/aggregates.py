@@ -13,26 +13,31 @@ Feast's point-in-time join then gives an event at time ``t`` the newest row stam
 or before ``t``, so no feature carries information from after the event.
 
 Incremental: :class:`AggregationState` holds, per entity, partial aggregates in time
-buckets (an hour or a day) for as long as the longest finite window needs them, the
-running totals of ``all`` windows, and the events whose label is not known yet. A run
-adds its interval's facts, emits a row for every entity whose value changed (new
-events, newly known labels, or a bucket leaving a window) and drops expired buckets, so
-its cost depends on the interval and the windows, not on how long the use case has run.
-The state is saved per interval: a rerun of an interval starts from the state its
-predecessor saved and leaves exactly what one clean run leaves.
+buckets (an hour or a day) for as long as the longest finite window needs them, running
+sums per window, the totals of ``all`` windows, and the events whose label is not known
+yet. A run folds its interval's facts into buckets, adds them to the window sums,
+subtracts the buckets that leave a window, and emits a row for every entity whose value
+changed (new events, newly known labels, or a bucket leaving a window). Its cost follows
+the interval's facts and the buckets leaving, not the size of the windows or how long
+the use case has run; only ``min``/``max`` over a finite window, which cannot be
+subtracted, re-read the window's buckets of the entities that changed. The state is
+saved per interval: a rerun of an interval starts from the state its predecessor saved
+and leaves exactly what one clean run leaves.
 
-Written on pandas groupby rather than Feast's ``BatchFeatureView`` aggregations: Feast
-0.67 computes those from the whole source on every materialization (no carried state)
-and has no notion of a label known later than its event.
+Entities are numbered in the order they first appear (``EntityState.keys``); sums are
+numpy arrays indexed by that number, and a ``distinct_count`` keeps, per window, how
+many of its buckets hold each (entity, value) pair.
+
+Written on numpy rather than Feast's ``BatchFeatureView`` aggregations: Feast 0.67
+computes those from the whole source on every materialization (no carried state) and
+has no notion of a label known later than its event.
 """
 
 from __future__ import annotations
 
-import json
+import itertools
 import math
-import os
-import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -41,19 +46,35 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pandas as pd
 
-from closedloop.core.usecase import AGGREGATE_TS, EVENT_OPS, LABEL_OPS, parse_duration
+from closedloop.core.aggregation_state import (
+    KEEP_SNAPSHOTS,
+    KNOWN,
+    MAX_CHUNKS,
+    POSITIVE,
+    VALUE_BITS,
+    AggregationState,
+    Distinct,
+    EntityState,
+    Part,
+    Side,
+    StateFormatError,
+    Stats,
+    to_ns,
+)
+from closedloop.core.usecase import AGGREGATE_TS, EVENT_OPS, LABEL_OPS
+
+__all__ = [
+    "KEEP_SNAPSHOTS",
+    "AggregationEngine",
+    "AggregationState",
+    "StateFormatError",
+    "bucket_width",
+]
 
 if TYPE_CHECKING:
-    from pathlib import Path
+    from collections.abc import Callable, Iterable
 
     from closedloop.core.usecase import AggregateSpec, UseCase
-
-_BUCKET = "__bucket"
-_KNOWN = "__known"
-_POSITIVE = "__positive"
-#: state snapshots kept per use case (older ones are removed): a rerun of one of the
-#: latest intervals needs its predecessor's; an older one rebuilds from the event table
-KEEP_SNAPSHOTS = 7
 
 
 def bucket_width(usecase: UseCase) -> timedelta:
@@ -83,75 +104,59 @@ def _utc_offsets(timezone: str, start: date) -> frozenset[timedelta]:
     )
 
 
-@dataclass
-class EntityState:
-    """One entity's partial aggregates (see the module docstring)."""
-
-    buckets: pd.DataFrame | None = None  # key, bucket, n, s__c, c__c, mn__c, mx__c
-    totals: pd.DataFrame | None = None  # the same per key (window "all"), indexed by key
-    label_buckets: pd.DataFrame | None = None  # key, bucket, ln, lp
-    label_totals: pd.DataFrame | None = None  # key -> ln, lp
-    distinct_buckets: dict[str, pd.DataFrame] = field(default_factory=dict)  # key, bucket, v
-    distinct_totals: dict[str, pd.DataFrame] = field(default_factory=dict)  # key, v
+# -- the engine ----------------------------------------------------------------------------
 
 
-@dataclass
-class AggregationState:
-    """Everything the next interval needs; ``as_of`` is the end of the last interval."""
+@dataclass(frozen=True)
+class _Plan:
+    """What one entity's aggregates need: statistics, windows (ns), distinct columns."""
 
-    as_of: datetime | None = None
-    entities: dict[str, EntityState] = field(default_factory=dict)
-    pending: pd.DataFrame | None = None  # events whose label is not known at as_of
+    key: str
+    aggregates: dict[str, AggregateSpec]
+    additive: tuple[str, ...]  # event statistics that add up: n, c__col, s__col
+    extremal: tuple[str, ...]  # mn__col, mx__col
+    event_windows: tuple[int, ...]
+    label_windows: tuple[int, ...]
+    distinct: dict[str, tuple[tuple[int, ...], bool]]  # column -> (windows, "all" too)
 
-    # -- persistence -----------------------------------------------------------------
-    def save(self, folder: Path) -> None:
-        """Write the state to ``folder`` (replaced whole, through a temporary folder)."""
-        tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        frames = {"pending": self.pending}
-        for name, entity in self.entities.items():
-            frames[f"{name}.buckets"] = entity.buckets
-            frames[f"{name}.totals"] = _reset(entity.totals)
-            frames[f"{name}.label_buckets"] = entity.label_buckets
-            frames[f"{name}.label_totals"] = _reset(entity.label_totals)
-            for column, frame in entity.distinct_buckets.items():
-                frames[f"{name}.distinct_buckets.{column}"] = frame
-            for column, frame in entity.distinct_totals.items():
-                frames[f"{name}.distinct_totals.{column}"] = frame
-        written = []
-        for name, frame in frames.items():
-            if frame is not None:
-                frame.to_parquet(tmp / f"{name}.parquet", index=False)
-                written.append(name)
-        meta = {"as_of": self.as_of.isoformat() if self.as_of else None, "frames": written}
-        (tmp / "state.json").write_text(json.dumps(meta, sort_keys=True))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
+    @property
+    def events(self) -> bool:
+        return any(a.op in EVENT_OPS for a in self.aggregates.values())
 
-    @classmethod
-    def load(cls, folder: Path) -> AggregationState:
-        meta = json.loads((folder / "state.json").read_text())
-        state = cls(as_of=datetime.fromisoformat(meta["as_of"]) if meta["as_of"] else None)
-        for name in meta["frames"]:
-            frame = pd.read_parquet(folder / f"{name}.parquet")
-            if name == "pending":
-                state.pending = frame
-                continue
-            entity_name, kind, *column = name.split(".", 2)
-            entity = state.entities.setdefault(entity_name, EntityState())
-            if kind in ("totals", "label_totals"):
-                setattr(entity, kind, frame.set_index(frame.columns[0]))
-            elif column:
-                getattr(entity, kind)[column[0]] = frame
-            else:
-                setattr(entity, kind, frame)
-        return state
+    @property
+    def labels(self) -> bool:
+        return any(a.op in LABEL_OPS for a in self.aggregates.values())
 
 
-def _reset(frame: pd.DataFrame | None) -> pd.DataFrame | None:
-    return None if frame is None else frame.reset_index()
+def _plan(key: str, aggregates: dict[str, AggregateSpec]) -> _Plan:
+    additive, extremal = ["n"], []
+    distinct: dict[str, tuple[set[int], bool]] = {}
+    event_windows, label_windows = set(), set()
+    for agg in aggregates.values():
+        window = None if agg.window_length is None else to_ns(agg.window_length)
+        if agg.op == "distinct_count":
+            windows, every = distinct.get(agg.column, (set(), False))
+            distinct[agg.column] = (windows | ({window} - {None}), every or window is None)
+            continue
+        if window is not None:
+            (label_windows if agg.op in LABEL_OPS else event_windows).add(window)
+        c = agg.column
+        if c is None:
+            continue
+        additive.append(f"c__{c}")
+        if agg.op in ("sum", "mean"):
+            additive.append(f"s__{c}")
+        elif agg.op in ("min", "max"):
+            extremal.append(f"{'mn' if agg.op == 'min' else 'mx'}__{c}")
+    return _Plan(
+        key=key,
+        aggregates=aggregates,
+        additive=tuple(dict.fromkeys(additive)),
+        extremal=tuple(dict.fromkeys(extremal)),
+        event_windows=tuple(sorted(event_windows)),
+        label_windows=tuple(sorted(label_windows)),
+        distinct={c: (tuple(sorted(w)), every) for c, (w, every) in sorted(distinct.items())},
+    )
 
 
 class AggregationEngine:
@@ -162,8 +167,8 @@ class AggregationEngine:
         self.width = bucket_width(usecase)
         self.ts = usecase.batch.timestamp_column
         self.known_at = usecase.known_at_column
-        self.by_entity = {
-            entity: aggregates
+        self.plans = {
+            entity: _plan(usecase.entities[entity].join_key, aggregates)
             for entity, aggregates in usecase.features.aggregations.items()
             if aggregates
         }
@@ -177,308 +182,442 @@ class AggregationEngine:
             raise ValueError(
                 f"the aggregation state is as of {state.as_of}; it cannot advance from {start}"
             )
-        start_ts, end_ts = pd.Timestamp(start), pd.Timestamp(end)
-        matured = self._matured_labels(state, events, end_ts)
+        end_ts = pd.Timestamp(end)
+        span = (to_ns(pd.Timestamp(start)), to_ns(end_ts))
+        timed = events[self.ts].notna().to_numpy()
+        when = to_ns(events[self.ts])
+        numbered = {}  # entity -> (its events, their numbers)
+        for entity, plan in self.plans.items():
+            st = state.entities.setdefault(entity, EntityState())
+            keep = timed & events[plan.key].notna().to_numpy()
+            numbered[entity] = (keep, st.encode(events[plan.key][keep]))
+        matured = self._matured_labels(state, events, numbered, when, span[1])
         out = {}
-        for entity, aggregates in self.by_entity.items():
-            key = self.usecase.entities[entity].join_key
-            entity_state = state.entities.setdefault(entity, EntityState())
+        for entity, plan in self.plans.items():
+            st = state.entities[entity]
+            keep, codes = numbered[entity]
+            rows = _where(events, keep)
             out[entity] = self._advance_entity(
-                entity_state, key, aggregates, events, matured, start_ts, end_ts
+                st, plan, rows, codes, when[keep], matured, entity, span, end_ts
             )
         state.as_of = end
         return out
 
     # -- facts -------------------------------------------------------------------------
     def _matured_labels(
-        self, state: AggregationState, events: pd.DataFrame, end: pd.Timestamp
+        self,
+        state: AggregationState,
+        events: pd.DataFrame,
+        numbered: dict[str, tuple[np.ndarray, np.ndarray]],
+        when: np.ndarray,
+        end: int,
     ) -> pd.DataFrame:
-        """Labels that became known before ``end``; the rest wait in ``state.pending``."""
-        if not any(a.op in LABEL_OPS for aggs in self.by_entity.values() for a in aggs.values()):
+        """Labels that became known before ``end``, with the number of their entity per
+        entity (-1: none); the rest wait in ``state.chunks``."""
+        if not any(plan.labels for plan in self.plans.values()):
             return pd.DataFrame()
         label = self.usecase.label
-        keys = sorted({self.usecase.entities[e].join_key for e in self.by_entity})
-        fresh = pd.DataFrame(
-            {
-                # never before the event (a column may say earlier); `where` keeps the
-                # zone, where np.maximum on zoned times takes an object-dtype detour
-                _KNOWN: events[self.known_at].where(
-                    events[self.known_at] >= events[self.ts], events[self.ts]
-                ),
-                _POSITIVE: (events[label.column].astype(str) == str(label.positive)),
-                **{k: events[k] for k in keys},
-            }
-        )
-        waiting = fresh if state.pending is None else pd.concat([state.pending, fresh])
-        waiting = waiting.reset_index(drop=True)
-        known = waiting[_KNOWN] < end
-        state.pending = waiting[~known].reset_index(drop=True)
-        return waiting[known]
-
-    def _bucket(self, times: pd.Series) -> pd.Series:
-        return times.dt.floor(self.width)
+        # never before the event (a column may say earlier)
+        known = to_ns(events[self.known_at])
+        known = np.where(known >= when, known, when)
+        fresh = {KNOWN: known, POSITIVE: _matches(events[label.column], label.positive)}
+        for entity, plan in self.plans.items():
+            if plan.labels:
+                keep, codes = numbered[entity]
+                fresh[entity] = np.full(len(events), -1, np.int64)
+                fresh[entity][keep] = codes
+        timed = events[self.ts].notna().to_numpy()
+        if not timed.all():
+            fresh = {name: values[timed] for name, values in fresh.items()}
+        if len(fresh[KNOWN]) > 1 and (np.diff(fresh[KNOWN]) < 0).any():
+            order = np.argsort(fresh[KNOWN], kind="stable")
+            fresh = {name: values[order] for name, values in fresh.items()}
+        chunks = [*state.chunks, pd.DataFrame(fresh)] if len(fresh[KNOWN]) else state.chunks
+        matured, waiting = [], []
+        for chunk in chunks:
+            cut = int(np.searchsorted(chunk[KNOWN].to_numpy(), end, side="left"))
+            if cut:
+                matured.append(chunk.iloc[:cut])
+            if cut < len(chunk):
+                waiting.append(chunk.iloc[cut:])
+        if len(waiting) > MAX_CHUNKS:
+            merged = pd.concat(waiting, ignore_index=True)
+            waiting = [merged.sort_values(KNOWN, kind="stable", ignore_index=True)]
+        state.chunks = waiting
+        if not matured:
+            return pd.DataFrame(fresh).iloc[:0]
+        return pd.concat(matured, ignore_index=True) if len(matured) > 1 else matured[0]
 
     def _advance_entity(
         self,
         st: EntityState,
-        key: str,
-        aggregates: dict[str, AggregateSpec],
-        events: pd.DataFrame,
-        matured: pd.DataFrame,
-        start: pd.Timestamp,
-        end: pd.Timestamp,
-    ) -> pd.DataFrame:
-        event_aggs = {n: a for n, a in aggregates.items() if a.op in EVENT_OPS}
-        label_aggs = {n: a for n, a in aggregates.items() if a.op in LABEL_OPS}
-        changed: list[pd.Index] = []
-
-        if event_aggs:
-            rows = events[events[key].notna()]
-            partial = self._event_partials(rows, key, event_aggs)
-            changed.append(pd.Index(partial[key].unique()))
-            windows = _windows(event_aggs)
-            if windows:
-                changed += _expiring(st.buckets, key, windows, start, end)
-                st.buckets = _append(st.buckets, partial, end - max(windows))
-            if "all" in {a.window for a in event_aggs.values()}:
-                st.totals = _add_totals(st.totals, partial.drop(columns=_BUCKET), key)
-            for column in {a.column for a in event_aggs.values() if a.op == "distinct_count"}:
-                self._advance_distinct(st, key, rows, column, event_aggs, start, end, changed)
-        if label_aggs and not matured.empty:
-            facts = matured[matured[key].notna()]
-            partial = (
-                facts.assign(**{_BUCKET: self._bucket(facts[_KNOWN]), "lp": facts[_POSITIVE]})
-                .groupby([key, _BUCKET], sort=True)
-                .agg(ln=(_POSITIVE, "size"), lp=("lp", "sum"))
-                .reset_index()
-            )
-            changed.append(pd.Index(partial[key].unique()))
-        elif label_aggs:
-            partial = pd.DataFrame(columns=[key, _BUCKET, "ln", "lp"])
-        if label_aggs:
-            windows = _windows(label_aggs)
-            if windows:
-                changed += _expiring(st.label_buckets, key, windows, start, end)
-                st.label_buckets = _append(st.label_buckets, partial, end - max(windows))
-            if "all" in {a.window for a in label_aggs.values()}:
-                st.label_totals = _add_totals(st.label_totals, partial.drop(columns=_BUCKET), key)
-
-        keys = _union(changed)
-        return self._rows(st, key, aggregates, keys, end)
-
-    def _event_partials(
-        self, rows: pd.DataFrame, key: str, aggregates: dict[str, AggregateSpec]
-    ) -> pd.DataFrame:
-        frame = rows.assign(**{_BUCKET: self._bucket(rows[self.ts])})
-        spec: dict[str, tuple[str, str]] = {"n": (self.ts, "size")}
-        for agg in aggregates.values():
-            c = agg.column
-            if c is None or agg.op == "distinct_count":
-                continue
-            spec[f"c__{c}"] = (c, "count")
-            if agg.op in ("sum", "mean"):
-                spec[f"s__{c}"] = (c, "sum")
-            elif agg.op == "min":
-                spec[f"mn__{c}"] = (c, "min")
-            elif agg.op == "max":
-                spec[f"mx__{c}"] = (c, "max")
-        grouped = frame.groupby([key, _BUCKET], sort=True).agg(**spec).reset_index()
-        for name in grouped.columns:
-            if name.startswith(("s__", "mn__", "mx__")):
-                grouped[name] = grouped[name].astype("float64")
-        return grouped
-
-    def _advance_distinct(
-        self,
-        st: EntityState,
-        key: str,
+        plan: _Plan,
         rows: pd.DataFrame,
-        column: str,
-        aggregates: dict[str, AggregateSpec],
-        start: pd.Timestamp,
+        codes: np.ndarray,
+        when: np.ndarray,
+        matured: pd.DataFrame,
+        entity: str,
+        span: tuple[int, int],
         end: pd.Timestamp,
-        changed: list[pd.Index],
-    ) -> None:
-        seen = rows[rows[column].notna()]
-        pairs = pd.DataFrame(
-            {key: seen[key], _BUCKET: self._bucket(seen[self.ts]), "v": seen[column]}
-        ).drop_duplicates()
-        mine = {
-            a.window for a in aggregates.values() if a.op == "distinct_count" and a.column == column
-        }
-        windows = sorted(parse_duration(w) for w in mine if w != "all")
-        if windows:
-            old = st.distinct_buckets.get(column)
-            changed += _expiring(old, key, windows, start, end)
-            st.distinct_buckets[column] = _append(old, pairs, end - max(windows))
-        if "all" in mine:
-            old = st.distinct_totals.get(column)
-            new = pairs[[key, "v"]].drop_duplicates()
-            merged = new if old is None else pd.concat([old, new]).drop_duplicates()
-            st.distinct_totals[column] = merged.reset_index(drop=True)
+    ) -> pd.DataFrame:
+        """Advance one entity's state by its ``rows`` (numbered ``codes``, at ``when``)
+        and the labels that ``matured``; its rows that changed."""
+        changed: list[np.ndarray] = [codes] if plan.events else []
+        label_codes = positive = known = None
+        if plan.labels and len(matured):
+            label_codes = matured[entity].to_numpy()
+            mine = label_codes >= 0
+            label_codes = label_codes[mine]
+            positive = matured[POSITIVE].to_numpy(dtype=np.float64)[mine]
+            known = matured[KNOWN].to_numpy()[mine]
+            changed.append(label_codes)
+        n = 0 if st.keys is None else len(st.keys)
+        if plan.events:
+            _prepare(st.events, plan.event_windows, plan.additive, plan.extremal, n)
+            buckets = self._bucket(when)
+            if any(a.op != "distinct_count" for a in plan.aggregates.values() if a.op in EVENT_OPS):
+                values = {
+                    column: rows[column].to_numpy(dtype=np.float64, na_value=np.nan)
+                    for column in dict.fromkeys(s.split("__", 1)[1] for s in plan.additive[1:])
+                }
+                parts = _partials(codes, buckets, values, plan.additive, plan.extremal)
+                changed += _advance_side(st.events, parts, plan.event_windows, span)
+            for column, declared in plan.distinct.items():
+                d = st.distinct.setdefault(column, Distinct())
+                changed += _advance_distinct(d, rows[column], codes, buckets, declared, span, n)
+        if plan.labels:
+            _prepare(st.labels, plan.label_windows, ("ln", "lp"), (), n)
+            parts = {}
+            if label_codes is not None and positive is not None and known is not None:
+                parts = _partials(
+                    label_codes, self._bucket(known), {"": positive}, ("ln", "lp"), ()
+                )
+            changed += _advance_side(st.labels, parts, plan.label_windows, span)
+        return self._rows(st, plan, _present(changed, n), span[1], end)
+
+    def _bucket(self, ns: np.ndarray) -> np.ndarray:
+        width = to_ns(self.width)
+        return ns - ns % width
 
     # -- values ------------------------------------------------------------------------
     def _rows(
-        self,
-        st: EntityState,
-        key: str,
-        aggregates: dict[str, AggregateSpec],
-        keys: pd.Index,
-        end: pd.Timestamp,
+        self, st: EntityState, plan: _Plan, codes: np.ndarray, end: int, stamp: pd.Timestamp
     ) -> pd.DataFrame:
-        out = pd.DataFrame(index=keys.sort_values())
-        out.index.name = key
-        sums: dict[tuple[str, timedelta | None], pd.DataFrame | None] = {}  # one per window
-        for name, agg in aggregates.items():
-            out[name] = self._values(st, key, agg, out.index, end, sums)
+        keys = st.keys if st.keys is not None else pd.Index([])
+        names = keys[codes]
+        order = names.argsort(kind="stable")
+        codes, names = codes[order], names[order]
+        out: dict[str, Any] = {plan.key: names}
+        for name, agg in plan.aggregates.items():
+            value = pd.Series(self._value(st, agg, codes, end))
             fill = agg.fill_value
             if fill is not None:
-                out[name] = out[name].fillna(fill)
-            out[name] = out[name].astype("int64" if agg.dtype == "int" else "float64")
-        out[AGGREGATE_TS] = end
-        return out.reset_index()
+                value = value.fillna(fill)
+            out[name] = value.astype("int64" if agg.dtype == "int" else "float64").to_numpy()
+        frame = pd.DataFrame(out)
+        frame[AGGREGATE_TS] = stamp
+        return frame
 
-    def _values(
-        self,
-        st: EntityState,
-        key: str,
-        agg: AggregateSpec,
-        keys: pd.Index,
-        end: pd.Timestamp,
-        sums: dict[tuple[str, timedelta | None], pd.DataFrame | None],
-    ) -> pd.Series:
-        window = agg.window_length
-
-        def window_sums(kind: str, buckets: Any, totals: Any) -> pd.DataFrame | None:
-            # the aggregates over one window share its sums (a pass over the buckets each)
-            if (kind, window) not in sums:
-                sums[(kind, window)] = _window_sums(buckets, totals, key, window, keys, end)
-            return sums[(kind, window)]
-
+    def _value(
+        self, st: EntityState, agg: AggregateSpec, codes: np.ndarray, end: int
+    ) -> np.ndarray:
+        window = None if agg.window_length is None else to_ns(agg.window_length)
         if agg.op == "distinct_count":
-            if window is None:
-                pairs = st.distinct_totals.get(agg.column)
-            else:
-                pairs = st.distinct_buckets.get(agg.column)
-                pairs = None if pairs is None else pairs[pairs[_BUCKET] >= end - window]
-            if pairs is None:
-                return pd.Series(0, index=keys)
-            pairs = pairs[pairs[key].isin(keys)]
-            return pairs.groupby(key)["v"].nunique().reindex(keys)
+            d = st.distinct.get(agg.column)
+            if d is None:
+                return np.zeros(len(codes))
+            return _sizes(d, window, len(st.keys) if st.keys is not None else 0)[codes]
         if agg.op in LABEL_OPS:
-            source = window_sums("labels", st.label_buckets, st.label_totals)
-            if source is None:
-                return pd.Series(np.nan, index=keys)
-            ln, lp = source["ln"].fillna(0), source["lp"].fillna(0)
+            sums = st.labels.totals if window is None else st.labels.windows[window]
+            ln, lp = sums["ln"][codes], sums["lp"][codes]
             if agg.op == "label_count":
                 return ln
             if agg.op == "positive_count":
                 return lp
             if agg.prior is not None:
                 return (lp + agg.prior.rate * agg.prior.weight) / (ln + agg.prior.weight)
-            return (lp / ln).where(ln > 0)
-        source = window_sums("events", st.buckets, st.totals)
-        if source is None:
-            return pd.Series(np.nan, index=keys)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                return np.where(ln > 0, lp / ln, np.nan)
         c = agg.column
+        if agg.op in ("min", "max"):
+            stat = f"{'mn' if agg.op == 'min' else 'mx'}__{c}"
+            if window is None:
+                return st.events.totals[stat][codes]
+            return _extreme(st.events, stat, codes, end - window)
+        sums = st.events.totals if window is None else st.events.windows[window]
         if agg.op == "count":
-            return source["n" if c is None else f"c__{c}"].fillna(0)
-        if agg.op == "sum":
-            return source[f"s__{c}"].fillna(0)
-        if agg.op == "mean":
-            counted = source[f"c__{c}"].fillna(0)
-            return (source[f"s__{c}"] / counted).where(counted > 0)
-        return source[f"mn__{c}" if agg.op == "min" else f"mx__{c}"]
+            return sums["n" if c is None else f"c__{c}"][codes]
+        counted = sums[f"c__{c}"][codes]
+        if agg.op == "sum":  # exactly 0 once every value has left the window
+            return np.where(counted > 0, sums[f"s__{c}"][codes], 0.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(counted > 0, sums[f"s__{c}"][codes] / counted, np.nan)
 
 
-# -- frame helpers ---------------------------------------------------------------------
-def _windows(aggregates: dict[str, AggregateSpec]) -> list[timedelta]:
-    return sorted({a.window_length for a in aggregates.values() if a.window_length is not None})
+# -- partial aggregates ------------------------------------------------------------------
 
 
-def _expiring(
-    buckets: pd.DataFrame | None,
-    key: str,
-    windows: list[timedelta],
-    start: pd.Timestamp,
-    end: pd.Timestamp,
-) -> list[pd.Index]:
-    """Keys with a bucket that was inside a window at ``start`` and is outside at ``end``."""
-    if buckets is None or buckets.empty:
-        return []
-    leaving = np.zeros(len(buckets), dtype=bool)
-    when = buckets[_BUCKET]
-    for window in windows:
-        leaving |= ((when >= start - window) & (when < end - window)).to_numpy()
-    return [pd.Index(buckets.loc[leaving, key].unique())]
+def _reduce(stat: str) -> Callable[..., np.ndarray]:
+    return (
+        np.fmin.reduceat
+        if stat.startswith("mn__")
+        else (np.fmax.reduceat if stat.startswith("mx__") else np.add.reduceat)
+    )
 
 
-def _append(
-    buckets: pd.DataFrame | None, partial: pd.DataFrame, keep_from: pd.Timestamp
-) -> pd.DataFrame:
-    """``buckets`` plus the interval's ``partial``, without buckets before ``keep_from``."""
-    frames = [f for f in (buckets, partial) if f is not None and not f.empty]
-    if not frames:
-        return partial
-    merged = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-    return merged[merged[_BUCKET] >= keep_from].reset_index(drop=True)
-
-
-def _add_totals(totals: pd.DataFrame | None, partial: pd.DataFrame, key: str) -> pd.DataFrame:
-    """Running totals per key (indexed by key) with the interval's partials added."""
-    if partial.empty:
-        return totals if totals is not None else partial.set_index(key)
-    new = _combine(partial, key)
-    if totals is None or totals.empty:
-        return new
-    old = totals.reindex(new.index)
-    merged = pd.DataFrame(index=new.index)
-    for column in new.columns:
-        if column.startswith("mn__"):
-            merged[column] = np.fmin(old[column], new[column])
-        elif column.startswith("mx__"):
-            merged[column] = np.fmax(old[column], new[column])
+def _partials(
+    codes: np.ndarray,
+    buckets: np.ndarray,
+    values: dict[str, np.ndarray],
+    additive: Iterable[str],
+    extremal: Iterable[str],
+) -> dict[int, Part]:
+    """Facts folded per bucket and code. ``n`` (or ``ln``) counts facts; ``c__col``
+    counts a column's non-null values, ``s__col`` sums them, ``mn__``/``mx__`` bound
+    them; ``lp`` sums ``values[""]`` (the positives)."""
+    if not len(codes):
+        return {}
+    # one bucket is the common case (a day's facts in a daily bucket): one sort key
+    one = bool((buckets == buckets[0]).all())
+    order = np.argsort(codes) if one else np.lexsort((codes, buckets))
+    c, b = codes[order], buckets[order]
+    starts = np.flatnonzero(np.r_[True, (c[1:] != c[:-1]) | (b[1:] != b[:-1])])
+    stats: Stats = {}
+    for stat in [*additive, *extremal]:
+        if stat in ("n", "ln"):
+            stats[stat] = np.diff(np.r_[starts, len(c)]).astype(np.float64)
+            continue
+        column = "" if stat == "lp" else stat.split("__", 1)[1]
+        x = values[column][order]
+        present = ~np.isnan(x)
+        if stat.startswith("c__"):
+            stats[stat] = np.add.reduceat(present.astype(np.float64), starts)
+        elif stat.startswith("s__") or stat == "lp":
+            stats[stat] = np.add.reduceat(np.where(present, x, 0.0), starts)
         else:
-            merged[column] = old[column].fillna(0) + new[column]
-    fresh = ~new.index.isin(totals.index)
-    updated = totals.copy()
-    updated.loc[new.index[~fresh], merged.columns] = merged[~fresh].to_numpy()
-    if fresh.any():
-        updated = pd.concat([updated, merged[fresh]])
-    return updated
-
-
-def _combine(partial: pd.DataFrame, key: str) -> pd.DataFrame:
-    """Buckets of one key folded into one row (sums, mins, maxes)."""
-    how = {
-        c: "min" if c.startswith("mn__") else "max" if c.startswith("mx__") else "sum"
-        for c in partial.columns
-        if c != key
+            stats[stat] = _reduce(stat)(x, starts)
+    groups, heads = b[starts], np.flatnonzero(np.r_[True, b[starts][1:] != b[starts][:-1]])
+    bounds = [*heads, len(starts)]
+    return {
+        int(groups[lo]): Part(c[starts][lo:hi], {s: v[lo:hi] for s, v in stats.items()})
+        for lo, hi in itertools.pairwise(bounds)
     }
-    return partial.groupby(key, sort=True).agg(how)
 
 
-def _window_sums(
-    buckets: pd.DataFrame | None,
-    totals: pd.DataFrame | None,
-    key: str,
-    window: timedelta | None,
-    keys: pd.Index,
-    end: pd.Timestamp,
-) -> pd.DataFrame | None:
-    if window is None:
-        return None if totals is None else totals.reindex(keys)
-    if buckets is None:
-        return None
-    inside = buckets[(buckets[_BUCKET] >= end - window) & buckets[key].isin(keys)]
-    return _combine(inside.drop(columns=_BUCKET), key).reindex(keys)
+def _merge(old: Part | None, new: Part) -> Part:
+    """Two parts of one bucket as one (a late fact reaching a bucket already kept)."""
+    if old is None:
+        return new
+    codes = np.concatenate([old.codes, new.codes])
+    order = np.argsort(codes, kind="stable")
+    codes = codes[order]
+    starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+    return Part(
+        codes[starts],
+        {
+            s: _reduce(s)(np.concatenate([old.stats[s], new.stats[s]])[order], starts)
+            for s in new.stats
+        },
+    )
 
 
-def _union(indexes: list[pd.Index]) -> pd.Index:
-    indexes = [i for i in indexes if len(i)]
-    if not indexes:
-        return pd.Index([])
-    out = indexes[0]
-    for other in indexes[1:]:
-        out = out.union(other)
-    return out.unique()
+def _grow(values: np.ndarray | None, n: int, fill: float) -> np.ndarray:
+    if values is None:
+        return np.full(n, fill)
+    if len(values) >= n:
+        return values
+    return np.concatenate([values, np.full(n - len(values), fill)])
+
+
+def _prepare(
+    side: Side, windows: tuple[int, ...], additive: Iterable[str], extremal: Iterable[str], n: int
+) -> None:
+    """Every array of ``side`` with a place for each of the ``n`` keys."""
+    additive = tuple(additive)
+    for window in windows:
+        sums = side.windows.setdefault(window, {})
+        for stat in additive:
+            sums[stat] = _grow(sums.get(stat), n, 0.0)
+    for stat in additive:
+        side.totals[stat] = _grow(side.totals.get(stat), n, 0.0)
+    for stat in extremal:
+        side.totals[stat] = _grow(side.totals.get(stat), n, np.nan)
+
+
+def _advance_side(
+    side: Side, parts: dict[int, Part], windows: tuple[int, ...], span: tuple[int, int]
+) -> list[np.ndarray]:
+    """Move the window sums from ``start`` to ``end``: subtract the kept buckets that
+    leave a window, add the new parts inside it; fold the parts into the totals and
+    the kept buckets. Returns the codes of the buckets that left a window.
+
+    A bucket ``b`` is inside window ``w`` at ``T`` when ``T - w <= b``: at ``start`` the
+    sums hold the kept buckets with ``b >= start - w``."""
+    start, end = span
+    left = []
+    for window, sums in side.windows.items():
+        for bucket, part in side.buckets.items():
+            if start - window <= bucket < end - window:
+                for stat, total in sums.items():
+                    total[part.codes] -= part.stats[stat]
+                left.append(part.codes)
+        for bucket, part in parts.items():
+            if bucket >= end - window:
+                for stat, total in sums.items():
+                    total[part.codes] += part.stats[stat]
+    for part in parts.values():
+        for stat, total in side.totals.items():
+            if stat.startswith("mn__"):
+                total[part.codes] = np.fmin(total[part.codes], part.stats[stat])
+            elif stat.startswith("mx__"):
+                total[part.codes] = np.fmax(total[part.codes], part.stats[stat])
+            else:
+                total[part.codes] += part.stats[stat]
+    if windows:
+        for bucket, part in parts.items():
+            side.buckets[bucket] = _merge(side.buckets.get(bucket), part)
+        keep_from = end - max(windows)
+        for bucket in [b for b in side.buckets if b < keep_from]:
+            del side.buckets[bucket]
+    return left
+
+
+def _extreme(side: Side, stat: str, codes: np.ndarray, since: int) -> np.ndarray:
+    """``min``/``max`` over the kept buckets from ``since`` for ``codes`` (not
+    subtractable, so read from the window's buckets)."""
+    out = np.full(len(codes), np.nan)
+    reduce = np.fmin if stat.startswith("mn__") else np.fmax
+    for bucket, part in side.buckets.items():
+        if bucket < since or not len(part.codes):
+            continue
+        at = np.minimum(np.searchsorted(part.codes, codes), len(part.codes) - 1)
+        hit = part.codes[at] == codes
+        out[hit] = reduce(out[hit], part.stats[stat][at[hit]])
+    return out
+
+
+# -- distinct values ---------------------------------------------------------------------
+
+
+def _advance_distinct(
+    d: Distinct,
+    column: pd.Series,
+    codes: np.ndarray,
+    buckets: np.ndarray,
+    declared: tuple[tuple[int, ...], bool],
+    span: tuple[int, int],
+    n: int,
+) -> list[np.ndarray]:
+    """The pairs of ``column``'s values with their entities, counted into each
+    ``declared`` window (how many of its buckets hold the pair) and, when ``all`` is
+    declared too, the set over all time."""
+    windows, every = declared
+    start, end = span
+    present = column.notna().to_numpy()
+    values = column[present]
+    if d.values is None or not len(d.values):
+        d.values = pd.Index(pd.unique(values))
+    number = np.asarray(d.values.get_indexer(values), dtype=np.int64)
+    new = number < 0
+    if new.any():
+        d.values = d.values.append(pd.Index(pd.unique(values[new])))
+        number[new] = d.values.get_indexer(values[new])
+    if len(d.values) >= 1 << VALUE_BITS:
+        raise ValueError(f"{column.name}: more than 2**{VALUE_BITS} distinct values")
+    pairs = (codes[present] << VALUE_BITS) | number
+    parts: dict[int, np.ndarray] = {}
+    when = buckets[present]
+    if len(pairs) and (when == when[0]).all():  # the common case: one bucket
+        parts = {int(when[0]): np.unique(pairs)}
+    elif len(pairs):
+        order = np.lexsort((pairs, when))
+        pairs, when = pairs[order], when[order]
+        head = np.r_[True, (pairs[1:] != pairs[:-1]) | (when[1:] != when[:-1])]
+        pairs, when = pairs[head], when[head]
+        bounds = [*np.flatnonzero(np.r_[True, when[1:] != when[:-1]]), len(when)]
+        parts = {int(when[lo]): pairs[lo:hi] for lo, hi in itertools.pairwise(bounds)}
+
+    for window in windows:
+        d.windows.setdefault(window, (np.empty(0, np.int64), np.empty(0, np.int64)))
+    left = []
+    for window, (ids, counts) in d.windows.items():
+        sizes = _sizes(d, window, n)
+        leaving = [p.codes for b, p in d.buckets.items() if start - window <= b < end - window]
+        if leaving:
+            gone, times = np.unique(np.concatenate(leaving), return_counts=True)
+            at = np.searchsorted(ids, gone)
+            counts = counts.copy()
+            counts[at] -= times
+            np.subtract.at(sizes, ids[at[counts[at] == 0]] >> VALUE_BITS, 1)
+            ids, counts = ids[counts > 0], counts[counts > 0]
+            left.append(gone >> VALUE_BITS)
+        arriving = [p for b, p in parts.items() if b >= end - window]
+        if arriving:
+            new, times = np.unique(np.concatenate(arriving), return_counts=True)
+            ids, counts, added = _count_in(ids, counts, new, times)
+            np.add.at(sizes, added >> VALUE_BITS, 1)
+        d.windows[window] = (ids, counts)
+    if every:
+        sizes = _sizes(d, None, n)
+        if len(pairs):
+            fresh = np.unique(pairs)
+            zeros = np.zeros(len(d.total), np.int64)
+            d.total, _, added = _count_in(d.total, zeros, fresh, 0 * fresh)
+            np.add.at(sizes, added >> VALUE_BITS, 1)
+    if windows:
+        for bucket, ids in parts.items():
+            kept = d.buckets.get(bucket)
+            d.buckets[bucket] = Part(ids if kept is None else np.union1d(kept.codes, ids), {})
+        keep_from = end - max(windows)
+        for bucket in [b for b in d.buckets if b < keep_from]:
+            del d.buckets[bucket]
+    return left
+
+
+def _sizes(d: Distinct, window: int | None, n: int) -> np.ndarray:
+    """The distinct values per entity number in ``window`` (None: all time), for ``n``."""
+    sizes = d.sizes.get(window)
+    if sizes is None:
+        ids = d.total if window is None else d.windows[window][0]
+        sizes = np.bincount(ids >> VALUE_BITS, minlength=n).astype(np.int64)
+    d.sizes[window] = sizes = _grow(sizes, n, 0).astype(np.int64, copy=False)
+    return sizes
+
+
+def _count_in(
+    ids: np.ndarray, counts: np.ndarray, new: np.ndarray, times: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sorted ``ids`` with ``counts``, plus the sorted unique ``new`` ``times`` each; and
+    the ids that were not there before."""
+    at = np.searchsorted(ids, new)
+    found = at < len(ids)
+    found[found] = ids[at[found]] == new[found]
+    counts = counts.copy()
+    counts[at[found]] += times[found]
+    missing = ~found
+    return (
+        np.insert(ids, at[missing], new[missing]),
+        np.insert(counts, at[missing], times[missing]),
+        new[missing],
+    )
+
+
+def _where(frame: pd.DataFrame, keep: np.ndarray) -> pd.DataFrame:
+    """The rows of ``frame`` to ``keep`` (the frame itself when that is all of them)."""
+    return frame if keep.all() else frame[keep]
+
+
+def _matches(column: pd.Series, value: Any) -> np.ndarray:
+    """Where ``column`` reads as ``value`` (compared as text, as a batch's CSV reads it);
+    decided once per distinct value, not per row."""
+    codes, uniques = pd.factorize(column)
+    hit = np.array([str(u) == str(value) for u in uniques] + [False], dtype=bool)
+    return hit[codes]  # a null (code -1) takes the trailing False
+
+
+def _present(arrays: list[np.ndarray], n: int) -> np.ndarray:
+    """The codes (of ``n``) found in any of ``arrays``, sorted."""
+    mask = np.zeros(n, dtype=bool)
+    for codes in arrays:
+        mask[codes] = True
+    return np.flatnonzero(mask)

@@ -26,7 +26,7 @@ from closedloop.core.errors import (
 if TYPE_CHECKING:
     from datetime import date
 
-    from closedloop.core.aggregates import AggregationState
+    from closedloop.core.aggregation_state import AggregationState
     from closedloop.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -149,14 +149,19 @@ STATE = "aggregation_state"
 def aggregation_state(settings: Settings, start: datetime) -> AggregationState:
     """The aggregation state as of ``start``: the snapshot saved by the interval ending
     there; a fresh state when no interval before ``start`` was loaded; else rebuilt by
-    replaying the event table's earlier partitions (a rerun of an old interval)."""
-    from closedloop.core.aggregates import AggregationEngine, AggregationState
+    replaying the event table's earlier partitions (a rerun of an old interval, or a
+    snapshot in a layout this version does not read)."""
+    from closedloop.core.aggregates import AggregationEngine
+    from closedloop.core.aggregation_state import AggregationState, StateFormatError
 
     usecase = settings.usecase
     previous = usecase.interval_key(start - usecase.interval)
     snapshot = settings.aggregation_state_dir / previous
     if (snapshot / "state.json").exists():
-        return AggregationState.load(snapshot)
+        try:
+            return AggregationState.load(snapshot)
+        except StateFormatError as error:  # saved by another closedloop: rebuilt below
+            log.warning("%s", error)
     table_dir = settings.offline_table_dir(usecase.event_table)
     earlier = [k for k in offline.partition_keys(table_dir) if k < usecase.interval_key(start)]
     state = AggregationState()
@@ -199,7 +204,7 @@ def load_offline(settings: Settings, start: datetime, staged: dict[str, str]) ->
         rows[name] = len(frame)
     staged_state = Path(next(iter(staged.values()))).parent / STATE
     if staged_state.exists():
-        from closedloop.core.aggregates import KEEP_SNAPSHOTS, AggregationState
+        from closedloop.core.aggregation_state import KEEP_SNAPSHOTS, AggregationState
 
         snapshots = settings.aggregation_state_dir
         snapshots.mkdir(parents=True, exist_ok=True)
