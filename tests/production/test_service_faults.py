@@ -372,13 +372,12 @@ def test_mlflow_down_during_training_leaves_one_finished_run_and_one_version(
     from closedloop.core.ledger import PromotionLedger
     from closedloop.core.registry import (
         CHAMPION,
-        TAG_BLESSED,
-        TAG_RUN,
         alias_version,
         client_for,
         experiment_id,
         use_mlflow,
     )
+    from closedloop.core.tags import BLESSED, DAG_RUN_ID
 
     settings, run_key = world, "hotel_bookings_training/mlflow-down"
     name = settings.model_name
@@ -450,7 +449,7 @@ def test_mlflow_down_during_training_leaves_one_finished_run_and_one_version(
     # One finished parent run for the DAG run; the failed attempt's run is ended, and
     # nothing in the tracking server still looks in progress (trials included).
     use_mlflow(settings)
-    parents = _runs(client, experiment_id(settings), f"tags.`{TAG_RUN}` = '{run_key}'")
+    parents = _runs(client, experiment_id(settings), f"tags.`{DAG_RUN_ID}` = '{run_key}'")
     ended = [r.info.status for r in parents if r.info.status != "FINISHED"]
     assert len(parents) == 2 and ended in (["FAILED"], ["KILLED"]), ended
     finished = [r.info.run_id for r in parents if r.info.status == "FINISHED"]
@@ -462,15 +461,15 @@ def test_mlflow_down_during_training_leaves_one_finished_run_and_one_version(
     assert [r.info.run_name for r in running] == []
     # Exactly one version for the DAG run, from the finished run.
     versions = [
-        mv for mv in client.search_model_versions(f"name = '{name}'") if mv.tags.get(TAG_RUN)
+        mv for mv in client.search_model_versions(f"name = '{name}'") if mv.tags.get(DAG_RUN_ID)
     ]
-    assert [(mv.version, mv.run_id) for mv in versions if mv.tags[TAG_RUN] == run_key] == [
+    assert [(mv.version, mv.run_id) for mv in versions if mv.tags[DAG_RUN_ID] == run_key] == [
         (version, trained["run_id"])
     ]
     # The champion is a blessed version; the first model, past the floors, is this one.
     champion = alias_version(client, name, CHAMPION)
     assert champion is not None
-    assert client.get_model_version(name, champion).tags[TAG_BLESSED] == "true"
+    assert client.get_model_version(name, champion).tags[BLESSED] == "true"
     if champion_before is None:
         assert decision["action"] == "promoted" and champion == version, decision
         ledger = PromotionLedger(settings.closedloop_db)
@@ -545,7 +544,8 @@ def champion(world, mlflow_server):
 
 def test_serving_answers_with_its_model_while_mlflow_is_down(world, mlflow_server, champion):
     from closedloop.core.prediction_log import PredictionLog
-    from closedloop.core.registry import CHAMPION, TAG_BLESSED, client_for
+    from closedloop.core.registry import CHAMPION, client_for
+    from closedloop.core.tags import BLESSED
     from closedloop.serving.schema import as_requests
 
     last_day = str(FIRST + timedelta(days=HISTORY_DAYS - 1))
@@ -600,7 +600,7 @@ def test_serving_answers_with_its_model_while_mlflow_is_down(world, mlflow_serve
         current = client.get_model_version(world.model_name, champion)
         again = client.create_model_version(
             world.model_name, current.source, run_id=current.run_id,
-            model_id=current.source.removeprefix("models:/"), tags={TAG_BLESSED: "true"},
+            model_id=current.source.removeprefix("models:/"), tags={BLESSED: "true"},
         )  # fmt: skip
         client.set_registered_model_alias(world.model_name, CHAMPION, again.version)
         _wait(lambda: server.ready()["models"] == {CHAMPION: again.version}, 60, "no hot swap")

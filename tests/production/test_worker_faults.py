@@ -314,7 +314,8 @@ def test_worker_killed_mid_training_and_task_killed_mid_gate(stack):
     from mlflow.entities import ViewType
 
     from closedloop.core.ledger import PromotionLedger
-    from closedloop.core.registry import CHAMPION, TAG_BLESSED, TAG_RUN, client_for
+    from closedloop.core.registry import CHAMPION, client_for
+    from closedloop.core.tags import BLESSED, DAG_RUN_ID
 
     settings = stack.settings
     points = settings.home / "failpoints"
@@ -340,7 +341,7 @@ def test_worker_killed_mid_training_and_task_killed_mid_gate(stack):
     def parent_runs() -> dict[str, str]:
         runs = client.search_runs(
             [experiment_id()],
-            filter_string=f"tags.`{TAG_RUN}` = '{key}'",
+            filter_string=f"tags.`{DAG_RUN_ID}` = '{key}'",
             run_view_type=ViewType.ALL,
         )
         return {
@@ -351,7 +352,7 @@ def test_worker_killed_mid_training_and_task_killed_mid_gate(stack):
         return [
             mv
             for mv in client.search_model_versions(f"name = '{settings.model_name}'")
-            if mv.tags.get(TAG_RUN) == key
+            if mv.tags.get(DAG_RUN_ID) == key
         ]
 
     try:
@@ -386,7 +387,7 @@ def test_worker_killed_mid_training_and_task_killed_mid_gate(stack):
     [version] = versions()
     runs = parent_runs()
     assert runs == {version.run_id: "FINISHED", killed_run: "KILLED"}, runs
-    assert version.tags[TAG_BLESSED] == "true"
+    assert version.tags[BLESSED] == "true"
 
     # The ledger has the promotion once, as the first attempt made it.
     history = PromotionLedger(settings.closedloop_db).history(settings.model_name)
@@ -400,7 +401,7 @@ def test_worker_killed_mid_training_and_task_killed_mid_gate(stack):
         assert blessed in ("true", "false"), (alias, number, blessed)
         assert blessed == "true" or alias != CHAMPION, (alias, number, blessed)
     for entry in history:
-        tag = client.get_model_version(settings.model_name, entry.version).tags[TAG_BLESSED]
+        tag = client.get_model_version(settings.model_name, entry.version).tags[BLESSED]
         assert tag == {"promote": "true", "challenger": "false"}.get(entry.action, tag), entry
 
     # One version per successful training run, and none without one.
@@ -411,7 +412,7 @@ def test_worker_killed_mid_training_and_task_killed_mid_gate(stack):
     }
     per_run: dict[str, int] = {}
     for mv in client.search_model_versions(f"name = '{settings.model_name}'"):
-        per_run[mv.tags.get(TAG_RUN)] = per_run.get(mv.tags.get(TAG_RUN), 0) + 1
+        per_run[mv.tags.get(DAG_RUN_ID)] = per_run.get(mv.tags.get(DAG_RUN_ID), 0) + 1
     assert per_run == dict.fromkeys(successful, 1)
 
 

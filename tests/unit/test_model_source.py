@@ -7,7 +7,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from closedloop.core.batch_inference import THRESHOLD_TAG, load_model
+from closedloop.core.batch_inference import load_model
 from closedloop.core.errors import UntrustedModelError
 from closedloop.core.registry import (
     CHAMPION,
@@ -19,6 +19,7 @@ from closedloop.core.registry import (
     use_mlflow,
 )
 from closedloop.core.settings import load_settings
+from closedloop.core.tags import THRESHOLD
 
 FRAME = pd.DataFrame({"lead_time": [1.0, 5.0, 20.0, 40.0, 80.0, 120.0]})
 LABEL = pd.Series([0, 0, 0, 1, 1, 1])
@@ -36,7 +37,7 @@ def _log(experiment: str) -> tuple[str, str]:
     import mlflow
 
     with mlflow.start_run(experiment_id=experiment) as run:
-        mlflow.set_tag(THRESHOLD_TAG, "0.5")
+        mlflow.set_tag(THRESHOLD, "0.5")
         info = mlflow.sklearn.log_model(
             _fitted(),
             name="model",

@@ -74,8 +74,10 @@ import pyarrow.parquet as pq
 from threadpoolctl import threadpool_limits
 
 from closedloop.core import failpoints, offline
+from closedloop.core import tags as tag
 from closedloop.core.errors import BatchNotFoundError, NoChampionError
 from closedloop.core.fast_pipeline import FastPipeline
+from closedloop.core.files import prefetched
 from closedloop.core.prediction_log import CORE_COLUMNS, PredictionLog, prediction_id
 from closedloop.core.registry import CHAMPION
 from closedloop.core.training_pipeline import EVENT_TIMESTAMP
@@ -90,7 +92,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SOURCE = "batch"
-THRESHOLD_TAG = "closedloop.threshold"
 
 
 @dataclass(frozen=True)
@@ -134,9 +135,9 @@ def load_model(settings: Settings, alias: str = CHAMPION) -> LoadedModel:
         )
     run_id = client.get_model_version(name, version).run_id
     tags = client.get_run(run_id).data.tags
-    if THRESHOLD_TAG not in tags:
+    if tag.THRESHOLD not in tags:
         raise ValueError(
-            f"{name} v{version} (run {run_id}) has no {THRESHOLD_TAG!r} tag: it was not "
+            f"{name} v{version} (run {run_id}) has no {tag.THRESHOLD!r} tag: it was not "
             "trained by closedloop's training pipeline"
         )
     # only a model this project's training logged (UntrustedModelError otherwise)
@@ -147,7 +148,7 @@ def load_model(settings: Settings, alias: str = CHAMPION) -> LoadedModel:
         names = info.signature.inputs.input_names() if info.signature else None
     if names is None or len(names) == 0:
         raise ValueError(f"{name} v{version} does not say which columns it reads")
-    return LoadedModel(name, version, model, float(tags[THRESHOLD_TAG]), list(names), alias)
+    return LoadedModel(name, version, model, float(tags[tag.THRESHOLD]), list(names), alias)
 
 
 def score_interval(
@@ -224,7 +225,7 @@ def score_interval(
             # Parquet writer releases the GIL too). One write in flight, in chunk order;
             # an error anywhere leaves the block, which discards both temporary files.
             pending: Future[None] | None = None
-            for table in _prefetched(tables):
+            for table in prefetched(tables, name="batch-read"):
                 scored, records, stage = scorer(table)
                 t0 = time.perf_counter()
                 if pending is not None:
@@ -739,54 +740,6 @@ def _table(columns: dict[str, Any], schema: pa.Schema) -> pa.Table:
 def _epoch_ns_arrow(moments: pa.ChunkedArray) -> np.ndarray:
     """Nanoseconds since the epoch of an Arrow timestamp column (UTC when zoned)."""
     return pc.cast(moments, pa.timestamp("ns", moments.type.tz)).to_numpy().view(np.int64)
-
-
-def _prefetched(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
-    """``items``, produced by a thread of their own up to ``depth`` ahead.
-
-    The entity rows are decoded (Arrow's Parquet reader, which releases the GIL) while
-    the previous chunk is scored; an error is raised in the consumer, and a consumer
-    that stops early stops the producer.
-    """
-    import queue
-    import threading
-
-    done = object()
-    slots: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for item in items:
-                while not stop.is_set():
-                    try:
-                        slots.put((item, None), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            slots.put((done, None))
-        except BaseException as exc:  # handed to the consumer, which raises it
-            slots.put((done, exc))
-
-    thread = threading.Thread(target=produce, name="batch-read", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item, error = slots.get()
-            if error is not None:
-                raise error
-            if item is done:
-                return
-            yield item
-    finally:
-        stop.set()
-        while thread.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                slots.get_nowait()
-            except queue.Empty:
-                thread.join(0.05)
 
 
 def _entity_tables(

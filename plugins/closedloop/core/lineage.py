@@ -12,12 +12,11 @@ import subprocess
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
+from closedloop.core import tags as tag
 from closedloop.core.settings import PROJECT_ROOT
 
 if TYPE_CHECKING:
     import pandas as pd
-
-TAG_PREFIX = "closedloop."
 
 
 def git_commit() -> str:
@@ -69,6 +68,6 @@ class RunLineage:
     gx_verdict: str
 
     def tags(self) -> dict[str, str]:
-        tags = {f"{TAG_PREFIX}{k}": str(v) for k, v in asdict(self).items()}
+        tags = {f"{tag.PREFIX}{k}": str(v) for k, v in asdict(self).items()}
         tags["mlflow.source.git.commit"] = self.git_commit
         return tags

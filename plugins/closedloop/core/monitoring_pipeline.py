@@ -9,13 +9,14 @@ version, and in an Evidently workspace for ``evidently ui``.
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from closedloop.core import offline
+from closedloop.core import tags as tag
+from closedloop.core.files import replacing
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -70,10 +71,8 @@ def reference_frame(
     if path.exists():
         return pd.read_parquet(path)
     frame = _build_reference(settings, tags, loaded, rows=rows, seed=seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    frame.to_parquet(partial, index=False)
-    os.replace(partial, path)
+    with replacing(path) as partial:
+        frame.to_parquet(partial, index=False)
     return frame
 
 
@@ -85,8 +84,8 @@ def _build_reference(
     from closedloop.core.training_pipeline import EVENT_TIMESTAMP
 
     usecase = settings.usecase
-    start = datetime.fromisoformat(tags["closedloop.window_start"])
-    end = datetime.fromisoformat(tags["closedloop.window_end"])
+    start = datetime.fromisoformat(tags[tag.WINDOW_START])
+    end = datetime.fromisoformat(tags[tag.WINDOW_END])
     ts = usecase.batch.timestamp_column
     table_dir = settings.offline_table_dir(usecase.event_table)
     keys = offline.keys_around(table_dir, start, end)
@@ -266,7 +265,7 @@ def decide_and_record(
     experiment = experiment_id(settings, "/monitoring")
     existing = mlflow.search_runs(
         [experiment],
-        filter_string=(f"tags.`closedloop.monitoring_day` = '{verdict.day}'"),
+        filter_string=(tag.equals(tag.MONITORING_DAY, verdict.day)),
         output_format="list",
     )
     for old in existing:  # a rerun of the day replaces its monitoring run
@@ -275,11 +274,11 @@ def decide_and_record(
         experiment_id=experiment,
         run_name=f"monitoring {verdict.day}",
         tags={
-            "closedloop.monitoring_day": verdict.day,
-            "closedloop.dag_run_id": run_id,
-            "closedloop.champion_version": str(performance["champion_version"]),
-            "closedloop.retrain": str(verdict.retrain).lower(),
-            "closedloop.reasons": "; ".join(verdict.reasons)[:4900],
+            tag.MONITORING_DAY: verdict.day,
+            tag.DAG_RUN_ID: run_id,
+            tag.CHAMPION_VERSION: str(performance["champion_version"]),
+            tag.RETRAIN: str(verdict.retrain).lower(),
+            tag.REASONS: "; ".join(verdict.reasons)[:4900],
         },
     ):
         metrics = {

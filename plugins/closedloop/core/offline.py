@@ -11,11 +11,8 @@ partition deletes it (:func:`remove_stale_temporaries`).
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from datetime import timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
@@ -23,8 +20,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from closedloop.core.files import replacing
+
 if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
     from datetime import datetime
+    from pathlib import Path
     from types import TracebackType
 
 
@@ -60,15 +61,9 @@ def write_partition(
     if clean_stale:
         remove_stale_temporaries(table_dir, key)
     target = partition_path(table_dir, key)
-    fd, tmp = tempfile.mkstemp(dir=table_dir, prefix=f".{key}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        table = df if isinstance(df, pa.Table) else pa.Table.from_pandas(df, preserve_index=False)
+    table = df if isinstance(df, pa.Table) else pa.Table.from_pandas(df, preserve_index=False)
+    with replacing(target, prefix=f".{key}.") as tmp:
         pq.write_table(table, tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return target
 
 
@@ -113,7 +108,7 @@ class PartitionWriter:
         self.schema = schema.remove_metadata() if schema is not None else None
         self.rows = 0
         self.path: Path | None = None
-        self._tmp: Path | None = None
+        self._replacing: AbstractContextManager[Path] | None = None
         self._writer: pq.ParquetWriter | None = None
 
     def __enter__(self) -> PartitionWriter:
@@ -129,16 +124,16 @@ class PartitionWriter:
             table = chunk.select(self.schema.names).cast(self.schema) if self.schema else chunk
         table = table.replace_schema_metadata(None)
         if self._writer is None:
-            fd, tmp = tempfile.mkstemp(dir=self.table_dir, prefix=f".{self.key}.", suffix=".tmp")
-            os.close(fd)
-            self._tmp = Path(tmp)
+            target = partition_path(self.table_dir, self.key)
+            self._replacing = replacing(target, prefix=f".{self.key}.")
+            tmp = self._replacing.__enter__()
             self.schema = table.schema
             # A dictionary column is stored as its values' type, so a reader gets
             # strings, not categoricals: the Arrow schema, which would say otherwise
             # and which only such a column needs, is then not stored.
             coded = any(pa.types.is_dictionary(f.type) for f in self.schema)
             self._writer = pq.ParquetWriter(
-                self._tmp,
+                tmp,
                 self.schema,
                 use_dictionary=dictionary_columns(table),
                 store_schema=not coded,
@@ -152,16 +147,17 @@ class PartitionWriter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self._replacing is None:
+            return
         try:
             if self._writer is not None:
                 self._writer.close()
-            if exc_type is None and self._tmp is not None:
-                target = partition_path(self.table_dir, self.key)
-                os.replace(self._tmp, target)
-                self.path = target
-        finally:
-            if self._tmp is not None and self.path is None:
-                self._tmp.unlink(missing_ok=True)
+        except BaseException as error:
+            self._replacing.__exit__(type(error), error, error.__traceback__)
+            raise
+        self._replacing.__exit__(exc_type, exc, tb)  # replaces the partition, or removes
+        if exc_type is None:
+            self.path = partition_path(self.table_dir, self.key)
 
 
 def partition_keys(table_dir: Path) -> list[str]:

@@ -15,13 +15,12 @@ system) and the report is written to a temporary file first.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from closedloop.core.files import move, replacing, write_text
 from closedloop.core.validation import ValidationResult
 
 REPORT = "report.json"
@@ -43,7 +42,7 @@ def quarantine_batch(
     previous = _read_json(folder / REPORT)
 
     if batch_path.exists():  # first call, or a newer file has landed since
-        _move(batch_path, target)
+        move(batch_path, target)
         quarantined_at = datetime.now(UTC).isoformat()
     elif target.exists():  # a retry after the move
         quarantined_at = (previous or {}).get("quarantined_at") or datetime.now(UTC).isoformat()
@@ -63,7 +62,7 @@ def quarantine_batch(
             "summary": result.summary(),
         }
     )
-    _write_atomically(folder / REPORT, json.dumps(report, indent=2, sort_keys=True) + "\n")
+    write_text(folder / REPORT, json.dumps(report, indent=2, sort_keys=True) + "\n")
     return folder
 
 
@@ -73,47 +72,15 @@ def load_quarantine_report(quarantine_dir: Path, key: str) -> ValidationResult |
     return ValidationResult.from_dict(data) if data is not None else None
 
 
-def _move(source: Path, target: Path) -> None:
-    try:
-        os.replace(source, target)
-    except OSError:  # another file system: copy beside the target, then swap
-        tmp = _temp_beside(target)
-        try:
-            shutil.copy2(source, tmp)
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
-        source.unlink()
-
-
 def _copy_docs(page: str | None, folder: Path) -> Path | None:
     if not page or not Path(page).is_file():
         return None
     target = folder / DOCS_COPY
     if Path(page).resolve() == target.resolve():
         return target
-    tmp = _temp_beside(target)
-    try:
+    with replacing(target) as tmp:
         shutil.copyfile(page, tmp)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
     return target
-
-
-def _temp_beside(target: Path) -> Path:
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    return Path(name)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = _temp_beside(path)
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

@@ -12,6 +12,7 @@ import re
 import warnings
 from typing import TYPE_CHECKING, Any
 
+from closedloop.core import tags as tag
 from closedloop.core.errors import UntrustedModelError
 from closedloop.core.ledger import LedgerEntry, PromotionLedger, now
 
@@ -24,8 +25,6 @@ if TYPE_CHECKING:
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
 #: the source closedloop's training registers: an MLflow 3 logged model, by id
 LOGGED_MODEL = re.compile(r"models:/(m-[0-9a-f]+)")
-TAG_RUN = "closedloop.dag_run_id"
-TAG_BLESSED = "closedloop.blessed"
 
 
 class RollbackError(RuntimeError):
@@ -99,7 +98,7 @@ def register_version(
     from mlflow.exceptions import MlflowException
 
     try:
-        client.create_registered_model(model, tags={"closedloop.managed": "true"})
+        client.create_registered_model(model, tags={tag.MANAGED: "true"})
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
@@ -108,7 +107,11 @@ def register_version(
         # server rejects the source alone (a local SQLite store does not check).
         logged = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
         client.create_model_version(
-            model, model_uri, run_id=run_id, tags={**tags, TAG_RUN: dag_run_key}, model_id=logged
+            model,
+            model_uri,
+            run_id=run_id,
+            tags={**tags, tag.DAG_RUN_ID: dag_run_key},
+            model_id=logged,
         )
     # Looking first does not make registering happen once: MLflow's client sends a POST
     # again when its answer was lost (its HTTP retries cover POST), and a task whose
@@ -129,7 +132,9 @@ def _versions_of_run(client: MlflowClient, model: str, dag_run_key: str) -> list
     found = client.search_model_versions(f"name = '{model}'")
     return [
         str(v)
-        for v in sorted(int(mv.version) for mv in found if mv.tags.get(TAG_RUN) == dag_run_key)
+        for v in sorted(
+            int(mv.version) for mv in found if mv.tags.get(tag.DAG_RUN_ID) == dag_run_key
+        )
     ]
 
 
@@ -153,8 +158,8 @@ def apply_decision(
     from closedloop.core import failpoints
 
     numbers = {"candidate": decision.candidate, "champion": decision.champion}
-    client.set_model_version_tag(model, version, TAG_BLESSED, str(decision.blessed).lower())
-    client.set_model_version_tag(model, version, "closedloop.gate", decision.summary()[:4900])
+    client.set_model_version_tag(model, version, tag.BLESSED, str(decision.blessed).lower())
+    client.set_model_version_tag(model, version, tag.GATE, decision.summary()[:4900])
     current = alias_version(client, model, CHAMPION)
     if decision.blessed:
         if current != version:
@@ -185,7 +190,7 @@ def apply_decision(
     previous_challenger = alias_version(client, model, CHALLENGER)
     client.set_registered_model_alias(model, CHALLENGER, version)
     client.set_model_version_tag(
-        model, version, "closedloop.rejection_reason", "; ".join(decision.reasons)[:4900]
+        model, version, tag.REJECTION_REASON, "; ".join(decision.reasons)[:4900]
     )
     failpoints.hold("gate.aliases_moved")
     ledger.append(
@@ -222,7 +227,7 @@ def rollback(
     if target is None:
         raise RollbackError(f"champion v{current} of {model!r} replaced no earlier version")
     client.set_registered_model_alias(model, CHAMPION, target)
-    client.set_model_version_tag(model, current, "closedloop.rolled_back", "true")
+    client.set_model_version_tag(model, current, tag.ROLLED_BACK, "true")
     before_target = [e for e in history if e.action == "promote" and e.version == target]
     if before_target and before_target[-1].from_version:
         client.set_registered_model_alias(model, PREVIOUS, before_target[-1].from_version)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from closedloop.core import failpoints, offline
+from closedloop.core import tags as tag
 from closedloop.core.lineage import RunLineage, frame_digest, git_commit
 
 if TYPE_CHECKING:
@@ -155,7 +156,7 @@ def unchanged_since_champion(settings: Settings, key: dict[str, str]) -> str | N
     if version is None or key["git_commit"] == "unknown":
         return None
     tags = version_run_tags(client, settings.model_name, version)
-    if all(tags.get(f"closedloop.{k}") == v for k, v in key.items()):
+    if all(tags.get(f"{tag.PREFIX}{k}") == v for k, v in key.items()):
         return (
             f"champion v{version} was trained on the same data ({key['data_digest'][:12]}), "
             f"code ({key['git_commit'][:12]}) and parameters"
@@ -172,8 +173,7 @@ def _finished_run(experiment_id: str, run_key: str) -> Any:
 
     runs = mlflow.search_runs(
         [experiment_id],
-        filter_string=f"tags.`closedloop.dag_run_id` = '{run_key}' "
-        "and attributes.status = 'FINISHED'",
+        filter_string=f"{tag.equals(tag.DAG_RUN_ID, run_key)} and attributes.status = 'FINISHED'",
         output_format="list",
     )
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
@@ -197,7 +197,7 @@ def _end_abandoned_runs(settings: Settings, experiment_id: str, run_key: str) ->
 
     client = client_for(settings)
     ended = []
-    for parent in running(f"tags.`closedloop.dag_run_id` = '{run_key}'"):
+    for parent in running(tag.equals(tag.DAG_RUN_ID, run_key)):
         trials = running(f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
         for run in [*trials, parent]:
             client.set_terminated(run.info.run_id, status="KILLED")
@@ -226,7 +226,7 @@ def train(
     experiment_id = experiment_for(settings)
     done = _finished_run(experiment_id, lineage.dag_run_id)
     if done is not None:
-        return _summary(done.info.run_id, json.loads(done.data.tags["closedloop.summary"]))
+        return _summary(done.info.run_id, json.loads(done.data.tags[tag.SUMMARY]))
     _end_abandoned_runs(settings, experiment_id, lineage.dag_run_id)
 
     usecase = settings.usecase
@@ -235,8 +235,8 @@ def train(
     exclude = excluded_columns(settings)
     tags = {
         **lineage.tags(),
-        "closedloop.config_digest": config.digest(),
-        "closedloop.config": json.dumps(config.to_params(), sort_keys=True),
+        tag.CONFIG_DIGEST: config.digest(),
+        tag.CONFIG: json.dumps(config.to_params(), sort_keys=True),
     }
     with mlflow.start_run(
         experiment_id=experiment_id, run_name=lineage.dag_run_id, tags=tags
@@ -294,9 +294,9 @@ def train(
         }
         mlflow.set_tags(
             {
-                "closedloop.threshold": str(outcome.threshold),
-                "closedloop.model_uri": model_uri,
-                "closedloop.summary": json.dumps(summary, sort_keys=True),
+                tag.THRESHOLD: str(outcome.threshold),
+                tag.MODEL_URI: model_uri,
+                tag.SUMMARY: json.dumps(summary, sort_keys=True),
             }
         )
     return _summary(run.info.run_id, summary)
@@ -338,7 +338,7 @@ def register(settings: Settings, trained: dict[str, Any], run_key: str) -> str:
         trained["model_uri"],
         trained["run_id"],
         run_key,
-        tags={"closedloop.family": trained["family"]},
+        tags={tag.FAMILY: trained["family"]},
     )
 
 
@@ -382,7 +382,7 @@ def gate(
     champion_metrics = None
     if champion_version is not None and champion_version != version:
         mv = client.get_model_version(settings.model_name, champion_version)
-        threshold = float(client.get_run(mv.run_id).data.tags["closedloop.threshold"])
+        threshold = float(client.get_run(mv.run_id).data.tags[tag.THRESHOLD])
         from closedloop.core.registry import load_version
 
         champion = load_version(settings, champion_version)
@@ -478,22 +478,22 @@ def reproduce(settings: Settings, mlflow_run_id: str) -> dict[str, Any]:
 
     run = client_for(settings).get_run(mlflow_run_id)
     tags = run.data.tags
-    start = datetime.fromisoformat(tags["closedloop.window_start"])
-    end = datetime.fromisoformat(tags["closedloop.window_end"])
+    start = datetime.fromisoformat(tags[tag.WINDOW_START])
+    end = datetime.fromisoformat(tags[tag.WINDOW_END])
     built = build_training_set(settings, start, end, f"reproduce-{mlflow_run_id}")
-    if built["digest"] != tags["closedloop.data_digest"]:
+    if built["digest"] != tags[tag.DATA_DIGEST]:
         raise ValueError(
             f"the rebuilt training set differs from the recorded one (digest "
-            f"{built['digest'][:12]} != {tags['closedloop.data_digest'][:12]}): the offline "
+            f"{built['digest'][:12]} != {tags[tag.DATA_DIGEST][:12]}): the offline "
             "store changed for the window"
         )
     from closedloop.core.training_config import MODELING_VERSION
 
-    recorded_config = json.loads(tags["closedloop.config"])
+    recorded_config = json.loads(tags[tag.CONFIG])
     if recorded_config.pop("modeling_version", None) != MODELING_VERSION:
         raise ValueError(
             "the run was trained by another version of closedloop.core.modeling; check out "
-            f"the commit it records ({tags.get('closedloop.git_commit')}) to reproduce it"
+            f"the commit it records ({tags.get(tag.GIT_COMMIT)}) to reproduce it"
         )
     config = training_config(settings, **recorded_config)
     frame = pd.read_parquet(built["uri"])
@@ -502,7 +502,7 @@ def reproduce(settings: Settings, mlflow_run_id: str) -> dict[str, Any]:
     outcome = train_and_evaluate(
         split, config, label=usecase.label.column, exclude=excluded_columns(settings)
     )
-    recorded = json.loads(tags["closedloop.summary"])["metrics"]
+    recorded = json.loads(tags[tag.SUMMARY])["metrics"]
     return {
         "run_id": mlflow_run_id,
         "data_digest": built["digest"],

@@ -27,14 +27,14 @@ from __future__ import annotations
 
 import importlib.util
 import io
-import os
-import tempfile
 from datetime import date, timedelta
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from closedloop.core.files import write_bytes
 
 #: how long before the scheduled departure the prediction is made (the event time)
 PREDICTION_LEAD = pd.Timedelta(hours=2)
@@ -218,19 +218,6 @@ def _parquet_bytes(frame: pd.DataFrame) -> bytes:
     return buffer.getvalue()
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` in one step (a reader never sees half a file)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def write_batches(landing_dir: Path, start: date, days: int, *, fmt: str = "csv") -> list[Path]:
     """Write ``days`` daily batches from ``start`` as ``<YYYY-MM-DD>.<fmt>``, atomically.
 
@@ -261,6 +248,6 @@ def write_batches(landing_dir: Path, start: date, days: int, *, fmt: str = "csv"
             [pd.Timestamp(day, tz="UTC"), pd.Timestamp(day + timedelta(days=1), tz="UTC")]
         )
         path = landing_dir / f"{day:%Y-%m-%d}.{fmt}"
-        _write_atomically(path, serialise(events.iloc[lo:hi].reset_index(drop=True)))
+        write_bytes(path, serialise(events.iloc[lo:hi].reset_index(drop=True)))
         paths.append(path)
     return paths

@@ -9,8 +9,6 @@ skewed popularity and a latent cancellation propensity, so their history is pred
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from datetime import date, timedelta
 from functools import lru_cache
@@ -18,6 +16,8 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import pandas as pd
+
+from closedloop.core.files import write_bytes
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -246,14 +246,6 @@ def write_batches(
         day = start + timedelta(days=offset)
         data = _csv_bytes(generate_day(day, seed=seed, rows_per_day=rows_per_day, drift=drift))
         path = landing_dir / f"{day:%Y-%m-%d}.csv"
-        fd, tmp = tempfile.mkstemp(dir=landing_dir, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        write_bytes(path, data)
         paths.append(path)
     return paths
