@@ -11,7 +11,7 @@ export CLOSEDLOOP_HOME ?= $(CURDIR)/.closedloop
 .PHONY: demo demo-flights up test audit lint env clean distclean bench
 
 # The environment: exactly the versions in requirements.lock, with compiled bytecode
-# (the stack's imports are 2-3x slower without .pyc files; see ../shared/STACK.md).
+# (the stack's imports are 2-3x slower without .pyc files).
 $(BIN)/.closedloop-installed: requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "closedloop needs Python 3.11, got " + sys.version' 
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

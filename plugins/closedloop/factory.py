@@ -34,11 +34,11 @@ from closedloop.operators.features import (
 from closedloop.operators.monitoring import (
     TRIGGER_CONF_KEY,
     ABTestReportOperator,
-    BatchScoreOperator,
     DriftCheckOperator,
     MonitoringDecisionOperator,
     PerformanceCheckOperator,
 )
+from closedloop.operators.scoring import BatchScoreOperator
 from closedloop.operators.training import (
     BuildTrainingSetOperator,
     PromotionGateOperator,

@@ -31,7 +31,12 @@ def get_provider_info() -> dict[str, Any]:
         "operators": [
             {
                 "integration-name": "closedloop",
-                "python-modules": ["closedloop.operators.features"],
+                "python-modules": [
+                    "closedloop.operators.features",
+                    "closedloop.operators.training",
+                    "closedloop.operators.scoring",
+                    "closedloop.operators.monitoring",
+                ],
             }
         ],
         "hooks": [{"integration-name": "closedloop", "python-modules": ["closedloop.hooks.feast"]}],

@@ -9,6 +9,7 @@ that has not landed yet and any infrastructure error are left to Airflow's retri
 from __future__ import annotations
 
 from contextlib import contextmanager
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
@@ -57,3 +58,29 @@ class ClosedLoopOperator(BaseOperator):
 
     def settings(self) -> Settings:
         return load_settings(**({"usecase_file": self.usecase_file} if self.usecase_file else {}))
+
+
+class IntervalOperator(ClosedLoopOperator):
+    """Base of the steps that work on one data interval per run (features, scoring,
+    monitoring): refuses an empty interval or one before the use case's declared start."""
+
+    def execute(self, context: Context) -> Any:
+        start, end = context["data_interval_start"], context["data_interval_end"]
+        if start is None or end is None or start >= end:
+            raise AirflowFailException(
+                f"{self.task_id} needs a non-empty data interval, got [{start}, {end})"
+            )
+        # Core works on plain datetimes; Airflow hands out pendulum ones.
+        start, end = (datetime.fromisoformat(d.isoformat()) for d in (start, end))
+        settings = self.settings()
+        first = settings.usecase.first_interval_start
+        if start < first:
+            raise AirflowFailException(
+                f"the interval [{start}, {end}) lies before the declared start of "
+                f"{settings.usecase.name} ({first}, schedule.start): no data of it is processed"
+            )
+        with decisions_fail_the_task(context):
+            return self.run_step(settings, start, end, context)
+
+    def run_step(self, settings: Settings, start: Any, end: Any, context: Context) -> Any:
+        raise NotImplementedError

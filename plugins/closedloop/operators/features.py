@@ -3,53 +3,18 @@ interval) to ``closedloop.core.feature_pipeline`` and back (a small XCom or an e
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk.exceptions import AirflowFailException
-
-from closedloop.operators.base import (
-    ClosedLoopOperator,
-    DataQualityGateFailed,
-    decisions_fail_the_task,
-)
+from closedloop.operators.base import DataQualityGateFailed, IntervalOperator
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from airflow.sdk import Context
-
-    from closedloop.core.settings import Settings
 
 __all__ = ["DataQualityGateFailed"]
 
 
-class _IntervalOperator(ClosedLoopOperator):
-    """Base of the feature pipeline's steps: one data interval per run."""
-
-    def execute(self, context: Context) -> Any:
-        start, end = context["data_interval_start"], context["data_interval_end"]
-        if start is None or end is None or start >= end:
-            raise AirflowFailException(
-                f"{self.task_id} needs a non-empty data interval, got [{start}, {end})"
-            )
-        # Core works on plain datetimes; Airflow hands out pendulum ones.
-        start, end = (datetime.fromisoformat(d.isoformat()) for d in (start, end))
-        settings = self.settings()
-        first = settings.usecase.first_interval_start
-        if start < first:
-            raise AirflowFailException(
-                f"the interval [{start}, {end}) lies before the declared start of "
-                f"{settings.usecase.name} ({first}, schedule.start): no data of it is processed"
-            )
-        with decisions_fail_the_task(context):
-            return self.run_step(settings, start, end, context)
-
-    def run_step(self, settings: Settings, start: Any, end: Any, context: Context) -> Any:
-        raise NotImplementedError
-
-
-class ExtractBatchOperator(_IntervalOperator):
+class ExtractBatchOperator(IntervalOperator):
     """Locate the interval's landed batch and check that it can be read."""
 
     def run_step(self, settings, start, end, context):
@@ -60,7 +25,7 @@ class ExtractBatchOperator(_IntervalOperator):
         return summary
 
 
-class ValidateBatchOperator(_IntervalOperator):
+class ValidateBatchOperator(IntervalOperator):
     """Run the use case's Great Expectations suite on the batch; quarantine on failure."""
 
     def run_step(self, settings, start, end, context):
@@ -73,7 +38,7 @@ class ValidateBatchOperator(_IntervalOperator):
         return result
 
 
-class CleanBatchOperator(_IntervalOperator):
+class CleanBatchOperator(IntervalOperator):
     """Cast the validated batch to its declared types and stage it."""
 
     def run_step(self, settings, start, end, context):
@@ -82,13 +47,13 @@ class CleanBatchOperator(_IntervalOperator):
         return clean(settings, start)
 
 
-class EngineerFeaturesOperator(_IntervalOperator):
+class EngineerFeaturesOperator(IntervalOperator):
     """Compute the interval's partition of every offline table.
 
     :param clean_uri: the staged clean batch (templated; usually the clean task's XCom).
     """
 
-    template_fields: Sequence[str] = (*_IntervalOperator.template_fields, "clean_uri")
+    template_fields: Sequence[str] = (*IntervalOperator.template_fields, "clean_uri")
 
     def __init__(self, *, clean_uri: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -100,13 +65,13 @@ class EngineerFeaturesOperator(_IntervalOperator):
         return engineer(settings, start, end, self.clean_uri)
 
 
-class LoadOfflineStoreOperator(_IntervalOperator):
+class LoadOfflineStoreOperator(IntervalOperator):
     """Replace the interval's partitions in the offline store with the staged tables.
 
     :param staged: table name -> staged Parquet URI (templated; the engineer task's XCom).
     """
 
-    template_fields: Sequence[str] = (*_IntervalOperator.template_fields, "staged")
+    template_fields: Sequence[str] = (*IntervalOperator.template_fields, "staged")
 
     def __init__(self, *, staged: dict[str, str] | str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -120,7 +85,7 @@ class LoadOfflineStoreOperator(_IntervalOperator):
         return rows
 
 
-class FeastApplyOperator(_IntervalOperator):
+class FeastApplyOperator(IntervalOperator):
     """Register the Feast repository's declarations (``feast apply`` through the API)."""
 
     def run_step(self, settings, start, end, context):
@@ -131,7 +96,7 @@ class FeastApplyOperator(_IntervalOperator):
         return apply_definitions(hook.get_conn(), settings)
 
 
-class FeastMaterializeOperator(_IntervalOperator):
+class FeastMaterializeOperator(IntervalOperator):
     """Load the interval's feature rows into the online store."""
 
     def run_step(self, settings, start, end, context):

@@ -1,4 +1,4 @@
-"""Operators of batch inference and monitoring: data interval in, small XCom out."""
+"""Operators of monitoring: data interval in, small XCom (a verdict) out."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseXCom, SkipMixin
 
-from closedloop.operators.features import _IntervalOperator
+from closedloop.operators.base import IntervalOperator
 
 #: the XCom key of the training run's ``conf`` (see :class:`MonitoringDecisionOperator`)
 TRIGGER_CONF_KEY = "trigger_conf"
@@ -19,26 +19,7 @@ if TYPE_CHECKING:
     from closedloop.core.settings import Settings
 
 
-class BatchScoreOperator(_IntervalOperator):
-    """Score the interval's new events with the champion, features from Feast, in
-    chunks; write the predictions partition and the prediction log (idempotent).
-
-    :param chunk_rows: entity rows per chunk (memory stays flat in the number of rows).
-    """
-
-    def __init__(self, *, chunk_rows: int = 50_000, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.chunk_rows = chunk_rows
-
-    def run_step(self, settings: Settings, start, end, context: Context) -> dict[str, Any]:
-        from closedloop.core.batch_inference import score_interval
-
-        out = score_interval(settings, start, end, chunk_rows=self.chunk_rows)
-        self.log.info("Scored %d events with v%s", out["rows"], out["model_version"])
-        return out
-
-
-class DriftCheckOperator(_IntervalOperator):
+class DriftCheckOperator(IntervalOperator):
     """Evidently drift of the recent prediction log against the champion's training set.
 
     :param window_days: days of predictions, ending with the interval, to compare.
@@ -54,7 +35,7 @@ class DriftCheckOperator(_IntervalOperator):
         return check_drift(settings, start, end, window_days=self.window_days)
 
 
-class PerformanceCheckOperator(_IntervalOperator):
+class PerformanceCheckOperator(IntervalOperator):
     """Live ROC AUC of the champion where ground truth has arrived, against its live AUC
     in the window before (alike censored).
 
@@ -71,7 +52,7 @@ class PerformanceCheckOperator(_IntervalOperator):
         return check_performance(settings, end, window_days=self.window_days)
 
 
-class MonitoringDecisionOperator(_IntervalOperator, SkipMixin):
+class MonitoringDecisionOperator(IntervalOperator, SkipMixin):
     """Decide (thresholds, cooldown), record the verdict, and short-circuit: unless the
     verdict says retrain, the tasks downstream (the trigger of ``<use case>_training``) are
     skipped and this task succeeds.
@@ -90,7 +71,7 @@ class MonitoringDecisionOperator(_IntervalOperator, SkipMixin):
         (both templated).
     """
 
-    template_fields: Sequence[str] = (*_IntervalOperator.template_fields, "drift", "performance")
+    template_fields: Sequence[str] = (*IntervalOperator.template_fields, "drift", "performance")
     inherits_from_skipmixin = True
 
     def __init__(self, *, drift: Any, performance: Any, **kwargs: Any) -> None:
@@ -129,7 +110,7 @@ def trigger_conf(verdict: dict[str, Any], end: Any) -> dict[str, Any]:
     }
 
 
-class ABTestReportOperator(_IntervalOperator):
+class ABTestReportOperator(IntervalOperator):
     """Per-arm performance of an A/B test (``closedloop serve --challenger-share``): the
     online predictions of each arm on the outcomes known by the interval's end, the gate's
     primary metric per arm and a bootstrap confidence interval of the difference, written
