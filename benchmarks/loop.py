@@ -7,7 +7,7 @@ flags) and the same history, loaded by the same bulk backfill (not timed). Then:
   call, in the order the DAGs call them — features, batch scoring, drift, performance,
   the verdict and, when it says so, training, registration and the gate. No scheduler,
   no task processes, no XComs: the limit of what orchestration could cost;
-* **airflow**: :class:`closedloop.loop.ClosedLoop` drives a real Airflow (API server,
+* **airflow**: :class:`closedloop.demo.loop.ClosedLoop` drives a real Airflow (API server,
   scheduler with LocalExecutor, DAG processor; started first and timed separately), the
   monitoring DAG triggering the retraining.
 
@@ -70,7 +70,7 @@ def plain_loop(settings: Any, scenario: Any) -> dict[str, Any]:
         check_performance,
         decide_and_record,
     )
-    from closedloop.loop import midnight
+    from closedloop.demo.loop import midnight
 
     outcome: dict[str, Any] = {"retrain_days": [], "actions": []}
     outcome["actions"].append(_train(settings, scenario.history_end, "initial", "plain-initial"))
@@ -95,10 +95,10 @@ def plain_loop(settings: Any, scenario: Any) -> dict[str, Any]:
 
 
 def airflow_loop(settings: Any, scenario: Any) -> tuple[dict[str, Any], float]:
-    from closedloop.demo import DAG_IDS
-    from closedloop.local_airflow import LocalAirflow
-    from closedloop.loop import ClosedLoop
-    from closedloop.runtime import apply_airflow_environ
+    from closedloop.demo.commands import DAG_IDS
+    from closedloop.demo.loop import ClosedLoop
+    from closedloop.platform.local_airflow import LocalAirflow
+    from closedloop.platform.runtime import apply_airflow_environ
 
     apply_airflow_environ(settings)
     airflow = LocalAirflow(settings)
@@ -118,7 +118,7 @@ def airflow_loop(settings: Any, scenario: Any) -> tuple[dict[str, Any], float]:
 
 
 def main() -> None:
-    from closedloop.loop import Scenario
+    from closedloop.demo.loop import Scenario
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     defaults = Scenario()

@@ -277,8 +277,13 @@ def _production(home: Path, env: dict[str, str]):
     """Fresh databases, a Redis database and an MLflow server; all removed afterwards.
     Yields the Redis database number and a callable giving the server's peak RSS."""
     from closedloop.core.settings import load_settings
-    from closedloop.local_airflow import free_port
-    from closedloop.stack import component_command, drop_databases, ensure_databases, prepare
+    from closedloop.platform.local_airflow import free_port
+    from closedloop.platform.stack import (
+        component_command,
+        drop_databases,
+        ensure_databases,
+        prepare,
+    )
 
     db = _claim_redis_db()
     env.update(

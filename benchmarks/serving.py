@@ -275,7 +275,7 @@ def main() -> None:
     from closedloop.core.batch_inference import load_model
     from closedloop.core.feature_store import open_store
     from closedloop.core.settings import load_settings
-    from closedloop.runtime import stop_process
+    from closedloop.platform.runtime import stop_process
     from closedloop.serving.scorer import Deployment, OnlineScorer
 
     settings = load_settings()

@@ -28,12 +28,11 @@ def main() -> None:
     os.environ["CLOSEDLOOP_HOME"] = home
     os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "WARNING"
     from closedloop.core.settings import load_settings
-    from closedloop.runtime import apply_airflow_environ
+    from closedloop.platform.runtime import apply_airflow_environ
 
     settings = load_settings()
     apply_airflow_environ(settings)
 
-    from closedloop.airflow_runs import ensure_metadata_db, load_dag, run_dag
     from closedloop.core.feature_pipeline import backfill
     from closedloop.core.modeling import train_and_evaluate
     from closedloop.core.training_pipeline import (
@@ -43,6 +42,7 @@ def main() -> None:
         training_config,
         training_window,
     )
+    from closedloop.platform.airflow_runs import ensure_metadata_db, load_dag, run_dag
     from closedloop.usecases.hotel.generator import write_batches
 
     first = date(2026, 1, 1)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from closedloop.core.settings import Settings, load_settings
-from closedloop.runtime import apply_airflow_environ
+from closedloop.platform.runtime import apply_airflow_environ
 
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="closedloop-tests-"))
 os.environ["CLOSEDLOOP_HOME"] = str(_SESSION_HOME)

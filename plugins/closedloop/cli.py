@@ -124,7 +124,7 @@ def generate(
 ) -> None:
     """Write synthetic daily batches from the use case's declared generator into the
     landing folder."""
-    from closedloop.demo import generator_module
+    from closedloop.demo.commands import generator_module
 
     settings = _settings()
     try:
@@ -164,8 +164,8 @@ def demo(history_days: int, stable_days: int, drift_days: int, rows: int, keep: 
     """The closed loop through a real Airflow scheduler: history, first champion, daily
     scoring and monitoring, drift, retraining triggered by monitoring, promotion.
     Exits non-zero if the loop did not close."""
-    from closedloop.demo import run_demo, run_replay
-    from closedloop.loop import Scenario
+    from closedloop.demo.commands import run_demo, run_replay
+    from closedloop.demo.loop import Scenario
 
     settings = _settings()
     if settings.usecase.demo is not None:
@@ -187,7 +187,7 @@ def demo(history_days: int, stable_days: int, drift_days: int, rows: int, keep: 
 @click.option("--evidently-port", type=int, default=8000, show_default=True)
 def up(port: int, mlflow_port: int, evidently_port: int) -> None:
     """Start the Airflow, MLflow and Evidently UIs on the current state (Ctrl-C stops)."""
-    from closedloop.demo import run_up
+    from closedloop.platform.console import run_up
 
     sys.exit(run_up(_settings(), port, mlflow_port, evidently_port))
 
@@ -196,7 +196,7 @@ def up(port: int, mlflow_port: int, evidently_port: int) -> None:
 @usecase_option
 def status() -> None:
     """Show what landed where: batches, quarantine, offline partitions, online keys."""
-    from closedloop.demo import print_status
+    from closedloop.platform.console import print_status
 
     print_status(_settings())
 
@@ -335,7 +335,7 @@ def check(name: str, sample: Path | None, show_gx: bool) -> None:
 def run_stage(stage: str, day: date, conf: str) -> None:
     """Run one STAGE of the use case for one day through Airflow's scheduler (training:
     as of the end of the day) and print its tasks' states."""
-    from closedloop.drive import run_stage as run
+    from closedloop.platform.drive import run_stage as run
 
     try:
         extra = json.loads(conf)
@@ -352,7 +352,7 @@ def run_stage(stage: str, day: date, conf: str) -> None:
 def backfill(first: date, last: date, train: bool) -> None:
     """Load the landed batches of [--from, --to] through the features DAG (Airflow's own
     backfill, one day at a time, in order); optionally train once at the end."""
-    from closedloop.drive import run_backfill
+    from closedloop.platform.drive import run_backfill
 
     if last < first:
         raise click.BadParameter("--to is before --from", param_hint="--to")
@@ -374,8 +374,8 @@ def loop_days(first: date, last: date, history_from: date | None) -> None:
     features, scoring, monitoring — and the retraining monitoring asks for, judged by the
     gate. History before --from is loaded first (unless it is) and trains the first
     champion (unless there is one). Prints the day table."""
-    from closedloop.demo import run_loop
-    from closedloop.loop import Replay
+    from closedloop.demo.commands import run_loop
+    from closedloop.demo.loop import Replay
 
     settings = _settings()
     start = history_from or settings.usecase.schedule.start
@@ -553,8 +553,8 @@ def serve(
 def airflow_env() -> None:
     """Print the environment for running Airflow's own CLI on closedloop's state
     (the production profile's too; its credentials stay in your environment)."""
-    from closedloop.runtime import airflow_environ
-    from closedloop.stack import production_environ
+    from closedloop.platform.runtime import airflow_environ
+    from closedloop.platform.stack import production_environ
 
     settings = _settings(usecase=False)
     environ = production_environ if settings.profile == "production" else airflow_environ
@@ -576,7 +576,7 @@ def stack_up(no_schedule: bool) -> None:
     import signal
     import time
 
-    from closedloop.stack import MissingCredentials, ProductionStack
+    from closedloop.platform.stack import MissingCredentials, ProductionStack
 
     settings = _settings(usecase=False)
     processes = ProductionStack(settings, use_job_schedule=not no_schedule)
@@ -605,7 +605,7 @@ def stack_up(no_schedule: bool) -> None:
 def stack_run(component: str) -> None:
     """Check COMPONENT's credentials and become it (one per compose service):
     init, mlflow, api-server, scheduler, dag-processor, triggerer, worker."""
-    from closedloop.stack import COMPONENTS, MissingCredentials, run_component
+    from closedloop.platform.stack import COMPONENTS, MissingCredentials, run_component
 
     if component not in COMPONENTS:
         raise click.BadParameter(f"one of {', '.join(COMPONENTS)}", param_hint="COMPONENT")
@@ -621,7 +621,7 @@ def stack_run(component: str) -> None:
 )
 def stack_health(component: str) -> None:
     """Exit 0 while COMPONENT on this host is healthy (compose health checks)."""
-    from closedloop.stack import run_health_check
+    from closedloop.platform.stack import run_health_check
 
     run_health_check(_settings(usecase=False), component)
 
@@ -631,7 +631,7 @@ def stack_commands() -> None:
     """Print each component's own command line (what `stack run` executes)."""
     import shlex
 
-    from closedloop.stack import COMPONENTS, component_command
+    from closedloop.platform.stack import COMPONENTS, component_command
 
     settings = _settings(usecase=False)
     for component in COMPONENTS:

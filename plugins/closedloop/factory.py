@@ -54,7 +54,7 @@ if TYPE_CHECKING:
     from closedloop.core.usecase import UseCase
 
 #: every task retries twice; the delay is Airflow's [core] default_task_retry_delay
-#: (closedloop.runtime sets it)
+#: (closedloop.platform.runtime sets it)
 DEFAULT_ARGS = {"retries": 2}
 
 

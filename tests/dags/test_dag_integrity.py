@@ -14,7 +14,7 @@ import yaml
 
 from closedloop.core.settings import PACKAGE_USECASES, PROJECT_ROOT, usecase_files
 from closedloop.core.usecase import UseCase
-from closedloop.runtime import TASK_RETRY_DELAY_SECONDS
+from closedloop.platform.runtime import TASK_RETRY_DELAY_SECONDS
 
 DAG_FILES = sorted((PROJECT_ROOT / "dags").glob("*.py"))
 HEAVY = ("feast", "mlflow", "great_expectations", "evidently", "sklearn", "pandas", "numpy")
@@ -52,7 +52,7 @@ def test_each_usecase_gets_tagged_documented_retried_dags(dagbag, name: str):
         assert getattr(timezone, "name", timezone) == usecase.schedule.timezone
         for task in dag.tasks:
             assert task.retries >= 1, f"{task.task_id} has no retries"
-            # from [core] default_task_retry_delay, which closedloop.runtime sets
+            # from [core] default_task_retry_delay, which closedloop.platform.runtime sets
             assert task.retry_delay == timedelta(seconds=TASK_RETRY_DELAY_SECONDS)
             if task.task_type != "TriggerDagRunOperator":
                 assert Path(task.usecase_file).stem == name, task.task_id

@@ -19,7 +19,7 @@ import pytest
 import sqlalchemy as sa
 
 from closedloop.core.settings import load_settings
-from closedloop.loop import RETRAIN_PREFIX, Scenario
+from closedloop.demo.loop import RETRAIN_PREFIX, Scenario
 
 pytestmark = pytest.mark.e2e
 

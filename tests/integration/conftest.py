@@ -7,13 +7,13 @@ import pytest
 
 @pytest.fixture(scope="session")
 def airflow_db() -> None:
-    from closedloop.airflow_runs import ensure_metadata_db
+    from closedloop.platform.airflow_runs import ensure_metadata_db
 
     ensure_metadata_db()
 
 
 @pytest.fixture(scope="session")
 def features_dag(airflow_db):
-    from closedloop.airflow_runs import load_dag
+    from closedloop.platform.airflow_runs import load_dag
 
     return load_dag("hotel_bookings_features")

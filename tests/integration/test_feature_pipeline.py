@@ -10,9 +10,9 @@ from datetime import date, timedelta
 import pandas as pd
 import pytest
 
-from closedloop.airflow_runs import run_day
 from closedloop.core import offline
 from closedloop.core.feature_store import historical_features, open_store
+from closedloop.platform.airflow_runs import run_day
 from closedloop.usecases.hotel.generator import write_batches
 
 pytestmark = pytest.mark.integration

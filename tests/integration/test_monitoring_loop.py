@@ -29,7 +29,7 @@ def _midnight(day: date) -> datetime:
 
 @pytest.fixture(scope="module")
 def watched(tmp_path_factory, airflow_db):
-    from closedloop.airflow_runs import load_dag, run_dag, run_day
+    from closedloop.platform.airflow_runs import load_dag, run_dag, run_day
 
     root = tmp_path_factory.mktemp("monitoring") / "home"
     # Six drift days are too few for outcomes of the new regime to arrive, so the

@@ -39,7 +39,7 @@ from closedloop.core.ab import arm_for
 from closedloop.core.feature_pipeline import backfill, clean, engineer, extract, load_offline
 from closedloop.core.prediction_log import CORE_COLUMNS, PredictionLog
 from closedloop.core.settings import load_settings
-from closedloop.runtime import stop_process
+from closedloop.platform.runtime import stop_process
 from closedloop.usecases.hotel.generator import write_batches
 
 pytestmark = pytest.mark.integration

@@ -54,13 +54,13 @@ def world(tmp_path_factory, airflow_db):
 
 @pytest.fixture(scope="module")
 def training_dag(airflow_db):
-    from closedloop.airflow_runs import load_dag
+    from closedloop.platform.airflow_runs import load_dag
 
     return load_dag("hotel_bookings_training")
 
 
 def _train(dag, *, as_of: datetime, reason: str, **conf):
-    from closedloop.airflow_runs import run_dag
+    from closedloop.platform.airflow_runs import run_dag
 
     conf = {"as_of": as_of.isoformat(), "reason": reason, **conf}
     # Each run gets its own logical date so its run id (and MLflow run) is its own.

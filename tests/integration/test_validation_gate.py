@@ -13,8 +13,8 @@ from datetime import date
 import pandas as pd
 import pytest
 
-from closedloop.airflow_runs import run_day
 from closedloop.core.settings import load_settings
+from closedloop.platform.airflow_runs import run_day
 from closedloop.usecases.hotel.generator import DriftSpec, generate_day, write_batches
 
 pytestmark = pytest.mark.integration

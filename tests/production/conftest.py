@@ -93,7 +93,7 @@ def production_env():
 
     Module-scoped, not session-scoped: ``pytest tests`` runs ``tests/unit`` after this
     folder, and those tests must see the embedded profile again."""
-    from closedloop.local_airflow import free_port
+    from closedloop.platform.local_airflow import free_port
 
     require(POSTGRES_URL, 5432, "PostgreSQL")
     require(REDIS_URL, 6379, "Redis")
@@ -114,7 +114,7 @@ def production_env():
     for key, value in env.items():
         mp.setenv(key, value)
     from closedloop.core.settings import load_settings
-    from closedloop.stack import drop_databases
+    from closedloop.platform.stack import drop_databases
 
     databases = list(load_settings().databases.values())
     try:

@@ -44,7 +44,7 @@ def midnight_after(day: date) -> datetime:
 def stack(production_env):
     """The started stack, with the history already in the stores."""
     from closedloop.core.feature_pipeline import backfill
-    from closedloop.stack import ProductionStack, ensure_databases
+    from closedloop.platform.stack import ProductionStack, ensure_databases
     from closedloop.usecases.hotel.generator import write_batches
 
     settings = load_settings()
@@ -139,7 +139,7 @@ def test_hotel_features_on_celery_fills_offline_store_and_redis(stack):
     ]
     print(f"hotel_bookings_features x{len(runs)} under Celery: {seconds:.1f}s")
     # The worker imported the heavy libraries before forking its pool: no task pays
-    # 10-20 s of imports (closedloop.celery_config).
+    # 10-20 s of imports (closedloop.platform.celery_config).
     durations = sorted(
         ti["duration"]
         for r in runs

@@ -47,7 +47,7 @@ import pytest
 
 from closedloop.core import offline
 from closedloop.core.settings import load_settings
-from closedloop.local_airflow import free_port
+from closedloop.platform.local_airflow import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres, pytest.mark.redis]
 
@@ -219,7 +219,7 @@ def world(production_env):
     """History in the offline store, the Feast registry (PostgreSQL) and the online
     store (the module's Redis database)."""
     from closedloop.core.feature_pipeline import backfill
-    from closedloop.stack import ensure_databases
+    from closedloop.platform.stack import ensure_databases
     from closedloop.usecases.hotel.generator import write_batches
 
     settings = load_settings()
@@ -521,7 +521,7 @@ class Serving:
         )  # fmt: skip
 
     def stop(self) -> None:
-        from closedloop.runtime import stop_process
+        from closedloop.platform.runtime import stop_process
 
         self.client.close()
         stop_process(self.proc)  # finishes requests, flushes the log
@@ -626,7 +626,7 @@ AIRFLOW = ("api-server", "scheduler", "dag-processor", "triggerer", "worker")
 def airflow_stack(world):
     """Airflow's production processes (CeleryExecutor, metadata on PostgreSQL) on the
     module's stores, retrying a failed task after 3 s, fault points enabled."""
-    from closedloop.stack import ProductionStack
+    from closedloop.platform.stack import ProductionStack
 
     stack = ProductionStack(
         world,

@@ -43,7 +43,7 @@ import pytest
 
 from closedloop.core import failpoints
 from closedloop.core.settings import load_settings
-from closedloop.stack import session_processes
+from closedloop.platform.stack import session_processes
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres, pytest.mark.redis]
 
@@ -69,7 +69,7 @@ def stack(production_env):
     """The started stack (fast failure detection, fault points enabled), with the
     history loaded in this process while it starts."""
     from closedloop.core.feature_pipeline import backfill
-    from closedloop.stack import ProductionStack, ensure_databases
+    from closedloop.platform.stack import ProductionStack, ensure_databases
     from closedloop.usecases.hotel.generator import write_batches
 
     settings = load_settings()
@@ -549,7 +549,7 @@ def test_the_broker_neither_loses_nor_redelivers_a_killed_task(
     second time beside Airflow's retry."""
     import redis
 
-    from closedloop.celery_config import CELERY_CONFIG
+    from closedloop.platform.celery_config import CELERY_CONFIG
 
     assert CELERY_CONFIG["task_acks_late"] is True
     assert CELERY_CONFIG["broker_transport_options"]["visibility_timeout"] >= 6 * 3600

@@ -1,6 +1,7 @@
 """The compose stack, checked without a Docker engine: it is a valid Compose file, and its
 services, credentials, settings, health checks, volumes and ports agree with the code
-(``closedloop.stack``, ``closedloop.core.settings``) — and no secret is in the repository."""
+(``closedloop.platform.stack``, ``closedloop.core.settings``) — and no secret is in the
+repository."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import yaml
 
 from closedloop.cli import main as cli
 from closedloop.core.settings import PROJECT_ROOT, Settings, StoreSettings, load_settings
-from closedloop.stack import COMPONENTS, CREDENTIALS
+from closedloop.platform.stack import COMPONENTS, CREDENTIALS
 
 COMPOSE = PROJECT_ROOT / "compose" / "docker-compose.yml"
 ENV_EXAMPLE = PROJECT_ROOT / "compose" / ".env.example"
@@ -251,7 +252,7 @@ def test_the_s3_profile_runs_minio_for_the_mlflow_server_only(compose, services)
 def test_the_documented_s3_setup_starts_mlflow_on_minio(services, tmp_path, monkeypatch):
     """The mlflow service's environment, filled in as .env.example says for MinIO, gives
     the server an s3:// destination on the minio service, with the key MinIO runs with."""
-    from closedloop.stack import component_command, prepare
+    from closedloop.platform.stack import component_command, prepare
 
     monkeypatch.chdir(tmp_path)
     env = {key: value or f"x{key.lower()}" for key, value in _example().items()}

@@ -7,6 +7,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from closedloop.core.settings import PACKAGE_DIR
 
 CORE_MODULES = sorted(
@@ -36,3 +38,49 @@ def test_importing_every_core_module_loads_no_airflow():
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert len(CORE_MODULES) >= 8
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+#: the library: what a user's DAGs and services import
+LIBRARY = ["core", "hooks", "operators", "serving", "usecases", "factory.py", "assets.py",
+           "provider.py"]  # fmt: skip
+
+
+def _imports(path) -> list[str]:
+    """Every module ``path`` imports, at any depth (imports inside functions too)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.append(node.module)
+    return found
+
+
+def _sources(*names: str) -> list:
+    paths = []
+    for name in names:
+        target = PACKAGE_DIR / name
+        paths += sorted(target.rglob("*.py")) if target.is_dir() else [target]
+    return paths
+
+
+@pytest.mark.parametrize(
+    ("layer", "forbidden"),
+    [
+        pytest.param(LIBRARY, ("closedloop.platform", "closedloop.demo"), id="library"),
+        pytest.param(["platform"], ("closedloop.demo",), id="platform"),
+    ],
+)
+def test_a_layer_never_imports_the_layers_above_it(layer, forbidden):
+    """The library runs inside a user's Airflow: it cannot depend on how closedloop runs
+    its own services (the platform) or on the demo; the platform serves any use case, so
+    it cannot depend on the demo either."""
+    paths = _sources(*layer)
+    assert len(paths) > 10 if layer is LIBRARY else len(paths) >= 7
+    offenders = [
+        f"{path.relative_to(PACKAGE_DIR)}: {module}"
+        for path in paths
+        for module in _imports(path)
+        if module.startswith(forbidden)
+    ]
+    assert offenders == []

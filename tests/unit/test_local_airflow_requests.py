@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from closedloop.core.settings import load_settings
-from closedloop.local_airflow import LocalAirflow
+from closedloop.platform.local_airflow import LocalAirflow
 
 
 def _server(answers: list[tuple[float, int]]):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from closedloop.core.settings import load_settings
-from closedloop.stack import (
+from closedloop.platform.stack import (
     OBJECT_STORE_VARIABLES,
     ObjectStoreUnusable,
     component_command,

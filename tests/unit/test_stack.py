@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from closedloop.core.settings import load_settings
-from closedloop.stack import (
+from closedloop.platform.stack import (
     COMPONENTS,
     CREDENTIALS,
     MissingCredentials,
@@ -189,7 +189,7 @@ def test_kill_takes_a_component_with_everything_it_started(production):
     task processes do), which a signal to the component's group would miss."""
     import time
 
-    from closedloop.stack import ProductionStack, session_processes
+    from closedloop.platform.stack import ProductionStack, session_processes
 
     grandchild = "import os, time; os.setpgid(0, 0); time.sleep(60)"
     script = (

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from closedloop.core.settings import load_settings
-from closedloop.stack import ProductionStack
+from closedloop.platform.stack import ProductionStack
 
 
 def _stack(tmp_path: Path, started: list[str]) -> ProductionStack:

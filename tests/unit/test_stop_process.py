@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from closedloop.runtime import stop_process
+from closedloop.platform.runtime import stop_process
 
 
 def _child(code: str) -> subprocess.Popen:

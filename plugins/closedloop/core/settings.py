@@ -11,7 +11,7 @@ file (``$CLOSEDLOOP_CONFIG`` or ``./closedloop.yaml``) and the defaults below.
   databases are servers — PostgreSQL for Airflow (CeleryExecutor, Redis broker), the
   MLflow tracking server (clients reach it over HTTP with basic-auth), the Feast SQL
   registry and the promotion ledger; Redis for the Feast online store. Only these URLs
-  change; no code path does. ``closedloop.stack`` starts the servers from them.
+  change; no code path does. ``closedloop.platform.stack`` starts the servers from them.
 """
 
 from __future__ import annotations

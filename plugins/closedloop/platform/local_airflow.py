@@ -5,7 +5,7 @@ through the REST API.
 Used by ``closedloop loop`` / ``make demo`` (the closed loop under a real scheduler),
 ``closedloop up`` and the end-to-end test. Every task is forked from the scheduler, so
 the heavy libraries are imported once in the scheduler before it forks
-(``closedloop.preload`` via ``airflow_local_settings``): a task then starts in ~1 s
+(``closedloop.platform.preload`` via ``airflow_local_settings``): a task then starts in ~1 s
 instead of ~20 s of imports.
 """
 
@@ -26,7 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from closedloop.runtime import airflow_environ
+from closedloop.platform.runtime import airflow_environ
 
 if TYPE_CHECKING:
     from closedloop.core.settings import Settings
@@ -35,11 +35,11 @@ COMPONENTS = ("api-server", "execution-api", "scheduler", "dag-processor")
 FINISHED = ("success", "failed")
 _LOCAL_SETTINGS = '''\
 """Written by closedloop: preload the heavy libraries in the scheduler, whose forked
-task processes then share them (see closedloop.preload)."""
+task processes then share them (see closedloop.platform.preload)."""
 import sys
 
 if len(sys.argv) > 1 and sys.argv[1] == "scheduler":
-    from closedloop.preload import preload
+    from closedloop.platform.preload import preload
 
     preload()
 '''
@@ -127,7 +127,7 @@ class LocalAirflow:
     def launch(self) -> None:
         """Migrate the metadata DB and start the components; returns without waiting, so
         the caller can work while they come up (see :meth:`wait_ready`)."""
-        from closedloop.airflow_runs import ensure_metadata_db
+        from closedloop.platform.airflow_runs import ensure_metadata_db
 
         airflow_home = self.settings.airflow_home
         config = airflow_home / "config"

@@ -1,15 +1,12 @@
-"""``closedloop demo``: the closed loop on generated data, through a real Airflow scheduler,
-and the summaries it prints."""
+"""What ``closedloop status``, ``up`` and ``online-features`` show: the stores' contents,
+the registered model and the ledger, and the local Airflow, MLflow and Evidently UIs."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import time
 import warnings
-from contextlib import redirect_stderr, redirect_stdout
-from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
@@ -17,38 +14,15 @@ from closedloop.core import offline
 from closedloop.core.usecase import AGGREGATE_TS, EVENT_TABLE, EVENT_VIEW
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from closedloop.core.settings import Settings
-    from closedloop.core.usecase import UseCase
-    from closedloop.loop import Replay, Scenario
-
-#: Folders the demo owns under the home folder; it never deletes anything else.
-_STATE_DIRS = (
-    "landing",
-    "predictions",
-    "prediction_log",
-    "reports",
-    "evidently",
-    "monitoring",
-    "quarantine",
-    "staging",
-    "offline",
-    "gx",
-    "feast",
-    "airflow",
-    "mlflow",
-    "training",
-)
-_STATE_FILES = ("closedloop.db", "demo.log", "loop.json")
 
 
-def _say(message: str) -> None:
+def say(message: str) -> None:
     click.echo(f"[{time.strftime('%H:%M:%S')}] {message}")
 
 
-def _quiet_library_warnings() -> None:
-    """The libraries' deprecation chatter is not the demo's business. ``import feast`` and
+def quiet_library_warnings() -> None:
+    """The libraries' deprecation chatter is not closedloop's output. ``import feast`` and
     ``import airflow`` both reset or capture the warning filters, so this runs after them."""
     import airflow.sdk  # noqa: F401
     import feast  # noqa: F401
@@ -57,158 +31,6 @@ def _quiet_library_warnings() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", module="starlette")
-
-
-def reset_state(settings: Settings) -> None:
-    for name in _STATE_DIRS:
-        shutil.rmtree(settings.home / name, ignore_errors=True)
-    for name in _STATE_FILES:
-        (settings.home / name).unlink(missing_ok=True)
-
-
-def generator_module(usecase: UseCase) -> Any:
-    """The module of the use case's declared ``generator``: its ``write_batches(landing,
-    start, days, seed=, rows_per_day=, drift=)`` and ``DriftSpec`` drive the synthetic
-    scenarios."""
-    import importlib
-
-    if usecase.generator is None:
-        raise ValueError(f"use case {usecase.name} declares no generator")
-    return importlib.import_module(usecase.generator.partition(":")[0])
-
-
-def run_demo(settings: Settings, scenario: Scenario, *, keep: bool = False) -> int:
-    """A scenario on synthetic data (the use case's generator module: its
-    ``write_batches`` and ``DriftSpec``, drift injected from a known day) through a real
-    Airflow scheduler (see :mod:`closedloop.loop`); returns the exit code: 0 only if the
-    loop closed."""
-    module = generator_module(settings.usecase)
-    DriftSpec, write_batches = module.DriftSpec, module.write_batches
-
-    def land() -> None:
-        _say(
-            f"generating {scenario.history_days + len(scenario.watched)} days of events from "
-            f"{scenario.first_day} (~{scenario.rows_per_day}/day); drift from "
-            f"{scenario.drift_start}"
-        )
-        drift = DriftSpec(
-            start=scenario.drift_start, covariate=scenario.covariate, concept=scenario.concept
-        )
-        write_batches(
-            settings.landing_dir,
-            scenario.first_day,
-            scenario.history_days + len(scenario.watched),
-            seed=scenario.seed,
-            rows_per_day=scenario.rows_per_day,
-            drift=drift,
-        )
-
-    return _run_loop(settings, scenario, land, keep=keep)
-
-
-def run_replay(settings: Settings, replay: Replay | None = None, *, keep: bool = False) -> int:
-    """A use case's own data (its ``demo`` block: where the batches come from and which
-    days) replayed through a real Airflow scheduler; 0 when every run succeeded."""
-    from closedloop.loop import Replay
-
-    usecase = settings.usecase
-    if usecase.demo is None:
-        raise ValueError(f"use case {usecase.name} declares no demo block")
-    replay = replay or Replay(
-        usecase.demo.first_day, usecase.demo.history_days, usecase.demo.watched_days
-    )
-
-    def land() -> None:
-        days = replay.history_days + replay.watched_days
-        _say(f"landing {days} days of {usecase.name} from {replay.first_day}")
-        usecase.hook_of(usecase.demo.writer)(
-            settings.landing_dir, replay.first_day, days, fmt=usecase.batch.format
-        )
-
-    return _run_loop(settings, replay, land, keep=keep)
-
-
-def run_loop(settings: Settings, replay: Replay) -> int:
-    """``closedloop loop``: the landed days of ``replay`` through the scheduler, on the
-    existing state (history loaded first unless it is already)."""
-    return _run_loop(settings, replay, lambda: None, keep=True)
-
-
-def _run_loop(
-    settings: Settings, scenario: Scenario | Replay, land: Callable[[], None], *, keep: bool
-) -> int:
-    from closedloop.core.feature_pipeline import backfill
-    from closedloop.local_airflow import LocalAirflow
-    from closedloop.loop import ClosedLoop, summary_table, to_json
-    from closedloop.runtime import apply_airflow_environ
-
-    started = time.monotonic()
-    if not keep:
-        _say(f"starting from a clean state in {settings.home}")
-        reset_state(settings)
-    land()
-    apply_airflow_environ(settings)
-    log_path = settings.home / "demo.log"
-    airflow = LocalAirflow(settings)
-    _say(f"starting Airflow: {', '.join(airflow.components)} (logs {airflow.logs_dir})")
-    # One log file for the rest of the process: the libraries' log handlers bind to the
-    # stream they first see, so it is never closed before the process ends.
-    log = open(log_path, "a")  # noqa: SIM115
-    with redirect_stdout(log), redirect_stderr(log):
-        _quiet_library_warnings()
-        airflow.launch()
-    try:
-        _say(
-            f"while it starts: the feature pipeline over the {scenario.history_days}-day "
-            "history in one bulk backfill (same steps, this process)"
-        )
-        t0 = time.monotonic()
-        last = scenario.history_end - timedelta(days=1)
-        table = settings.offline_table_dir(settings.usecase.event_table)
-        if offline.partition_path(table, f"{last:%Y-%m-%d}").exists():
-            _say("  already loaded (the offline store has its last day)")
-        else:
-            with redirect_stdout(log), redirect_stderr(log):
-                loaded = backfill(settings, scenario.first_day, scenario.history_days)
-            _say(f"  {loaded['rows']} events in the stores in {time.monotonic() - t0:.0f}s")
-        airflow.wait_ready()
-        airflow.wait_for_dags(list(settings.usecase.dag_ids.values()))
-        _say(
-            f"Airflow is up at {airflow.base_url} (user admin, password in {airflow.password_file})"
-        )
-        result = ClosedLoop(settings, scenario, airflow, say=_say).run()
-    finally:
-        _say("stopping Airflow")
-        airflow.stop()
-    click.echo("")
-    for line in summary_table(result):
-        click.echo("  " + line)
-    click.echo("")
-    show_model(settings)
-    (settings.home / "loop.json").write_text(to_json(result))
-    where_to_look(settings)
-    problems = result.problems()
-    total = time.monotonic() - started
-    if problems:
-        _say(f"the loop did NOT close ({total:.0f}s):")
-        for problem in problems:
-            click.echo(f"  - {problem}")
-        return 1
-    promotion = result.promotion()
-    if promotion is None:
-        retrains = len(result.retrain_runs)
-        _say(
-            f"the loop ran to the end in {total:.0f}s: {retrains} retraining run(s) started by "
-            "monitoring, no promotion (the ledger above says why)"
-        )
-        return 0
-    old, new = result.holdout_comparison()
-    _say(
-        f"the loop closed in {total:.0f}s: retrained by monitoring, "
-        f"v{promotion.version} promoted (holdout ROC AUC {new:.3f} vs {old:.3f} for the old "
-        "champion)"
-    )
-    return 0
 
 
 def where_to_look(settings: Settings) -> None:
@@ -332,8 +154,8 @@ def run_up(settings: Settings, port: int, mlflow_port: int, evidently_port: int)
     import sys
     from pathlib import Path
 
-    from closedloop.local_airflow import LocalAirflow
-    from closedloop.runtime import apply_airflow_environ
+    from closedloop.platform.local_airflow import LocalAirflow
+    from closedloop.platform.runtime import apply_airflow_environ
 
     env = apply_airflow_environ(settings)
     bin_dir = Path(sys.executable).parent
@@ -376,7 +198,7 @@ def run_up(settings: Settings, port: int, mlflow_port: int, evidently_port: int)
             uis[name] = subprocess.Popen(
                 command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
-        _say(f"starting Airflow ({', '.join(airflow.components)}) ...")
+        say(f"starting Airflow ({', '.join(airflow.components)}) ...")
         airflow.start()
         click.echo(
             f"Airflow UI    {airflow.base_url}  (user admin, password in {airflow.password_file})"
@@ -388,14 +210,14 @@ def run_up(settings: Settings, port: int, mlflow_port: int, evidently_port: int)
         while not stop:
             for name, proc in uis.items():
                 if proc.poll() is not None:
-                    _say(f"{name} UI exited with {proc.returncode}; see {logs}")
+                    say(f"{name} UI exited with {proc.returncode}; see {logs}")
                     return 1
             airflow.check_alive()
             time.sleep(1)
     except KeyboardInterrupt:
         pass
     finally:
-        _say("stopping")
+        say("stopping")
         airflow.stop()
         for proc in uis.values():
             if proc.poll() is None:

@@ -13,7 +13,7 @@ Components (see :data:`COMPONENTS`): ``init`` (creates the databases, migrates A
 runs once), ``mlflow`` (tracking server on PostgreSQL, basic-auth, proxied artifacts),
 ``api-server``, ``scheduler``, ``dag-processor``, ``triggerer`` and ``worker`` (a Celery
 worker; tasks are forked from its pool, so the heavy libraries are imported once in the
-worker's main process: :mod:`closedloop.celery_config`).
+worker's main process: :mod:`closedloop.platform.celery_config`).
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from closedloop.local_airflow import LocalAirflow
-from closedloop.runtime import airflow_environ
+from closedloop.platform.local_airflow import LocalAirflow
+from closedloop.platform.runtime import airflow_environ
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -149,7 +149,7 @@ def production_environ(settings: Settings) -> dict[str, str]:
         "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
         "AIRFLOW__CELERY__BROKER_URL": settings.celery_broker_url,
         "AIRFLOW__CELERY__RESULT_BACKEND": settings.celery_result_backend,
-        "AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS": "closedloop.celery_config.CELERY_CONFIG",
+        "AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS": "closedloop.platform.celery_config.CELERY_CONFIG",
         # two cores: two task processes per worker; add workers to scale out
         "AIRFLOW__CELERY__WORKER_CONCURRENCY": "2",
         "AIRFLOW__API__HOST": _bind_host(host),

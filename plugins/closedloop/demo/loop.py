@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from closedloop.core.settings import Settings
-    from closedloop.local_airflow import LocalAirflow
+    from closedloop.platform.local_airflow import LocalAirflow
 
 RETRAIN_PREFIX = "retrain__"
 #: run ids of the day runs the loop starts (the schedule's own would be ``scheduled__``)

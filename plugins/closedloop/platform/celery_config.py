@@ -3,7 +3,7 @@
 Airflow's default configuration, unchanged — plus, in a Celery *worker* process only, the
 heavy libraries imported once before the worker forks its pool: every task is forked from
 there, and starts in about a second instead of ~20 s of imports (see
-:mod:`closedloop.preload`). ``CLOSEDLOOP_PRELOAD=0`` turns it off.
+:mod:`closedloop.platform.preload`). ``CLOSEDLOOP_PRELOAD=0`` turns it off.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def _is_worker(argv: list[str]) -> bool:
 
 
 if _is_worker(sys.argv) and os.environ.get("CLOSEDLOOP_PRELOAD", "1") != "0":
-    from closedloop.preload import preload
+    from closedloop.platform.preload import preload
 
     preload()
     for _name in PRODUCTION_MODULES:

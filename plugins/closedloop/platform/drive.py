@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from closedloop.core.settings import Settings
-    from closedloop.local_airflow import LocalAirflow
+    from closedloop.platform.local_airflow import LocalAirflow
 
 
 def _say(message: str) -> None:
@@ -34,16 +34,16 @@ class _Airflow:
         self.settings = settings
 
     def __enter__(self) -> LocalAirflow:
-        from closedloop.demo import _quiet_library_warnings
-        from closedloop.local_airflow import LocalAirflow
-        from closedloop.runtime import apply_airflow_environ
+        from closedloop.platform.console import quiet_library_warnings
+        from closedloop.platform.local_airflow import LocalAirflow
+        from closedloop.platform.runtime import apply_airflow_environ
 
         apply_airflow_environ(self.settings)
         self.airflow = LocalAirflow(self.settings)
         self.log = open(self.settings.home / "drive.log", "a")
         _say(f"starting Airflow (logs {self.airflow.logs_dir})")
         with redirect_stdout(self.log), redirect_stderr(self.log):
-            _quiet_library_warnings()
+            quiet_library_warnings()
             self.airflow.start()
         self.airflow.wait_for_dags(list(self.settings.usecase.dag_ids.values()))
         _say(f"Airflow is up at {self.airflow.base_url}")

@@ -50,7 +50,9 @@ def airflow_environ(settings: Settings) -> dict[str, str]:
     }
     return {
         **{k: v for k, v in chosen.items() if v},
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": f"closedloop.runtime.{connect_args}",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": (
+            f"closedloop.platform.runtime.{connect_args}"
+        ),
         "CLOSEDLOOP_HOME": str(settings.home),
         "CLOSEDLOOP_PROFILE": settings.profile,
         "CLOSEDLOOP_USECASES_DIR": str(settings.usecases_dir),

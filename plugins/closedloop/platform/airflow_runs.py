@@ -3,7 +3,7 @@
 This is Airflow executing the DAG — its task runner, XComs, retries and Asset events,
 recorded in the metadata database — without a scheduler process, which makes it the
 fast path for the demo's backfill and the integration tests. Call
-:func:`closedloop.runtime.apply_airflow_environ` before this module is imported.
+:func:`closedloop.platform.runtime.apply_airflow_environ` before this module is imported.
 """
 
 from __future__ import annotations
