@@ -49,6 +49,9 @@ lint: env
 
 bench: env
 	$(BIN)/python benchmarks/validation.py
+	$(BIN)/python benchmarks/drift.py
+	$(BIN)/python benchmarks/aggregates.py
+	$(BIN)/python benchmarks/batch_inference.py
 
 clean:
 	rm -rf .closedloop

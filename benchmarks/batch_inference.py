@@ -66,6 +66,7 @@ def _vm(key: str) -> int:
 def _settings():
     from closedloop.core.settings import load_settings
 
+    os.environ.setdefault("CLOSEDLOOP_USECASE_NAME", "hotel_bookings")  # its generator
     return load_settings()
 
 

@@ -34,6 +34,7 @@ def _prepare(scenario: Any) -> Any:
     from closedloop.usecases.hotel.generator import DriftSpec, write_batches
 
     os.environ["CLOSEDLOOP_HOME"] = tempfile.mkdtemp(prefix="closedloop-bench-loop-")
+    os.environ.setdefault("CLOSEDLOOP_USECASE_NAME", "hotel_bookings")  # its generator
     settings = load_settings()
     drift = DriftSpec(
         start=scenario.drift_start, covariate=scenario.covariate, concept=scenario.concept

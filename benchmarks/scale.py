@@ -115,6 +115,7 @@ def generate(args: argparse.Namespace) -> dict:
     from closedloop.core.settings import load_settings
     from closedloop.usecases.hotel.generator import write_batches
 
+    os.environ.setdefault("CLOSEDLOOP_USECASE_NAME", "hotel_bookings")  # its generator
     settings = load_settings()
     per_day = args.size // args.days
     t0 = time.perf_counter()
@@ -128,6 +129,7 @@ def features(args: argparse.Namespace) -> dict:
     from closedloop.core import feature_pipeline, feature_store
     from closedloop.core.settings import load_settings
 
+    os.environ.setdefault("CLOSEDLOOP_USECASE_NAME", "hotel_bookings")  # its generator
     settings = load_settings()
     steps = _Steps()
     for name in ("extract", "validate", "clean", "engineer", "load_offline"):
@@ -158,6 +160,7 @@ def training(args: argparse.Namespace) -> dict:
     from closedloop.core import feature_store, training_pipeline
     from closedloop.core.settings import load_settings
 
+    os.environ.setdefault("CLOSEDLOOP_USECASE_NAME", "hotel_bookings")  # its generator
     settings = load_settings()
     steps = _Steps()
     # build_training_set = reading the labelled rows + Feast's join (timed on its own)
@@ -301,6 +304,7 @@ def _production(home: Path, env: dict[str, str]):
     server = None
     databases: list[str] = []
     try:
+        os.environ.setdefault("CLOSEDLOOP_USECASE_NAME", "hotel_bookings")  # its generator
         settings = load_settings()
         databases = list(settings.databases.values())
         ensure_databases(settings)

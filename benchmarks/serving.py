@@ -278,6 +278,7 @@ def main() -> None:
     from closedloop.platform.runtime import stop_process
     from closedloop.serving.scorer import Deployment, OnlineScorer
 
+    os.environ.setdefault("CLOSEDLOOP_USECASE_NAME", "hotel_bookings")  # its generator
     settings = load_settings()
     procs: list[subprocess.Popen] = []
     load_before = os.getloadavg()[0]

@@ -30,6 +30,7 @@ def main() -> None:
     from closedloop.core.settings import load_settings
     from closedloop.platform.runtime import apply_airflow_environ
 
+    os.environ.setdefault("CLOSEDLOOP_USECASE_NAME", "hotel_bookings")  # its generator
     settings = load_settings()
     apply_airflow_environ(settings)
 

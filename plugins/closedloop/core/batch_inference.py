@@ -52,7 +52,7 @@ interval's start date and replaced whole (temporary file + ``os.replace``) on a 
 An interval without events writes no file, and removes the files an earlier run of the
 same interval wrote: the outputs always say what the latest run found.
 
-Cost: ``benchmarks/batch_inference.py``; the figures are in the README (batch inference).
+Cost: ``benchmarks/batch_inference.py``; the figures are in docs/benchmarks.md.
 """
 
 from __future__ import annotations
