@@ -1,36 +1,16 @@
 """The aggregation engine: the declared windowed aggregates per entity, point in time
 and incremental.
 
-Rule: a row stamped ``T`` (the end of an interval) uses only facts known before ``T``:
-
-* an event counts once its timestamp is before ``T``; a window ``w`` holds the events of
-  ``[T - w, T)``;
-* a label counts once it is known (its known-at time, never before the event itself, is
-  before ``T``); a window over labels holds the labels that became known in
-  ``[T - w, T)``.
-
-Feast's point-in-time join then gives an event at time ``t`` the newest row stamped at
-or before ``t``, so no feature carries information from after the event.
-
-Incremental: :class:`AggregationState` holds, per entity, partial aggregates in time
-buckets (an hour or a day) for as long as the longest finite window needs them, running
-sums per window, the totals of ``all`` windows, and the events whose label is not known
-yet. A run folds its interval's facts into buckets, adds them to the window sums,
-subtracts the buckets that leave a window, and emits a row for every entity whose value
-changed (new events, newly known labels, or a bucket leaving a window). Its cost follows
-the interval's facts and the buckets leaving, not the size of the windows or how long
-the use case has run; only ``min``/``max`` over a finite window, which cannot be
-subtracted, re-read the window's buckets of the entities that changed. The state is
-saved per interval: a rerun of an interval starts from the state its predecessor saved
-and leaves exactly what one clean run leaves.
-
-Entities are numbered in the order they first appear (``EntityState.keys``); sums are
-numpy arrays indexed by that number, and a ``distinct_count`` keeps, per window, how
-many of its buckets hold each (entity, value) pair.
-
-Written on numpy rather than Feast's ``BatchFeatureView`` aggregations: Feast 0.67
-computes those from the whole source on every materialization (no carried state) and
-has no notion of a label known later than its event.
+A row stamped ``T`` (the end of an interval) uses only facts known before ``T``: events
+with a timestamp in ``[T - w, T)`` for a window ``w``, labels that became known (never
+before their event) in ``[T - w, T)``. Feast's point-in-time join then gives an event at
+``t`` the newest row stamped at or before ``t``. :meth:`AggregationEngine.advance` moves
+an :class:`~closedloop.core.aggregation_state.AggregationState` by one interval: it adds
+the interval's buckets to the running window sums, subtracts those leaving a window, and
+emits a row for every entity whose values changed; its cost follows the interval, not the
+windows or the history. A rerun of an interval from its predecessor's state leaves what
+one clean run leaves. Written on numpy: Feast 0.67's aggregations recompute from the
+whole source on every materialization and know no label that arrives after its event.
 """
 
 from __future__ import annotations

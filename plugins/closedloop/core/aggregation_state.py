@@ -2,19 +2,12 @@
 
 Per entity: the keys in the order they first appeared (arrays are indexed by that
 number), the partial aggregates per time bucket, running sums per window, the distinct
-(entity, value) pairs, and the events whose label is not known yet.
-
-A snapshot is a folder: ``state.json`` names its files. Bucket parts do not change once
-their interval is over, so they live in *segment* files (an interval's new parts, of
-every store, in one Arrow IPC file) that the next snapshot hard-links instead of writing
-again; everything else (window sums, keys, pending labels, distinct counts) is written
-per snapshot. Files are uncompressed Arrow IPC, read back memory-mapped without a copy;
-a loaded part is parsed from its segment only when the engine first needs it (the
-buckets leaving a window), so a snapshot's load and save follow the interval, not the
-windows.
-
-Arrow IPC rather than Parquet: an uncompressed IPC file maps straight into numpy arrays,
-where Parquet decodes and copies every column.
+(entity, value) pairs counted per window, and the events whose label is not known yet.
+A snapshot is a folder named in ``state.json``: bucket parts never change once their
+interval is over, so they live in *segment* files (one per interval, uncompressed Arrow
+IPC) that the next snapshot hard-links instead of writing again, and a loaded part is
+read (memory-mapped) only when the engine needs it; the rest is written per snapshot.
+A snapshot's load and save follow the interval, not the windows (docs/scaling.md).
 """
 
 from __future__ import annotations

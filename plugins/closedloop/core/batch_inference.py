@@ -1,58 +1,15 @@
 """Batch inference (the paper's C7): score an interval's events with the champion.
 
-The model comes from the project's own MLflow registry (``models:/<name>/<version>``, the
-version resolved through an alias, ``champion`` by default) with the threshold its
-training run recorded. The rows are the events that happened in ``[start, end)``: the offline
-entity table's partitions of those days, filtered by the batch timestamp column. Their
-features are the feature service's, as of each event's time, with the use case's
-declared defaults filled in afterwards — the values the training set gets from Feast
-(:func:`closedloop.core.training_pipeline.build_training_set`), so an event gets the
-same inputs in a training set, in batch and online.
-
-The join is not Feast's retrieval, and this is why. Feast's file offline store (dask)
-reads every feature view's whole source folder on each ``get_historical_features``
-call: at 1M events in chunks of 50,000 that was 1.2 % of the bare model's throughput
-(``benchmarks/batch_inference.py``, before this change). Feast 0.67 also has a
-``duckdb`` offline store (an ibis range join of each view's whole source against the
-entity rows, per call); it needs ``ibis-framework`` and ``duckdb``, which this project
-does not install, and was not measured. So the batch path applies Feast's
-point-in-time rule itself, reading only what a chunk needs (the same rule — same view,
-keys, timestamp field and TTL, read from the registry):
-
-* a view whose source *is* the entity table, keyed by its id and stamped by its
-  timestamp (``event_features``), is read with the entity rows: a row is its own
-  point-in-time match (:func:`feature_views`);
-* every other view is read once per interval, only the rows stamped in
-  ``[start - ttl, end)`` (Parquet statistics skip the other partitions and row
-  groups), sorted by key and time once, and looked up per chunk by a binary search
-  (:class:`AsOfIndex`).
-
-``tests/integration/test_batch_join.py`` checks the result equals Feast's (through the
-workaround) on real events and on the rule's edges: a row exactly at the entity time,
-none before it, one exactly TTL old and one just beyond, an unknown key.
-Measured with the benchmark, 1M rows: see the numbers below.
-
-Rows are read, joined, scored and written ``chunk_rows`` at a time, in three stages at
-once: a thread decodes the next chunk of entity rows from the Parquet files, this
-thread joins and scores the current one, a thread writes the previous one (Arrow's
-Parquet reader and writer release the GIL). So the memory for rows is a few chunks
-however many rows the interval has — plus the joined views' rows of the TTL window,
-which depend on the feature tables, not on the rows scored. No chunk becomes pandas:
-the model reads Arrow columns through :class:`~closedloop.core.fast_pipeline.FastPipeline`
-(checked against the pipeline on the first chunk; a model of another shape gets a
-frame), and keys, times and the own views' features go from the entity table to the
-outputs as Arrow columns (:class:`_ChunkScorer`). Two outputs, both keyed by the
-interval's start date and replaced whole (temporary file + ``os.replace``) on a rerun:
-
-* ``<home>/predictions/<use case>/<YYYY-MM-DD>.parquet`` — entity keys, event time,
-  score, decision, model name and version;
-* the prediction log's batch partition of that day — the log's core columns, the entity
-  keys and the feature values the model saw (see :mod:`closedloop.core.prediction_log`).
-
-An interval without events writes no file, and removes the files an earlier run of the
-same interval wrote: the outputs always say what the latest run found.
-
-Cost: ``benchmarks/batch_inference.py``; the figures are in docs/benchmarks.md.
+:func:`score_interval` scores the events of ``[start, end)`` with the model behind an
+alias (``champion`` by default) and the threshold its training run recorded, on the
+feature service's features as of each event's time with the declared defaults (the
+inputs a training set gets from Feast). It applies Feast's point-in-time rule itself
+(:class:`AsOfIndex`; ``tests/integration/test_batch_join.py`` holds it to Feast's
+answer), ``chunk_rows`` at a time with reading, scoring and writing overlapped, so
+memory stays flat in the rows. It writes ``<home>/predictions/<use case>/<day>.parquet``
+and the prediction log's partition of the day, both replaced whole on a rerun; an
+interval without events removes what an earlier run wrote. Why the join is not Feast's
+and what it costs: docs/design.md and docs/benchmarks.md.
 """
 
 from __future__ import annotations

@@ -1,52 +1,15 @@
 """The monitoring DAG's drift check: has the data the model sees moved away from the data
 it was trained on?
 
-A reference window (typically the champion's training set) and a current window (the
-latest events, optionally with the model's ``score``) are compared column by column
-with Evidently's drift tests.
-
-Two steps, both Evidently's: :func:`detect_drift` gives the verdict — each column's
-statistic through Evidently's registered stat test (the very function its ``ValueDrift``
-metric calls, on the same cleaned values) — and :func:`run_drift` adds the
-``DataDriftPreset`` report (HTML, JSON, workspace snapshot) and checks that the report's
-tests say what the verdict says. They are separate because a report costs ~10x its
-statistics: every ``ValueDrift`` renders its Plotly widgets inside ``Report.run``, and
-the preset computes each column's drift three times (its table, its dataset metric, its
-per-column metrics). Measured in one run of ``benchmarks/drift.py`` (each window of 1M x
-20 columns sampled to 50,000 rows): the verdict 1.9 s, the same statistics in
-numpy/scipy 1.8 s, the verdict with the report 15 s (the shared machine was busy; the
-ratios hold). A caller that only needs the verdict pays for the statistics only; the
-monitoring DAG builds the report once per run.
-
-Methods (chosen on the hotel use case's generator, see ``tests/unit/test_drift.py``):
-
-* numerical columns: **normed Wasserstein distance** (``wasserstein``: the earth mover's
-  distance divided by the reference standard deviation), drifted at ``>= 0.1``, i.e.
-  when the distribution moved by a tenth of a standard deviation on average. Unlike a
-  K-S or chi-square p-value it does not become ever more sensitive as windows grow, and
-  unlike PSI on Evidently's equal-width (Sturges) bins it sees a shift of a skewed
-  column such as ``lead_time``. A constant reference column is normed by 0.001 instead
-  of 0 (Evidently's rule), so any change of it counts as drift.
-* categorical columns: **PSI** over the categories of both windows (``psi``), drifted at
-  ``>= 0.1`` (the usual "moderate shift" level). A category the reference never saw gets
-  a share of 1e-4 there, so a new category with a few percent of the rows dominates the
-  index (10 % of the rows alone give ~0.7).
-* the prediction column (``score``), when both windows have it: the numerical method.
-
-Evidently chooses a method by sample size when none is given (a p-value test up to
-1,000 reference rows, a distance above); both methods are pinned here so a verdict does
-not change character with the window's size. Windows above ``max_rows`` are sampled
-(uniformly, without replacement, with the recorded seed) before the comparison: 50,000
-rows pin these distances to about 0.01, and the check stays at seconds (see
-``benchmarks/drift.py``).
-
-The windows decide what "drift" means. Distances on a current window of a few hundred
-rows are noisy (a stable day of ~400 events reaches 0.1 in a column or two), and a
-reference that differs from production traffic by construction drifts without any
-change in the world: a training set keeps only events whose outcome was known (too
-few long lead times), history features grow with time, calendar features follow it.
-
-Evidently is imported inside the functions only (importing it takes seconds).
+:func:`detect_drift` compares a reference window (typically the champion's training set)
+with a current window (the latest events, with the model's ``score``) column by column
+through Evidently's registered stat tests, pinned so a verdict does not change character
+with the window's size: normed Wasserstein distance for numbers and the score, PSI for
+categories, each drifted at ``>= 0.1``; windows above ``max_rows`` are sampled with a
+recorded seed. :func:`run_drift` adds Evidently's ``DataDriftPreset`` report (HTML, JSON,
+workspace) and checks its tests agree with the verdict. A column declared
+``new_categories: flag`` has its unseen values counted in the result. Why these methods,
+and what the report costs: docs/design.md. Evidently is imported inside functions only.
 """
 
 from __future__ import annotations

@@ -1,32 +1,13 @@
 """``predict_proba`` of the pipelines :func:`closedloop.core.modeling.build_model` makes,
-without the pandas round trip — for one event online and for a million in batch.
+without the pandas round trip: for one event online and for a million in batch.
 
-A fitted ``Pipeline(ColumnTransformer(remainder='drop'), estimator)`` is what training
-registers. Its ``predict_proba`` wants a DataFrame; the ColumnTransformer then selects
-each transformer's columns from it (pandas indexing, narwhals, validation), hands each
-fitted transformer its block, stacks the blocks as float64 in the transformers' order
-and hands the stack to the fitted estimator. :class:`FastPipeline` does the same calls
-on the same fitted objects, with the blocks built straight from the caller's columns:
-
-* online (:meth:`FastPipeline.predict_proba`), from columns of Python values: on one
-  event the pipeline on a frame spent ~5 ms (2 cores, unloaded) in the column
-  selection and validation and the frame ~1 ms, against ~0.8 ms for Feast's
-  ``get_online_features`` — the whole budget of an online answer; this path: ~1.5 ms;
-* in batch (:meth:`FastPipeline.predict_proba_columns`), from Arrow or numpy columns:
-  the numeric blocks are float64 matrices (no frame), and a *categorical* block — the
-  string columns an ``OneHotEncoder``/``OrdinalEncoder`` reads — is transformed once
-  per distinct combination of values in the chunk and gathered per row. Both encoders
-  map each row on its own (fitted categories, no batch statistics), so the result is
-  the one the whole block gives. A chunk of 50,000 events has a few hundred distinct
-  combinations of its five categorical columns (the hotel case): the object-array
-  work of the encoder (a dict lookup per value and column) shrinks by that factor. No
-  library offers this: scikit-learn encodes every row, pandas ``Categorical`` codes
-  would still go through the frame path.
-
-Nothing here trusts itself: the caller checks a model's first call against the
-pipeline on a frame and uses the pipeline when they differ (``OnlineScorer.predict``,
-``batch_inference._ChunkScorer``); any other shape of model is refused here
-(``TypeError``) and scored by its own ``predict_proba``.
+:class:`FastPipeline` makes the calls a fitted ``Pipeline(ColumnTransformer, estimator)``
+makes, on the same fitted objects, with each transformer's block built straight from the
+caller's columns: Python values online (:meth:`FastPipeline.predict_proba`), Arrow or
+numpy columns in batch (:meth:`FastPipeline.predict_proba_columns`, where a categorical
+block is encoded once per distinct combination of values and gathered per row). Callers
+check a model's first answer against the pipeline's own and use the pipeline when they
+differ; any other model shape is refused (``TypeError``). What it saves: docs/design.md.
 """
 
 from __future__ import annotations

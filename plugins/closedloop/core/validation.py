@@ -1,60 +1,15 @@
 """The data-validation gate: a Great Expectations suite derived from the use case.
 
-``build_suite`` turns a :class:`~closedloop.core.usecase.UseCase` (and the data interval)
-into an expectation suite; ``validate_batch`` runs it on a landed batch and condenses GX's
-result into a small, JSON-safe :class:`ValidationResult` whose ``summary()`` names every
-failed check with examples of the offending values.
-
-The suite, per use case (nothing in it is specific to one use case):
-
-* the batch has exactly the declared columns (missing *and* unexpected ones are named);
-* the batch has at least one row;
-* per column: its pandas dtype is one of ``ACCEPTED_DTYPES`` for the declared type; no
-  nulls if ``required``; values within ``min``/``max``; values among ``categories``;
-  values unique if ``unique``;
-* the timestamp column lies within the data interval ``[start, end)`` (this catches both
-  rows of another day and rows "from the future");
-* the label is 0 or the positive class.
-
-``validate_training_set`` is the training pipeline's gate, on the frame Feast's historical
-join returns (suite ``<use case>_training_set``, limits in :class:`TrainingSetPolicy`):
-
-* at least ``min_rows`` rows;
-* the label is 0 or the positive class, never null, and its positive rate (its mean over
-  the positive class) lies within ``[min_positive_rate, max_positive_rate]``;
-* every feature column is non-null (after the join a null means a missing feature);
-* feature columns declared with ``min``/``max`` in the use case lie within them. Declared
-  categories are *not* enforced: a new category is drift, not a broken training set.
-
-Both return a :class:`ValidationResult`; its ``subject`` ("batch", "training set") is the
-noun of its ``summary()``.
-
-Checks on a column that is missing, or whose dtype is wrong so that a value check cannot
-even run (e.g. a range check on text), are reported as *not evaluated*, with the reason.
-
-Two ways to run it:
-
-* ``gx_dir=None`` (unit tests, benchmarks): an ephemeral GX context, nothing written.
-* ``gx_dir=<folder>`` (the pipeline): a file context rooted there; the suite, validation
-  definition and checkpoint are added or replaced by name, the checkpoint writes the result
-  and Data Docs HTML for every validation (pass or fail), and the result names the page.
-
-Speed (see ``benchmarks/validation.py``; goal: at most 3x the same checks in pandas):
-
-* the in-memory path asks GX for the verdict only (``BOOLEAN_ONLY``) and re-runs just the
-  failed checks with ``BASIC`` details (counts, up to 20 unexpected values). ``BASIC``
-  costs another null-filter of the column per check; ``SUMMARY``/``COMPLETE`` would add
-  unexpected *index* lists on top. The file path runs once with ``BASIC`` so that Data
-  Docs show counts and examples for every check;
-* the dtype check compares dtypes, instead of GX's per-value type test on ``object``
-  columns (a Python loop, seconds per million rows);
-* pandas' Copy-on-Write is on while GX runs: GX filters nulls with
-  ``df[df[col].notnull()]`` for every check, which otherwise deep-copies the whole frame
-  each time;
-* GX's md5 fingerprint of in-memory frames (a batch marker, not a check; computed twice
-  per validation) is skipped; ``SKIP_DATA_FINGERPRINT = False`` restores it.
-
-``great_expectations`` takes seconds to import, so it is imported inside functions only.
+``validate_batch`` runs the batch suite (``build_suite``: exactly the declared columns, at
+least one row, per column its dtype, nulls, range, categories and uniqueness, timestamps
+inside the data interval, the label 0 or the positive class) on a landed batch;
+``validate_training_set`` runs the training-set suite (row count, label and its positive
+rate within :class:`TrainingSetPolicy`, no null feature, declared ranges). Both return a
+JSON-safe :class:`ValidationResult` whose ``summary()`` names every failed check with
+examples; a check that cannot run (missing column, wrong dtype) is *not evaluated*, with
+the reason. ``gx_dir=None`` validates in an ephemeral context; ``gx_dir=<folder>`` keeps
+the suite, checkpoint and Data Docs there. GX is imported inside functions only. How the
+gate stays within 3x plain pandas: docs/design.md.
 """
 
 from __future__ import annotations

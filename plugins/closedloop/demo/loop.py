@@ -1,27 +1,15 @@
 """The closed loop under a real Airflow scheduler: the scenario of ``make demo`` and of the
-end-to-end test.
+end-to-end test, and ``closedloop loop`` on landed batches.
 
-A history of events is generated with a drift starting in its last weeks. The history
-before the watched days is loaded in one bulk backfill (the feature pipeline's own steps,
-in this process, while Airflow starts), and then everything goes through Airflow's
-scheduler, API server and DAG processor, started as processes on the embedded profile:
-
-1. the use case's training DAG trains the first champion on the history;
-2. for each watched day this driver plays the clock — it triggers, over the REST API and
-   with the day's logical date, the runs the daily schedules would start at midnight:
-   its features DAG, then its batch inference and monitoring DAGs;
-3. the **monitoring DAG itself** decides to retrain and triggers the training DAG; the
-   scheduler runs it, the gate promotes the challenger or not. The driver only waits for
-   that run before it scores the next day, as a real deployment's batch scoring would
-   simply pick up the new champion.
-
-The feature run of the next day does not depend on the current day's scoring and
-monitoring, so it is triggered as soon as the current day's features are in: the two
-chains overlap, which keeps both cores busy.
-
-``LoopResult.problems`` says whether the loop closed: no alarm in the stable period, a
-detection in the drift period, exactly one retraining triggered by monitoring, its version
-promoted through the gate, better than the old champion on post-drift data.
+The history before the watched days is loaded in one bulk backfill; then the use case's
+training DAG trains the first champion, and for each watched day :class:`ClosedLoop`
+triggers over the REST API, with the day's logical date, the runs the daily schedules
+would start: features, then batch inference and monitoring. The **monitoring DAG itself**
+decides to retrain and triggers training; the gate promotes the challenger or not. The
+next day's features overlap the current day's scoring. ``LoopResult.problems`` says
+whether the loop closed: no alarm while stable, a detection after the drift, one
+retraining triggered by monitoring, promoted through the gate and better than the old
+champion on post-drift data.
 """
 
 from __future__ import annotations

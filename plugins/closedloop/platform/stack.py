@@ -1,19 +1,14 @@
 """The production profile as processes: PostgreSQL, Redis, CeleryExecutor, MLflow with
-basic-auth — the same DAGs, configured by settings only.
+basic-auth; the same DAGs, configured by settings only.
 
-Every component is started by one command, ``closedloop stack run <component>``, which
-checks that the component's credentials are in the environment (it refuses to start
-without them: there is no default password anywhere), writes the files the component
-reads its credentials from, and then *replaces itself* with the component's own command
-(``mlflow server ...``, ``airflow scheduler``, ``airflow celery worker ...``). The compose
-stack (``compose/docker-compose.yml``) runs exactly these commands, one per service;
+``closedloop stack run <component>`` checks that the component's credentials are in the
+environment (no default password anywhere), writes the files it reads them from, and
+replaces itself with the component's own command. The compose stack
+(``compose/docker-compose.yml``) runs exactly these commands, one per service;
 ``closedloop stack up`` runs all of them on this machine (:class:`ProductionStack`).
-
-Components (see :data:`COMPONENTS`): ``init`` (creates the databases, migrates Airflow's;
-runs once), ``mlflow`` (tracking server on PostgreSQL, basic-auth, proxied artifacts),
-``api-server``, ``scheduler``, ``dag-processor``, ``triggerer`` and ``worker`` (a Celery
-worker; tasks are forked from its pool, so the heavy libraries are imported once in the
-worker's main process: :mod:`closedloop.platform.celery_config`).
+Components (:data:`COMPONENTS`): ``init``, ``mlflow``, ``api-server``, ``scheduler``,
+``dag-processor``, ``triggerer`` and ``worker`` (a Celery worker whose forked tasks share
+the libraries its main process imported: :mod:`closedloop.platform.celery_config`).
 """
 
 from __future__ import annotations

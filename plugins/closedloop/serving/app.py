@@ -1,23 +1,14 @@
 """The HTTP service: ``POST /predict``, ``GET /health``, ``GET /ready``, ``GET /metrics``
 and the OpenAPI docs at ``/docs``.
 
-One process per worker (``closedloop serve --workers N``, default 1; each worker holds
-all of the below, the kernel spreads the connections). On the event loop's thread,
-``POST /predict`` (:class:`ServingApp`, ahead of FastAPI's stack) and the **batcher**
-(:class:`Batcher`: every ``/predict`` ready at a moment is looked up and scored in one
-Feast call and one ``predict_proba`` per arm, so the fixed cost of both is shared under
-load and a lone request is not delayed — nothing waits for a batch to fill). Two
-threads beside it: the **model follower** (hot swap, :mod:`closedloop.serving.follower`)
-and the **prediction-log writer** (:mod:`closedloop.serving.logwriter`). Shutdown
-(uvicorn turns SIGTERM into it) stops taking requests, finishes the ones in flight,
-then flushes the log.
-
-With several workers the Prometheus metrics live in per-process files that /metrics
-adds up, and each worker follows the registry on its own.
-
-After start-up the process freezes what it loaded out of the garbage collector's reach
-and shortens the GIL's switch interval to 0.5 ms, so neither a full collection nor a
-background thread holds a request up for milliseconds.
+One process per worker (``closedloop serve --workers N``). On the event loop,
+``POST /predict`` (:class:`ServingApp`, ahead of FastAPI's stack) and the
+:class:`Batcher`, which looks up and scores every request ready at a moment in one Feast
+call and one ``predict_proba`` per arm; beside it, the model follower (hot swap,
+:mod:`closedloop.serving.follower`) and the prediction-log writer
+(:mod:`closedloop.serving.logwriter`). Shutdown stops taking requests, finishes those in
+flight and flushes the log. With several workers, /metrics adds up per-process files.
+Why it freezes the GC and shortens the GIL switch interval at start-up: docs/design.md.
 """
 
 from __future__ import annotations

