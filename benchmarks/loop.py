@@ -31,22 +31,12 @@ from typing import Any
 def _prepare(scenario: Any) -> Any:
     from closedloop.core.feature_pipeline import backfill
     from closedloop.core.settings import load_settings
-    from closedloop.usecases.hotel.generator import DriftSpec, write_batches
+    from closedloop.demo.commands import land_scenario
 
     os.environ["CLOSEDLOOP_HOME"] = tempfile.mkdtemp(prefix="closedloop-bench-loop-")
     os.environ.setdefault("CLOSEDLOOP_USECASE_NAME", "hotel_bookings")  # its generator
     settings = load_settings()
-    drift = DriftSpec(
-        start=scenario.drift_start, covariate=scenario.covariate, concept=scenario.concept
-    )
-    write_batches(
-        settings.landing_dir,
-        scenario.first_day,
-        scenario.history_days + len(scenario.watched),
-        seed=scenario.seed,
-        rows_per_day=scenario.rows_per_day,
-        drift=drift,
-    )
+    land_scenario(settings, scenario)
     backfill(settings, scenario.first_day, scenario.history_days)
     return settings
 

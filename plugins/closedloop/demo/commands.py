@@ -59,13 +59,28 @@ def generator_module(usecase: UseCase) -> Any:
     return importlib.import_module(usecase.generator.partition(":")[0])
 
 
-def run_demo(settings: Settings, scenario: Scenario, *, keep: bool = False) -> int:
-    """A scenario on synthetic data (the use case's generator module: its
-    ``write_batches`` and ``DriftSpec``, drift injected from a known day) through a real
-    Airflow scheduler (see :mod:`closedloop.demo.loop`); returns the exit code: 0 only if the
-    loop closed."""
+def land_scenario(settings: Settings, scenario: Scenario) -> None:
+    """Write the scenario's batches, history and watched days, with the use case's
+    generator (drift injected from ``scenario.drift_start``)."""
     module = generator_module(settings.usecase)
-    DriftSpec, write_batches = module.DriftSpec, module.write_batches
+    drift = module.DriftSpec(
+        start=scenario.drift_start, covariate=scenario.covariate, concept=scenario.concept
+    )
+    module.write_batches(
+        settings.landing_dir,
+        scenario.first_day,
+        scenario.history_days + len(scenario.watched),
+        seed=scenario.seed,
+        rows_per_day=scenario.rows_per_day,
+        drift=drift,
+    )
+
+
+def run_demo(settings: Settings, scenario: Scenario, *, keep: bool = False) -> int:
+    """A scenario on synthetic data (:func:`land_scenario`) through a real Airflow
+    scheduler (see :mod:`closedloop.demo.loop`); returns the exit code: 0 only if the
+    loop closed."""
+    generator_module(settings.usecase)  # no generator: fail before anything is reset
 
     def land() -> None:
         say(
@@ -73,17 +88,7 @@ def run_demo(settings: Settings, scenario: Scenario, *, keep: bool = False) -> i
             f"{scenario.first_day} (~{scenario.rows_per_day}/day); drift from "
             f"{scenario.drift_start}"
         )
-        drift = DriftSpec(
-            start=scenario.drift_start, covariate=scenario.covariate, concept=scenario.concept
-        )
-        write_batches(
-            settings.landing_dir,
-            scenario.first_day,
-            scenario.history_days + len(scenario.watched),
-            seed=scenario.seed,
-            rows_per_day=scenario.rows_per_day,
-            drift=drift,
-        )
+        land_scenario(settings, scenario)
 
     return _run_loop(settings, scenario, land, keep=keep)
 
