@@ -169,8 +169,9 @@ def scale(args: argparse.Namespace) -> dict:
 
 def score(args: argparse.Namespace) -> dict:
     """The batch path over the scoring day; peak RSS before and after."""
-    from closedloop.core.batch_inference import load_model, score_interval
+    from closedloop.core.batch_inference import score_interval
     from closedloop.core.feature_store import open_store
+    from closedloop.core.registry import load_model
 
     settings = _settings()
     loaded = load_model(settings)
@@ -193,8 +194,8 @@ def raw(args: argparse.Namespace) -> dict:
     import pandas as pd
     import pyarrow.parquet as pq
 
-    from closedloop.core.batch_inference import load_model
     from closedloop.core.fast_pipeline import FastPipeline
+    from closedloop.core.registry import load_model
 
     settings = _settings()
     loaded = load_model(settings)

@@ -272,8 +272,8 @@ def main() -> None:
     os.environ["PATH"] = f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"
     import prometheus_client  # noqa: F401  (before Feast, as the server does)
 
-    from closedloop.core.batch_inference import load_model
     from closedloop.core.feature_store import open_store
+    from closedloop.core.registry import load_model
     from closedloop.core.settings import load_settings
     from closedloop.platform.runtime import stop_process
     from closedloop.serving.scorer import Deployment, OnlineScorer

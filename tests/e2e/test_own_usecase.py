@@ -173,7 +173,7 @@ def test_the_injected_drift_is_detected_and_retrains_this_usecase(walk):
 
 
 def test_entity_keys_are_not_model_inputs(walk):
-    from closedloop.core.batch_inference import load_model
+    from closedloop.core.registry import load_model
 
     settings, _, _ = walk
     champion = load_model(settings)
@@ -186,8 +186,8 @@ def test_its_events_are_scored_when_they_happen_from_their_declared_columns(walk
     no label) in; its device's aggregates from the online store; answered under its id."""
     from fastapi.testclient import TestClient
 
-    from closedloop.core.batch_inference import load_model
     from closedloop.core.feature_store import open_store
+    from closedloop.core.registry import load_model
     from closedloop.serving.app import create_app
 
     settings, _, _ = walk

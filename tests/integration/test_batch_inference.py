@@ -16,11 +16,12 @@ import pandas as pd
 import pytest
 
 from closedloop.core import offline
-from closedloop.core.batch_inference import load_model, predictions_dir, score_interval
+from closedloop.core.batch_inference import predictions_dir, score_interval
 from closedloop.core.errors import NoChampionError
 from closedloop.core.feature_pipeline import backfill
 from closedloop.core.lineage import frame_digest
 from closedloop.core.prediction_log import CORE_COLUMNS, PredictionLog, prediction_id
+from closedloop.core.registry import load_model
 from closedloop.core.settings import load_settings
 from closedloop.usecases.hotel.generator import write_batches
 

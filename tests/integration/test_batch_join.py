@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from closedloop.core import offline
-from closedloop.core.batch_inference import AsOfIndex, feature_views, features_for, join_features
+from closedloop.core.asof import AsOfIndex, feature_views, features_for, join_features
 from closedloop.core.feature_pipeline import backfill
 from closedloop.core.settings import load_settings
 from closedloop.core.training_pipeline import EVENT_TIMESTAMP

@@ -206,8 +206,8 @@ def test_a_prediction_equals_predict_proba_on_the_pipelines_features_and_feast_o
 ):
     """The server's derived features are the feature pipeline's (offline event table);
     its aggregates are the online store's."""
-    from closedloop.core.batch_inference import load_model
     from closedloop.core.feature_store import open_store
+    from closedloop.core.registry import load_model
 
     champion = load_model(world)
     store = open_store(world)

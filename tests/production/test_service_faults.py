@@ -368,13 +368,13 @@ def test_mlflow_down_during_training_leaves_one_finished_run_and_one_version(
 
     from closedloop.core import modeling
     from closedloop.core import training_pipeline as tp
-    from closedloop.core.batch_inference import load_model
     from closedloop.core.ledger import PromotionLedger
     from closedloop.core.registry import (
         CHAMPION,
         alias_version,
         client_for,
         experiment_id,
+        load_model,
         use_mlflow,
     )
     from closedloop.core.tags import BLESSED, DAG_RUN_ID

@@ -7,12 +7,12 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from closedloop.core.batch_inference import load_model
 from closedloop.core.errors import UntrustedModelError
 from closedloop.core.registry import (
     CHAMPION,
     client_for,
     experiment_id,
+    load_model,
     load_version,
     register_version,
     trusted_model_uri,

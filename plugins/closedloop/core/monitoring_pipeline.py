@@ -79,7 +79,7 @@ def reference_frame(
 def _build_reference(
     settings: Settings, tags: dict[str, str], loaded: Any, *, rows: int, seed: int
 ) -> pd.DataFrame:
-    from closedloop.core.batch_inference import features_for
+    from closedloop.core.asof import features_for
     from closedloop.core.feature_store import feature_refs, open_store
     from closedloop.core.training_pipeline import EVENT_TIMESTAMP
 
@@ -111,10 +111,10 @@ def check_drift(
 ) -> dict[str, Any]:
     """Evidently drift of the recent predictions against the champion's training window,
     on the model's passed-through columns and on its score."""
-    from closedloop.core.batch_inference import load_model
     from closedloop.core.drift import DriftPolicy, add_to_workspace, run_drift
     from closedloop.core.monitoring import MonitoringPolicy
     from closedloop.core.prediction_log import PredictionLog
+    from closedloop.core.registry import load_model
 
     version, tags, _ = _champion(settings)
     current = PredictionLog(settings.prediction_log_dir).read(

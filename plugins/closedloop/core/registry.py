@@ -2,7 +2,8 @@
 holds a rejected candidate, ``previous`` the champion before the current one.
 
 Every alias move goes through :func:`apply_decision` or :func:`rollback`, which also
-append it to the promotion ledger. A version that was not blessed by the gate can never
+append it to the promotion ledger. :func:`load_model` is the one way a version is loaded
+to score (batch inference, serving, monitoring). A version that was not blessed by the gate can never
 receive ``champion`` here: :func:`apply_decision` only moves it for a blessed decision.
 """
 
@@ -10,10 +11,11 @@ from __future__ import annotations
 
 import re
 import warnings
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from closedloop.core import tags as tag
-from closedloop.core.errors import UntrustedModelError
+from closedloop.core.errors import NoChampionError, UntrustedModelError
 from closedloop.core.ledger import LedgerEntry, PromotionLedger, now
 
 if TYPE_CHECKING:
@@ -306,3 +308,53 @@ def load_version(settings: Settings, version: str) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return mlflow.sklearn.load_model(uri)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A registered model version, ready to score: the fitted pipeline, the decision
+    threshold its training run chose and the input columns it was fitted on."""
+
+    name: str
+    version: str
+    model: Any
+    threshold: float
+    feature_names: list[str]
+    #: the alias it was loaded through; batch records carry it as their A/B arm
+    alias: str = CHAMPION
+
+
+def load_model(settings: Settings, alias: str = CHAMPION) -> LoadedModel:
+    """The version ``alias`` points at in the project's registry, with its threshold.
+
+    Raises :class:`NoChampionError` when the model or the alias does not exist, and
+    :class:`~closedloop.core.errors.UntrustedModelError` when the version points at
+    anything but a model this project's training logged
+    (:func:`~closedloop.core.registry.trusted_model_uri`).
+    """
+    import mlflow
+
+    name, uri = settings.model_name, settings.mlflow_tracking_uri
+    client = client_for(settings)
+    version = alias_version(client, name, alias)
+    if version is None:
+        raise NoChampionError(
+            f"registered model {name!r} has no version under the alias {alias!r} in the "
+            f"registry at {uri}: train and promote one first (the training DAG)"
+        )
+    run_id = client.get_model_version(name, version).run_id
+    tags = client.get_run(run_id).data.tags
+    if tag.THRESHOLD not in tags:
+        raise ValueError(
+            f"{name} v{version} (run {run_id}) has no {tag.THRESHOLD!r} tag: it was not "
+            "trained by closedloop's training pipeline"
+        )
+    # only a model this project's training logged (UntrustedModelError otherwise)
+    model = load_version(settings, version)
+    names = getattr(model, "feature_names_in_", None)
+    if names is None:
+        info = mlflow.models.get_model_info(f"models:/{name}/{version}")
+        names = info.signature.inputs.input_names() if info.signature else None
+    if names is None or len(names) == 0:
+        raise ValueError(f"{name} v{version} does not say which columns it reads")
+    return LoadedModel(name, version, model, float(tags[tag.THRESHOLD]), list(names), alias)

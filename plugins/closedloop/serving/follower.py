@@ -25,7 +25,7 @@ from closedloop.serving.scorer import Deployment
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from closedloop.core.batch_inference import LoadedModel
+    from closedloop.core.registry import LoadedModel
     from closedloop.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class ModelFollower:
 
     # -- loading --------------------------------------------------------------------
     def _load(self, alias: str) -> LoadedModel:
-        from closedloop.core.batch_inference import load_model
+        from closedloop.core.registry import load_model
 
         model = load_model(self.settings, alias)
         self.accept(model)

@@ -34,7 +34,7 @@ from closedloop.core.usecase import EVENT_VIEW
 if TYPE_CHECKING:
     from feast import FeatureStore
 
-    from closedloop.core.batch_inference import LoadedModel
+    from closedloop.core.registry import LoadedModel
     from closedloop.core.settings import Settings
 
 SOURCE = "online"
