@@ -2,9 +2,10 @@
 holds a rejected candidate, ``previous`` the champion before the current one.
 
 Every alias move goes through :func:`apply_decision` or :func:`rollback`, which also
-append it to the promotion ledger. :func:`load_model` is the one way a version is loaded
-to score (batch inference, serving, monitoring). A version that was not blessed by the gate can never
+append it to the promotion ledger. A version that was not blessed by the gate can never
 receive ``champion`` here: :func:`apply_decision` only moves it for a blessed decision.
+:func:`load_model` is the one way a version is loaded to score (batch inference,
+serving, monitoring).
 """
 
 from __future__ import annotations
