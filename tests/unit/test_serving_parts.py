@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from closedloop.core.ab import arm_for, compare_arms
 from closedloop.core.prediction_log import PredictionLog
 from closedloop.core.usecase import UseCase
-from closedloop.serving.app import Batcher
+from closedloop.serving.batcher import Batcher
 from closedloop.serving.logwriter import PredictionLogWriter
 from closedloop.serving.schema import describe_errors, event_model, prediction_model
 
