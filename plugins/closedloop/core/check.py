@@ -72,7 +72,7 @@ def gx_checks(usecase: UseCase) -> list[str]:
     """The batch suite's checks, one line each (the suite the feature DAG runs)."""
     from datetime import UTC, datetime, timedelta
 
-    from closedloop.core.validation import build_suite
+    from closedloop.core.suites import build_suite
 
     start = datetime.combine(usecase.schedule.start, datetime.min.time(), UTC)
     suite = build_suite(usecase, start, start + timedelta(days=1), f"{usecase.name}_batch")

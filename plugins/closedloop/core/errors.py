@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from closedloop.core.validation import ValidationResult
+    from closedloop.core.validation_result import ValidationResult
 
 
 class ClosedLoopError(Exception):

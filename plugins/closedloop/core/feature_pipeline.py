@@ -46,7 +46,7 @@ def extract(settings: Settings, start: datetime, end: datetime) -> dict[str, Any
     quarantined with a report saying why.
     """
     from closedloop.core.quarantine import load_quarantine_report, quarantine_batch
-    from closedloop.core.validation import unreadable_result
+    from closedloop.core.validation_result import unreadable_result
 
     usecase = settings.usecase
     key = usecase.interval_key(start)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from closedloop.core.files import move, replacing, write_text
-from closedloop.core.validation import ValidationResult
+from closedloop.core.validation_result import ValidationResult
 
 REPORT = "report.json"
 DOCS_COPY = "data_docs.html"

@@ -1,46 +1,67 @@
-"""The data-validation gate: a Great Expectations suite derived from the use case.
+"""The data-validation gate: Great Expectations suites derived from the use case
+(:mod:`closedloop.core.suites`), run on a landed batch or a training set, condensed into
+a :class:`~closedloop.core.validation_result.ValidationResult`.
 
-``validate_batch`` runs the batch suite (``build_suite``: exactly the declared columns, at
-least one row, per column its dtype, nulls, range, categories and uniqueness, timestamps
-inside the data interval, the label 0 or the positive class) on a landed batch;
-``validate_training_set`` runs the training-set suite (row count, label and its positive
-rate within :class:`TrainingSetPolicy`, no null feature, declared ranges). Both return a
-JSON-safe :class:`ValidationResult` whose ``summary()`` names every failed check with
-examples; a check that cannot run (missing column, wrong dtype) is *not evaluated*, with
-the reason. ``gx_dir=None`` validates in an ephemeral context; ``gx_dir=<folder>`` keeps
-the suite, checkpoint and Data Docs there. GX is imported inside functions only. How the
-gate stays within 3x plain pandas: docs/design.md.
+``validate_batch`` runs the batch suite (exactly the declared columns, at least one row,
+per column its dtype, nulls, range, categories and uniqueness, timestamps inside the
+data interval, the label 0 or the positive class); ``validate_training_set`` the
+training-set suite (row count, label and its positive rate within
+:class:`TrainingSetPolicy`, no null feature, declared ranges). A failed check is named
+with examples; one that cannot run (missing column, wrong dtype) is *not evaluated*,
+with the reason. ``gx_dir=None`` validates in an ephemeral context; ``gx_dir=<folder>``
+keeps the suite, checkpoint and Data Docs there. GX is imported inside functions only.
+How the gate stays within 3x plain pandas: docs/design.md.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import threading
-from dataclasses import asdict, dataclass
-from datetime import UTC, date, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
-import numpy as np
 import pandas as pd
 
 from closedloop.core.gate import TrainingSetPolicy
+from closedloop.core.suites import (
+    META,
+    Check,
+    build_suite,
+    build_training_suite,
+    gx_namespace,
+    to_utc,
+)
 from closedloop.core.usecase import ACCEPTED_DTYPES
+from closedloop.core.validation_result import (
+    FailedCheck,
+    ValidationResult,
+    distinct_examples,
+    json_safe,
+    unreadable_result,
+)
+
+__all__ = [
+    "FailedCheck",
+    "TrainingSetPolicy",
+    "ValidationResult",
+    "build_suite",
+    "build_training_suite",
+    "unreadable_result",
+    "validate_batch",
+    "validate_training_set",
+]
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
-
-    import great_expectations as gx
 
     from closedloop.core.usecase import UseCase
 
 logger = logging.getLogger(__name__)
 
-#: Distinct offending values kept per failed check.
-MAX_EXAMPLES = 5
 #: Unexpected values GX returns per check; more than MAX_EXAMPLES so that duplicates
 #: (e.g. both rows of a duplicated id, or one unknown category repeated) still leave
 #: up to MAX_EXAMPLES *distinct* examples.
@@ -62,401 +83,7 @@ TRAINING_ASSET = "training_set"
 BATCH_DEFINITION = "whole_batch"
 DOCS_SITE = "local_site"
 
-# meta["closedloop"] of each expectation: which of our checks it is, in suite order.
-_META = "closedloop"
 _NUMERIC_DTYPES = {"int8", "int16", "int32", "int64", "Int64", "float32", "float64", "Float64"}
-
-
-# -- the result ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FailedCheck:
-    """One check of the suite that did not pass."""
-
-    expectation: str  # e.g. "expect_column_values_to_not_be_null"
-    column: str | None
-    description: str  # human sentence, e.g. "adr: 3 of 400 values are null"
-    unexpected_count: int | None
-    examples: list[Any]  # up to 5 distinct offending values, JSON-safe
-    #: False when the check could not run (its column is missing, or its dtype is wrong
-    #: so that e.g. a range cannot be compared); the description says why.
-    evaluated: bool = True
-
-    @property
-    def label(self) -> str:
-        return f"{self.expectation}({self.column})" if self.column else self.expectation
-
-
-@dataclass(frozen=True)
-class ValidationResult:
-    """What the gate decided about one batch (or training set: see ``subject``)."""
-
-    success: bool
-    checks_total: int
-    failed: list[FailedCheck]
-    row_count: int
-    data_docs: str | None = None  # path of the Data Docs page of this validation
-    subject: str = "batch"  # what was validated: the noun of summary()
-
-    def to_dict(self) -> dict[str, Any]:
-        return _json_safe(asdict(self))
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ValidationResult:
-        known = set(FailedCheck.__dataclass_fields__)
-        failed = [FailedCheck(**{k: v for k, v in f.items() if k in known}) for f in d["failed"]]
-        return cls(
-            success=bool(d["success"]),
-            checks_total=int(d["checks_total"]),
-            failed=failed,
-            row_count=int(d["row_count"]),
-            data_docs=d.get("data_docs"),
-            subject=str(d.get("subject") or "batch"),
-        )
-
-    def summary(self) -> str:
-        if self.success:
-            return f"{self.subject} passed all {self.checks_total} checks ({self.row_count} rows)"
-        ran = [f for f in self.failed if f.evaluated]
-        skipped = [f for f in self.failed if not f.evaluated]
-        parts = [f"{f.label}: {_strip_column(f)}" for f in ran]
-        if skipped:
-            # Consequences of a failure above; name the columns, not every check.
-            by_reason: dict[str, list[str]] = {}
-            for f in skipped:
-                reason = f.description.partition(": ")[2] or f.description
-                by_reason.setdefault(reason, []).append(f.column or f.expectation)
-            for reason, columns in by_reason.items():
-                names = sorted(set(columns))
-                shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
-                checks = "check" if len(columns) == 1 else "checks"
-                parts.append(f"{len(columns)} {checks} not evaluated ({reason}): {shown}")
-        head = f"{self.subject} failed {len(self.failed)} of {self.checks_total} checks: "
-        return head + "; ".join(parts)
-
-
-def _strip_column(check: FailedCheck) -> str:
-    prefix = f"{check.column}: "
-    text = check.description
-    return text[len(prefix) :] if check.column and text.startswith(prefix) else text
-
-
-def unreadable_result(path: Path, reason: str) -> ValidationResult:
-    """The result for a file that cannot be parsed at all: one failed check."""
-    return ValidationResult(
-        success=False,
-        checks_total=1,
-        failed=[
-            FailedCheck(
-                expectation="file_is_readable",
-                column=None,
-                description=f"{Path(path).name} cannot be read: {reason}",
-                unexpected_count=None,
-                examples=[],
-            )
-        ],
-        row_count=0,
-        data_docs=None,
-    )
-
-
-# -- JSON safety ----------------------------------------------------------------------
-
-
-def _json_safe(value: Any) -> Any:
-    """Plain JSON types from numpy/pandas scalars, timestamps (ISO strings) and containers."""
-    if value is None or isinstance(value, bool | str):
-        return value
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, np.generic):
-        value = value.item()
-        if isinstance(value, bytes | np.generic):
-            return str(value)
-    if value is pd.NaT:
-        return None
-    if isinstance(value, pd.Timestamp | datetime | date):
-        return value.isoformat()
-    if isinstance(value, pd.Timedelta):
-        return value.isoformat()
-    if isinstance(value, float):
-        return None if math.isnan(value) or math.isinf(value) else value
-    if isinstance(value, int):
-        return value
-    try:
-        if pd.isna(value):
-            return None
-    except (TypeError, ValueError):
-        pass
-    return str(value)
-
-
-def _distinct_examples(values: list[Any] | None, limit: int = MAX_EXAMPLES) -> list[Any]:
-    out: list[Any] = []
-    seen: set[str] = set()
-    for v in values or []:
-        safe = _json_safe(v)
-        key = repr(safe)
-        if key not in seen:
-            seen.add(key)
-            out.append(safe)
-        if len(out) == limit:
-            break
-    return out
-
-
-# -- the suite ------------------------------------------------------------------------
-
-
-def _utc(ts: datetime) -> datetime:
-    """A plain ``datetime`` in UTC (naive means UTC; pendulum & co. become datetime)."""
-    stamp = pd.Timestamp(ts)
-    stamp = stamp.tz_localize(UTC) if stamp.tzinfo is None else stamp.tz_convert(UTC)
-    return stamp.to_pydatetime()
-
-
-@dataclass(frozen=True)
-class _Check:
-    kind: str  # columns | row_count | dtype | not_null | range | categories | unique | ...
-    column: str | None
-    seq: int
-
-
-def _gx() -> Any:
-    """Import GX (slow) and define our custom expectation, once per process."""
-    with _GX_LOCK:
-        if "ns" not in _GX_CACHE:
-            _GX_CACHE["ns"] = _load_gx()
-        return _GX_CACHE["ns"]
-
-
-_GX_LOCK = threading.Lock()
-_GX_CACHE: dict[str, Any] = {}
-
-
-def _load_gx() -> Any:
-    # GX logs routine operations (even on import); keep it to errors unless configured.
-    gx_logger = logging.getLogger("great_expectations")
-    if gx_logger.level == logging.NOTSET:
-        gx_logger.setLevel(logging.ERROR)
-
-    import great_expectations as gx
-    import great_expectations.expectations as gxe
-    from great_expectations.expectations.expectation import BatchExpectation
-
-    # ... and a few of its modules pin their own logger to INFO: let them inherit.
-    for name, child in list(logging.root.manager.loggerDict.items()):
-        if (
-            name.startswith("great_expectations.")
-            and isinstance(child, logging.Logger)
-            and logging.NOTSET < child.level < logging.WARNING
-        ):
-            child.setLevel(logging.NOTSET)
-
-    class ExpectColumnDtypeToBeInTypeList(gxe.ExpectColumnValuesToBeInTypeList):
-        """Expect the column's pandas dtype to be named in ``type_list``.
-
-        GX 1.24's ``ExpectColumnValuesToBeInTypeList`` resolves each name through numpy, so
-        pandas extension dtypes ("datetime64[ns, UTC]", "Int64", "category", "string") never
-        match, and on an ``object`` column it tests each value's Python type in a Python
-        loop (seconds per million rows). This compares ``str(dtype)`` with the names, exactly
-        as ``ACCEPTED_DTYPES`` declares them. An empty batch passes vacuously (a header-only
-        CSV reads every column as ``object``; its emptiness is the row-count check's
-        business), as GX's column-map expectations do.
-        """
-
-        metric_dependencies = ("table.column_types", "table.row_count")
-
-        def get_validation_dependencies(
-            self, execution_engine: Any = None, runtime_configuration: dict | None = None, **_: Any
-        ) -> Any:
-            # The aggregate path only (table-level metrics), never the per-value map.
-            return BatchExpectation.get_validation_dependencies(
-                self, execution_engine, runtime_configuration
-            )
-
-        def _validate(
-            self,
-            metrics: dict,
-            runtime_configuration: dict | None = None,
-            execution_engine: Any = None,
-        ) -> dict:
-            column = self.configuration.kwargs.get("column")
-            dtypes = {d["name"]: d["type"] for d in metrics.get("table.column_types") or []}
-            if column not in dtypes:
-                return {"success": False, "result": {"observed_value": None}}
-            observed = str(dtypes[column])
-            expected = list(self.type_list or [])
-            success = observed in expected or not metrics.get("table.row_count")
-            return {"success": success, "result": {"observed_value": observed}}
-
-    class _NS:
-        pass
-
-    ns = _NS()
-    ns.gx = gx
-    ns.gxe = gxe
-    ns.ExpectColumnDtypeToBeInTypeList = ExpectColumnDtypeToBeInTypeList
-    return ns
-
-
-def build_suite(
-    usecase: UseCase, interval_start: datetime, interval_end: datetime, name: str
-) -> gx.ExpectationSuite:
-    """The expectation suite of a use case's landed batches for one data interval.
-
-    Naive interval bounds are taken as UTC. Each expectation carries
-    ``meta["closedloop"] = {"check": kind, "seq": n}`` so results map back to our checks.
-    """
-    ns = _gx()
-    gxe = ns.gxe
-    start, end = _utc(interval_start), _utc(interval_end)
-    if not start < end:
-        raise ValueError(f"empty data interval [{start}, {end})")
-    expectations: list[Any] = []
-    add = _adder(expectations)
-    add(
-        "columns",
-        None,
-        gxe.ExpectTableColumnsToMatchSet,
-        column_set=list(usecase.columns),
-        exact_match=True,
-    )
-    add("row_count", None, gxe.ExpectTableRowCountToBeBetween, min_value=1, max_value=None)
-    label = usecase.label.column
-    ts_column = usecase.batch.timestamp_column
-    for column, spec in usecase.columns.items():
-        add(
-            "dtype",
-            column,
-            ns.ExpectColumnDtypeToBeInTypeList,
-            type_list=list(ACCEPTED_DTYPES[spec.type]),
-        )
-        if spec.required:
-            add("not_null", column, gxe.ExpectColumnValuesToNotBeNull)
-        if spec.min is not None or spec.max is not None:
-            add(
-                "range",
-                column,
-                gxe.ExpectColumnValuesToBeBetween,
-                min_value=spec.min,
-                max_value=spec.max,
-            )
-        if spec.categories and spec.new_categories == "quarantine":
-            # "flag": a new category passes; the drift report names it
-            add("categories", column, gxe.ExpectColumnValuesToBeInSet, value_set=spec.categories)
-        if spec.unique:
-            add("unique", column, gxe.ExpectColumnValuesToBeUnique)
-        if column == ts_column:
-            add(
-                "in_interval",
-                column,
-                gxe.ExpectColumnValuesToBeBetween,
-                min_value=start,
-                max_value=end,
-                strict_max=True,
-                description=(
-                    f"{column} lies within the data interval "
-                    f"[{start.isoformat()}, {end.isoformat()})"
-                ),
-            )
-        if column == label:
-            _add_label_values(add, gxe, usecase)
-    return ns.gx.ExpectationSuite(
-        name=name,
-        expectations=expectations,
-        meta={
-            _META: {
-                "usecase": usecase.name,
-                "interval_start": start.isoformat(),
-                "interval_end": end.isoformat(),
-            }
-        },
-    )
-
-
-def _adder(expectations: list[Any]) -> Any:
-    """``add(kind, column, ExpectationClass, **kwargs)``: append one tagged expectation."""
-
-    def add(kind: str, column: str | None, expectation_cls: Any, **kwargs: Any) -> None:
-        meta = {_META: {"check": kind, "seq": len(expectations)}}
-        if column is not None:
-            kwargs["column"] = column
-        expectations.append(expectation_cls(meta=meta, **kwargs))
-
-    return add
-
-
-def _add_label_values(add: Any, gxe: Any, usecase: UseCase) -> None:
-    column, positive = usecase.label.column, usecase.label.positive
-    add(
-        "label",
-        column,
-        gxe.ExpectColumnValuesToBeInSet,
-        value_set=sorted({0, positive}),
-        description=f"the label {column} is 0 or {positive}",
-    )
-
-
-def build_training_suite(
-    usecase: UseCase, features: Sequence[str], policy: TrainingSetPolicy, name: str
-) -> gx.ExpectationSuite:
-    """The expectation suite of a training set (see the module doc), tagged as build_suite's."""
-    ns = _gx()
-    gxe = ns.gxe
-    expectations: list[Any] = []
-    add = _adder(expectations)
-    label, positive = usecase.label.column, usecase.label.positive
-    add(
-        "row_count",
-        None,
-        gxe.ExpectTableRowCountToBeBetween,
-        min_value=policy.min_rows,
-        max_value=None,
-    )
-    add("not_null", label, gxe.ExpectColumnValuesToNotBeNull)
-    _add_label_values(add, gxe, usecase)
-    add(
-        "positive_rate",
-        label,
-        gxe.ExpectColumnMeanToBeBetween,
-        # the mean of a 0/positive column is positive x the positive rate
-        min_value=policy.min_positive_rate * positive,
-        max_value=policy.max_positive_rate * positive,
-        description=(
-            f"the positive rate of {label} lies within "
-            f"[{policy.min_positive_rate}, {policy.max_positive_rate}]"
-        ),
-    )
-    for column in dict.fromkeys(features):  # in order, once each
-        if column == label:
-            continue
-        add("feature_not_null", column, gxe.ExpectColumnValuesToNotBeNull)
-        spec = usecase.columns.get(column)
-        if spec is not None and (spec.min is not None or spec.max is not None):
-            add(
-                "range",
-                column,
-                gxe.ExpectColumnValuesToBeBetween,
-                min_value=spec.min,
-                max_value=spec.max,
-            )
-    return ns.gx.ExpectationSuite(
-        name=name,
-        expectations=expectations,
-        meta={
-            _META: {
-                "usecase": usecase.name,
-                "features": list(dict.fromkeys(features)),
-                "policy": asdict(policy),
-            }
-        },
-    )
 
 
 # -- running it -----------------------------------------------------------------------
@@ -501,7 +128,7 @@ def validate_batch(
 ) -> ValidationResult:
     """Run the use case's suite on a batch (as read by ``read_batch``)."""
     suite = build_suite(usecase, interval_start, interval_end, f"{usecase.name}_batch")
-    target = _Target("batch", ASSET, usecase, _utc(interval_start), _utc(interval_end))
+    target = _Target("batch", ASSET, usecase, to_utc(interval_start), to_utc(interval_end))
     return _validate(df, suite, target, gx_dir, run_name)
 
 
@@ -541,10 +168,10 @@ class _Target:
 def _validate(
     df: pd.DataFrame, suite: Any, target: _Target, gx_dir: Path | None, run_name: str
 ) -> ValidationResult:
-    ns = _gx()
+    ns = gx_namespace()
     # Our view of each check, by the seq GX carries along in each result's meta.
     checks = {
-        _seq(e): _Check(e.meta[_META]["check"], getattr(e, "column", None), i)
+        _seq(e): Check(e.meta[META]["check"], getattr(e, "column", None), i)
         for i, e in enumerate(suite.expectations)
     }
     docs: str | None = None
@@ -600,7 +227,7 @@ def _run_ephemeral(ns: Any, df: pd.DataFrame, suite: Any, asset: str) -> tuple[b
 
 
 def _seq(expectation_or_config: Any) -> int:
-    meta = (expectation_or_config.meta or {}).get(_META) or {}
+    meta = (expectation_or_config.meta or {}).get(META) or {}
     return int(meta.get("seq", -1))
 
 
@@ -682,7 +309,7 @@ def _docs_page(context: Any, key: Any) -> str | None:
 
 def _failed_checks(
     results: list[Any],
-    checks: dict[int, _Check],
+    checks: dict[int, Check],
     df: pd.DataFrame,
     target: _Target,
 ) -> list[FailedCheck]:
@@ -742,7 +369,7 @@ def _count(result: dict) -> int | None:
 
 
 def _describe(
-    check: _Check,
+    check: Check,
     expectation: str,
     kwargs: dict[str, Any],
     result: dict,
@@ -754,7 +381,7 @@ def _describe(
     usecase = target.usecase
     spec = usecase.columns.get(column) if column else None
     count = _count(result)
-    examples = _distinct_examples(result.get("partial_unexpected_list"))
+    examples = distinct_examples(result.get("partial_unexpected_list"))
     of = f"{count} of {rows} values" if count is not None else "some values"
     kind = check.kind
     if kind == "columns":
@@ -789,7 +416,7 @@ def _describe(
     if kind == "positive_rate":
         positive = usecase.label.positive
         mean = result.get("observed_value")
-        rate = None if mean is None else _json_safe(float(mean) / positive)
+        rate = None if mean is None else json_safe(float(mean) / positive)
         lo, hi = (_num(kwargs[k] / positive) for k in ("min_value", "max_value"))
         observed = "undefined (no values)" if rate is None else f"{rate:.4g}"
         text = f"{column}: the positive rate is {observed}, expected within [{lo}, {hi}]"
@@ -845,15 +472,15 @@ def _dtype_examples(series: pd.Series, declared: str) -> tuple[list[Any], str]:
         numbers = pd.to_numeric(values, errors="coerce")
         bad = values[numbers.isna()]
         if len(bad):
-            examples = _distinct_examples(bad.head(1000).tolist())
+            examples = distinct_examples(bad.head(1000).tolist())
             return examples, "; values that are not numbers: " + ", ".join(map(repr, examples))
         if declared == "int":
             fractional = values[numbers % 1 != 0]
             if len(fractional):
-                examples = _distinct_examples(fractional.head(1000).tolist())
+                examples = distinct_examples(fractional.head(1000).tolist())
                 return examples, "; values that are not whole numbers: " + ", ".join(
                     map(str, examples)
                 )
             if series.isna().any():
                 return [], "; missing values turn an integer column into floats"
-    return _distinct_examples(values.head(1000).tolist()), ""
+    return distinct_examples(values.head(1000).tolist()), ""
