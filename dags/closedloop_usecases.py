@@ -24,13 +24,22 @@ if TYPE_CHECKING:
 
 
 def _declared_dags() -> Iterator[DAG]:
-    for name, path in usecase_files(load_settings().usecases_dir).items():
+    settings = load_settings()
+    connections = {
+        name: value
+        for name, value in (
+            ("mlflow_conn_id", settings.mlflow_conn_id),
+            ("feast_conn_id", settings.feast_conn_id),
+        )
+        if value
+    }
+    for name, path in usecase_files(settings.usecases_dir).items():
         usecase = UseCase.from_yaml(path)
         if usecase.name != name:
             raise ValueError(
                 f"{path} declares the use case {usecase.name!r}: name the file after it"
             )
-        yield from usecase_dags(usecase, path)
+        yield from usecase_dags(usecase, path, connections)
 
 
 globals().update({dag.dag_id: dag for dag in _declared_dags()})

@@ -58,8 +58,11 @@ if TYPE_CHECKING:
 DEFAULT_ARGS = {"retries": 2}
 
 
-def usecase_dags(usecase: UseCase, path: Path) -> list[DAG]:
-    """The four DAGs of the use case declared in ``path``."""
+def usecase_dags(
+    usecase: UseCase, path: Path, connections: dict[str, str] | None = None
+) -> list[DAG]:
+    """The four DAGs of the use case declared in ``path``; ``connections``
+    (``mlflow_conn_id``, ``feast_conn_id``) go to every operator."""
     # No start_date: Airflow creates no task for a run before a DAG's start date and
     # calls that run a success, so the declared start is enforced by the tasks instead
     # (a run for an earlier interval fails, naming it); catchup is off, so the scheduler
@@ -67,7 +70,7 @@ def usecase_dags(usecase: UseCase, path: Path) -> list[DAG]:
     common = {
         "catchup": False,
         "max_active_runs": 1,
-        "default_args": {**DEFAULT_ARGS, "usecase_file": str(path)},
+        "default_args": {**DEFAULT_ARGS, "usecase_file": str(path), **(connections or {})},
     }
     return [
         features_dag(usecase, common),

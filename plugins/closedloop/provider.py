@@ -39,11 +39,20 @@ def get_provider_info() -> dict[str, Any]:
                 ],
             }
         ],
-        "hooks": [{"integration-name": "closedloop", "python-modules": ["closedloop.hooks.feast"]}],
+        "hooks": [
+            {
+                "integration-name": "closedloop",
+                "python-modules": ["closedloop.hooks.feast", "closedloop.hooks.mlflow"],
+            }
+        ],
         "connection-types": [
             {
                 "hook-class-name": "closedloop.hooks.feast.FeastHook",
                 "connection-type": "closedloop_feast",
-            }
+            },
+            {
+                "hook-class-name": "closedloop.hooks.mlflow.MlflowHook",
+                "connection-type": "closedloop_mlflow",
+            },
         ],
     }

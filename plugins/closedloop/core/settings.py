@@ -135,6 +135,16 @@ class Settings(BaseSettings):
         default=PROJECT_ROOT / "dags", description="the DAG folder Airflow parses"
     )
     stores: StoreSettings = StoreSettings()
+    mlflow_conn_id: str | None = Field(
+        default=None,
+        description="an Airflow connection (closedloop_mlflow) the DAGs' operators take the "
+        "MLflow server and its login from; unset: settings only",
+    )
+    feast_conn_id: str | None = Field(
+        default=None,
+        description="an Airflow connection (closedloop_feast) whose extra JSON overrides the "
+        "settings of the DAGs' operators; unset: settings only",
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -273,9 +283,10 @@ class Settings(BaseSettings):
 
     @property
     def mlflow_tracking_uri(self) -> str:
-        """What clients (tasks, CLI, tests) talk to: a file in the embedded profile, the
-        tracking server (basic-auth, proxied artifacts) in production."""
-        if self.profile == "embedded":
+        """What clients (tasks, CLI, tests) talk to: the tracking server (basic-auth,
+        proxied artifacts) in production, or wherever ``stores.mlflow_tracking_uri`` (or
+        an MLflow connection) names one; else, in the embedded profile, a file."""
+        if self.profile == "embedded" and not self.stores.mlflow_tracking_uri:
             return f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
         return self.stores.mlflow_tracking_uri or DEFAULT_MLFLOW_URL
 

@@ -40,14 +40,15 @@ class FeastHook(BaseHook):
         self.feast_conn_id = feast_conn_id
         self.settings_overrides = dict(settings_overrides or {})
 
+    def overrides(self) -> dict[str, Any]:
+        """The settings the connection's extra JSON sets."""
+        if not self.feast_conn_id:
+            return {}
+        return json.loads(self.get_connection(self.feast_conn_id).extra or "{}")
+
     @cached_property
     def settings(self) -> Settings:
-        overrides = {}
-        if self.feast_conn_id:
-            extra = self.get_connection(self.feast_conn_id).extra or "{}"
-            overrides.update(json.loads(extra))
-        overrides.update(self.settings_overrides)
-        return load_settings(**overrides)
+        return load_settings(**{**self.overrides(), **self.settings_overrides})
 
     def get_conn(self) -> FeatureStore:
         from closedloop.core.feature_store import open_store

@@ -43,21 +43,50 @@ def decisions_fail_the_task(context: Context) -> Iterator[None]:
 
 
 class ClosedLoopOperator(BaseOperator):
-    """Base of closedloop's operators.
+    """Base of closedloop's operators. Without connections, everything comes from
+    closedloop's settings (environment and ``closedloop.yaml``); a connection overrides
+    what it names.
 
     :param usecase_file: path of a use-case YAML to use instead of the configured one
         (templated).
+    :param mlflow_conn_id: a ``closedloop_mlflow`` connection: the tracking server and
+        its login (:class:`~closedloop.hooks.mlflow.MlflowHook`).
+    :param feast_conn_id: a ``closedloop_feast`` connection whose extra JSON overrides
+        settings (:class:`~closedloop.hooks.feast.FeastHook`).
     """
 
     template_fields: Sequence[str] = ("usecase_file",)
     ui_color = "#d7ecf7"
 
-    def __init__(self, *, usecase_file: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        usecase_file: str | None = None,
+        mlflow_conn_id: str | None = None,
+        feast_conn_id: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.usecase_file = usecase_file
+        self.mlflow_conn_id = mlflow_conn_id
+        self.feast_conn_id = feast_conn_id
 
     def settings(self) -> Settings:
-        return load_settings(**({"usecase_file": self.usecase_file} if self.usecase_file else {}))
+        from closedloop.hooks.feast import FeastHook
+        from closedloop.hooks.mlflow import MlflowHook
+
+        overrides: dict[str, Any] = {}
+        for hook in (FeastHook(feast_conn_id=self.feast_conn_id),
+                     MlflowHook(mlflow_conn_id=self.mlflow_conn_id)):  # fmt: skip
+            for name, value in hook.overrides().items():
+                if isinstance(value, dict) and isinstance(overrides.get(name), dict):
+                    overrides[name] = {**overrides[name], **value}
+                else:
+                    overrides[name] = value
+        MlflowHook(mlflow_conn_id=self.mlflow_conn_id).apply_credentials()
+        if self.usecase_file:
+            overrides["usecase_file"] = self.usecase_file
+        return load_settings(**overrides)
 
 
 class IntervalOperator(ClosedLoopOperator):

@@ -92,7 +92,7 @@ class FeastApplyOperator(IntervalOperator):
         from closedloop.core.feature_store import apply_definitions
         from closedloop.hooks.feast import FeastHook
 
-        hook = FeastHook(settings_overrides={"usecase_file": settings.usecase_file})
+        hook = FeastHook(self.feast_conn_id, {"usecase_file": settings.usecase_file})
         return apply_definitions(hook.get_conn(), settings)
 
 
@@ -103,7 +103,7 @@ class FeastMaterializeOperator(IntervalOperator):
         from closedloop.core.feature_store import materialize_interval
         from closedloop.hooks.feast import FeastHook
 
-        hook = FeastHook(settings_overrides={"usecase_file": settings.usecase_file})
+        hook = FeastHook(self.feast_conn_id, {"usecase_file": settings.usecase_file})
         views = materialize_interval(hook.get_conn(), start, end)
         self.log.info("Materialized %s for [%s, %s]", views, start, end)
         # Consumers (<use case>_training) learn which interval the new features cover.
