@@ -27,6 +27,7 @@ COPY pyproject.toml README.md ./
 COPY plugins ./plugins
 COPY dags ./dags
 COPY feature_repo ./feature_repo
+COPY mlflow ./mlflow
 RUN uv pip install --python /opt/venv/bin/python --compile-bytecode --no-deps -e . \
     && useradd --system --uid 10001 --create-home --home-dir /var/lib/closedloop closedloop
 USER 10001

@@ -215,3 +215,53 @@ def test_kill_takes_a_component_with_everything_it_started(production):
     assert session_processes(proc.pid) == []
     assert proc.returncode == -9
     proc.stdout.close()
+
+
+def test_the_mlflow_server_reads_the_repositorys_auth_template_filled_in_and_private(
+    tmp_path: Path,
+):
+    """mlflow/basic_auth.ini is the server's configuration: prepare fills in the
+    permissions database (its password only in the written file, readable by its owner)
+    and points MLflow at it."""
+    import configparser
+    import stat
+
+    from closedloop.platform.stack import MLFLOW_AUTH_TEMPLATE, prepare
+
+    settings = load_settings(
+        home=tmp_path,
+        profile="production",
+        stores={
+            "postgres_url": "postgresql://cl:pw-from-env@db:5432",
+            "redis_url": "redis://cache:6379/1",
+            "mlflow_tracking_uri": "http://mlflow:5000",
+            "mlflow_artifacts_destination": str(tmp_path / "artifacts"),
+        },
+    )
+    environ = {name: "x" * 80 for name in CREDENTIALS}
+    env = prepare(settings, "mlflow", environ)
+    written = Path(env["MLFLOW_AUTH_CONFIG_PATH"])
+    assert stat.S_IMODE(written.stat().st_mode) == 0o600
+    config = configparser.ConfigParser()
+    config.read(written)
+    template = configparser.ConfigParser(interpolation=None)
+    template.read(MLFLOW_AUTH_TEMPLATE)
+    assert dict(config["mlflow"]) == {
+        **dict(template["mlflow"]),
+        "database_uri": "postgresql://cl:pw-from-env@db:5432/mlflow_auth",
+    }
+    assert config["mlflow"]["default_permission"] == "NO_PERMISSIONS"
+    assert "pw-from-env" not in MLFLOW_AUTH_TEMPLATE.read_text()
+    assert env["MLFLOW_AUTH_ADMIN_USERNAME"] == environ["MLFLOW_TRACKING_USERNAME"]
+
+
+def test_the_mlflow_conventions_name_every_tag_key_closedloop_uses():
+    from closedloop.core import tags
+    from closedloop.core.settings import PROJECT_ROOT
+
+    conventions = (PROJECT_ROOT / "mlflow" / "conventions.md").read_text()
+    keys = [v for k, v in vars(tags).items() if k.isupper() and k != "PREFIX"]
+    assert len(keys) >= 15
+    assert [k for k in keys if f"`{k}`" not in conventions] == []
+    for alias in ("champion", "challenger", "previous"):
+        assert f"`{alias}`" in conventions

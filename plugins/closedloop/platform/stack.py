@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from closedloop.core.settings import PROJECT_ROOT
 from closedloop.platform.local_airflow import LocalAirflow
 from closedloop.platform.runtime import airflow_environ
 
@@ -169,6 +170,10 @@ def passwords_file(settings: Settings) -> Path:
     return settings.airflow_home / "passwords.json"
 
 
+#: the MLflow server's basic-auth configuration, with ``{database_uri}`` to fill in
+MLFLOW_AUTH_TEMPLATE = PROJECT_ROOT / "mlflow" / "basic_auth.ini"
+
+
 def mlflow_auth_config(settings: Settings) -> Path:
     return settings.mlflow_dir / "basic_auth.ini"
 
@@ -301,14 +306,8 @@ def prepare(settings: Settings, component: str, environ=None) -> dict[str, str]:
         if urlsplit(destination).scheme in ("", "file"):
             Path(destination.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
         config = mlflow_auth_config(settings)
-        _write_private(
-            config,
-            "[mlflow]\n"
-            "default_permission = NO_PERMISSIONS\n"
-            f"database_uri = {settings.database('mlflow_auth')}\n"
-            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
-            "auth_cache_ttl_seconds = 60\n",
-        )
+        template = MLFLOW_AUTH_TEMPLATE.read_text()
+        _write_private(config, template.format(database_uri=settings.database("mlflow_auth")))
         env.update(
             MLFLOW_AUTH_CONFIG_PATH=str(config),
             MLFLOW_AUTH_ADMIN_USERNAME=environ["MLFLOW_TRACKING_USERNAME"],
