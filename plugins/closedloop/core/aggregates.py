@@ -11,6 +11,8 @@ emits a row for every entity whose values changed; its cost follows the interval
 windows or the history. A rerun of an interval from its predecessor's state leaves what
 one clean run leaves. Written on numpy: Feast 0.67's aggregations recompute from the
 whole source on every materialization and know no label that arrives after its event.
+
+One module of this size: sums, extremes and distinct pairs share the bucket arithmetic.
 """
 
 from __future__ import annotations

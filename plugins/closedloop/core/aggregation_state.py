@@ -8,6 +8,9 @@ interval is over, so they live in *segment* files (one per interval, uncompresse
 IPC) that the next snapshot hard-links instead of writing again, and a loaded part is
 read (memory-mapped) only when the engine needs it; the rest is written per snapshot.
 A snapshot's load and save follow the interval, not the windows (docs/scaling.md).
+
+One module of this size: the state's structures and their files change together
+(:data:`STATE_FORMAT`).
 """
 
 from __future__ import annotations

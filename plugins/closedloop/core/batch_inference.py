@@ -9,6 +9,8 @@ memory stays flat in the rows. It writes ``<home>/predictions/<use case>/<day>.p
 and the prediction log's partition of the day, both replaced whole on a rerun; an
 interval without events removes what an earlier run wrote. Why the join is not Feast's
 and what it costs: docs/design.md and docs/benchmarks.md.
+
+One module of this size: the chunk pipeline (read, score, write) and its outputs' schemas.
 """
 
 from __future__ import annotations

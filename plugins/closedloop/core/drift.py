@@ -10,6 +10,8 @@ recorded seed. :func:`run_drift` adds Evidently's ``DataDriftPreset`` report (HT
 workspace) and checks its tests agree with the verdict. A column declared
 ``new_categories: flag`` has its unseen values counted in the result. Why these methods,
 and what the report costs: docs/design.md. Evidently is imported inside functions only.
+
+One module of this size: the verdict and the report must clean and test alike.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ version and the promotion gate.
 
 Each step is keyed by the DAG run (``run_key``): a retried step finds what its earlier
 attempt finished (the MLflow run, the model version) instead of doing it twice.
+
+One module of this size: the training DAG's steps, one function per operator.
 """
 
 from __future__ import annotations

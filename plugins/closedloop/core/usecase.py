@@ -10,6 +10,9 @@ DAGs. ``docs/usecases.md`` is the reference of every field.
 A declaration that cannot work fails when it is read, before anything runs, with a
 :class:`DeclarationError` that lists each problem under the path of its field
 (``features.aggregations.device.failure_rate_7d.window: ...``).
+
+One module of this size: the declaration is one pydantic model tree, read top to bottom
+like its reference, docs/usecases.md.
 """
 
 from __future__ import annotations

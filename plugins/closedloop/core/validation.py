@@ -11,6 +11,8 @@ with examples; one that cannot run (missing column, wrong dtype) is *not evaluat
 with the reason. ``gx_dir=None`` validates in an ephemeral context; ``gx_dir=<folder>``
 keeps the suite, checkpoint and Data Docs there. GX is imported inside functions only.
 How the gate stays within 3x plain pandas: docs/design.md.
+
+One module of this size: running GX and reading its result share the check bookkeeping.
 """
 
 from __future__ import annotations

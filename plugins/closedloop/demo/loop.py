@@ -10,6 +10,8 @@ next day's features overlap the current day's scoring. ``LoopResult.problems`` s
 whether the loop closed: no alarm while stable, a detection after the drift, one
 retraining triggered by monitoring, promoted through the gate and better than the old
 champion on post-drift data.
+
+One module of this size: the scenario, its driver and its verdict are read together.
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@ replaces itself with the component's own command. The compose stack
 Components (:data:`COMPONENTS`): ``init``, ``mlflow``, ``api-server``, ``scheduler``,
 ``dag-processor``, ``triggerer`` and ``worker`` (a Celery worker whose forked tasks share
 the libraries its main process imported: :mod:`closedloop.platform.celery_config`).
+
+One module of this size: each component's credentials, command, health check and
+files side by side, as the compose file mirrors them.
 """
 
 from __future__ import annotations
