@@ -99,7 +99,7 @@ def prepare(args: argparse.Namespace) -> dict:
     return {
         "version": gate["version"],
         "action": gate["action"],
-        "family": gate["trained"]["family"],
+        "family": gate["trained"].family,
     }
 
 

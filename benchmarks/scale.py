@@ -189,10 +189,10 @@ def training(args: argparse.Namespace) -> dict:
         "rss_after_imports_mib": before,
         "peak_mib": _hwm_mib(),
         "mlflow_warm_up": warm_up,
-        "training_rows": out["built"]["rows"],
-        "family": out["trained"]["family"],
+        "training_rows": out["built"].rows,
+        "family": out["trained"].family,
         "action": out["action"],
-        "roc_auc": out["trained"]["metrics"].get("roc_auc"),
+        "roc_auc": out["trained"].metrics.get("roc_auc"),
         "steps": steps.seconds,
         "peak_set_by": steps.peak_set_by(),
         # what a training run leaves: the MLflow artifacts (model, trials, dataset

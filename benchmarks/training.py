@@ -70,7 +70,7 @@ def main() -> None:
     built = build_training_set(settings, start, end, "bench-direct")
     import pandas as pd
 
-    frame = pd.read_parquet(built["uri"])
+    frame = pd.read_parquet(built.uri)
     config = training_config(settings)
     usecase = settings.usecase
     t0 = time.perf_counter()
@@ -82,7 +82,7 @@ def main() -> None:
 
     tasks = sum(ti.duration or 0.0 for ti in tis.values())
     train_task = tis["train"].duration or 0.0
-    print(f"training set: {built['rows']} rows x {frame.shape[1]} columns")
+    print(f"training set: {built.rows} rows x {frame.shape[1]} columns")
     print(f"{'task':<24}{'seconds':>10}")
     for task_id in (
         "build_training_set",

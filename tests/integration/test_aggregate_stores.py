@@ -86,7 +86,7 @@ def test_the_training_set_carries_the_row_stamped_before_each_event(world):
 
     usecase = world.usecase
     built = build_training_set(world, datetime(2026, 1, 1, tzinfo=UTC), END, "stores")
-    frame = pd.read_parquet(built["uri"])
+    frame = pd.read_parquet(built.uri)
     assert len(frame) > 200
     for entity, table in usecase.aggregate_tables.items():
         key = usecase.entities[entity].join_key

@@ -164,6 +164,7 @@ def test_a_gate_retried_after_it_moved_the_alias_decides_as_its_first_attempt(st
     """A gate task killed after ``champion`` moved to its version is retried: it must
     judge the version against the champion it replaced (now ``previous``), not against
     itself, and record nothing twice."""
+    from closedloop.core.payloads import GateOutcome, TrainedModel, TrainingSetRef
     from closedloop.core.training_pipeline import gate
 
     drift = story["drift"]
@@ -171,13 +172,14 @@ def test_a_gate_retried_after_it_moved_the_alias_decides_as_its_first_attempt(st
     assert _aliases(world)[CHAMPION] == "2"
     again = gate(
         world,
-        _xcom(drift, "build_training_set"),
-        _xcom(drift, "train"),
+        TrainingSetRef.from_dict(_xcom(drift, "build_training_set")),
+        TrainedModel.from_dict(_xcom(drift, "train")),
         "2",
         dag_id="hotel_bookings_training",
         run_id=drift.run_id,
     )
-    assert again == _xcom(drift, "gate")
+    assert again.to_dict() == _xcom(drift, "gate")
+    assert again == GateOutcome.from_dict(_xcom(drift, "gate"))
     assert PromotionLedger(world.closedloop_db).history(MODEL) == moves
     assert _aliases(world)[CHAMPION] == "2"
 

@@ -453,7 +453,7 @@ def test_mlflow_down_during_training_leaves_one_finished_run_and_one_version(
     ended = [r.info.status for r in parents if r.info.status != "FINISHED"]
     assert len(parents) == 2 and ended in (["FAILED"], ["KILLED"]), ended
     finished = [r.info.run_id for r in parents if r.info.status == "FINISHED"]
-    assert finished == [trained["run_id"]]
+    assert finished == [trained.run_id]
     trials = _runs(client, experiment_id(settings), f"tags.`mlflow.parentRunId` = '{finished[0]}'")
     assert sorted(r.info.status for r in trials) == ["FINISHED"] * TRAINING["trials"]
     experiments = [e.experiment_id for e in client.search_experiments()]
@@ -464,14 +464,14 @@ def test_mlflow_down_during_training_leaves_one_finished_run_and_one_version(
         mv for mv in client.search_model_versions(f"name = '{name}'") if mv.tags.get(DAG_RUN_ID)
     ]
     assert [(mv.version, mv.run_id) for mv in versions if mv.tags[DAG_RUN_ID] == run_key] == [
-        (version, trained["run_id"])
+        (version, trained.run_id)
     ]
     # The champion is a blessed version; the first model, past the floors, is this one.
     champion = alias_version(client, name, CHAMPION)
     assert champion is not None
     assert client.get_model_version(name, champion).tags[BLESSED] == "true"
     if champion_before is None:
-        assert decision["action"] == "promoted" and champion == version, decision
+        assert decision.action == "promoted" and champion == version, decision
         ledger = PromotionLedger(settings.closedloop_db)
         try:
             moves = [(e.action, e.version) for e in ledger.history(name) if e.run_id == run_key]
@@ -480,7 +480,7 @@ def test_mlflow_down_during_training_leaves_one_finished_run_and_one_version(
         assert moves == [("promote", version)]
     # Its artifacts are whole: the version loads through the server and scores.
     model = load_model(settings, CHAMPION)
-    holdout = pd.read_parquet(built["uri"]).tail(50)
+    holdout = pd.read_parquet(built.uri).tail(50)
     assert model.model.predict_proba(holdout[model.feature_names]).shape == (50, 2)
 
 

@@ -19,6 +19,7 @@ import pandas as pd
 from closedloop.core import failpoints, offline
 from closedloop.core import tags as tag
 from closedloop.core.lineage import RunLineage, frame_digest, git_commit
+from closedloop.core.payloads import GateOutcome, TrainedModel, TrainingSetRef
 
 if TYPE_CHECKING:
     from closedloop.core.modeling import TrainingConfig
@@ -71,7 +72,7 @@ def labelled_entities(settings: Settings, start: datetime, end: datetime) -> pd.
 
 def build_training_set(
     settings: Settings, start: datetime, end: datetime, run_key: str
-) -> dict[str, Any]:
+) -> TrainingSetRef:
     """Join the window's labelled events with the model's features, point in time
     correct (Feast), apply the declared defaults and snapshot the result."""
     from closedloop.core.feature_store import feature_refs, historical_features, open_store
@@ -90,28 +91,28 @@ def build_training_set(
     path = settings.training_dir / _safe(run_key) / "training_set.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
     frame.to_parquet(path, index=False)
-    return {
-        "uri": str(path),
-        "digest": frame_digest(frame),
-        "rows": len(frame),
-        "positive_rate": float(frame[usecase.label.column].mean()),
-        "window_start": start.isoformat(),
-        "window_end": end.isoformat(),
-        "feature_service": usecase.feature_service,
-        "feature_views": sorted({r.split(":")[0] for r in refs}),
-        "features": [r.split(":")[1] for r in refs],
-    }
+    return TrainingSetRef(
+        uri=str(path),
+        digest=frame_digest(frame),
+        rows=len(frame),
+        positive_rate=float(frame[usecase.label.column].mean()),
+        window_start=start.isoformat(),
+        window_end=end.isoformat(),
+        feature_service=usecase.feature_service,
+        feature_views=sorted({r.split(":")[0] for r in refs}),
+        features=[r.split(":")[1] for r in refs],
+    )
 
 
-def validate_training(settings: Settings, built: dict[str, Any], run_name: str) -> dict[str, Any]:
+def validate_training(settings: Settings, built: TrainingSetRef, run_name: str) -> dict[str, Any]:
     """The GX gate of the training set; raises ``DataValidationError`` when it fails."""
     from closedloop.core.errors import DataValidationError
     from closedloop.core.validation import TrainingSetPolicy, validate_training_set
 
     result = validate_training_set(
-        pd.read_parquet(built["uri"]),
+        pd.read_parquet(built.uri),
         settings.usecase,
-        features=built["features"],
+        features=built.features,
         policy=TrainingSetPolicy(**settings.usecase.model.training_set),
         gx_dir=settings.gx_dir,
         run_name=run_name,
@@ -145,8 +146,8 @@ def excluded_columns(settings: Settings) -> list[str]:
     return [*keys, EVENT_TIMESTAMP, usecase.label.column, usecase.known_at_column]
 
 
-def cache_key(built: dict[str, Any], config: TrainingConfig, code: str) -> dict[str, str]:
-    return {"data_digest": built["digest"], "config_digest": config.digest(), "git_commit": code}
+def cache_key(built: TrainingSetRef, config: TrainingConfig, code: str) -> dict[str, str]:
+    return {"data_digest": built.digest, "config_digest": config.digest(), "git_commit": code}
 
 
 def unchanged_since_champion(settings: Settings, key: dict[str, str]) -> str | None:
@@ -209,10 +210,10 @@ def _end_abandoned_runs(settings: Settings, experiment_id: str, run_key: str) ->
 
 def train(
     settings: Settings,
-    built: dict[str, Any],
+    built: TrainingSetRef,
     lineage: RunLineage,
     config: TrainingConfig,
-) -> dict[str, Any]:
+) -> TrainedModel:
     """Tune, train and evaluate; log one parent MLflow run (trials nested) with the model,
     its signature, the training dataset and the lineage tags. Idempotent per DAG run: a
     retry returns the run an earlier attempt finished, or ends the one it left running
@@ -232,7 +233,7 @@ def train(
     _end_abandoned_runs(settings, experiment_id, lineage.dag_run_id)
 
     usecase = settings.usecase
-    frame = pd.read_parquet(built["uri"])
+    frame = pd.read_parquet(built.uri)
     split = split_training_set(settings, frame, config)
     exclude = excluded_columns(settings)
     tags = {
@@ -246,17 +247,17 @@ def train(
         mlflow.log_params(
             {
                 **config.to_params(),
-                "window_start": built["window_start"],
-                "window_end": built["window_end"],
+                "window_start": built.window_start,
+                "window_end": built.window_end,
                 **split.cutoffs,
             }
         )
         dataset = mlflow.data.from_pandas(
             frame,
-            source=built["uri"],
+            source=built.uri,
             name="training_set",
             targets=usecase.label.column,
-            digest=built["digest"][:36],
+            digest=built.digest[:36],
         )
         mlflow.log_input(dataset, context="training")
 
@@ -304,8 +305,8 @@ def train(
     return _summary(run.info.run_id, summary)
 
 
-def _summary(run_id: str, summary: dict[str, Any]) -> dict[str, Any]:
-    return {"run_id": run_id, **summary}
+def _summary(run_id: str, summary: dict[str, Any]) -> TrainedModel:
+    return TrainedModel.from_dict({"run_id": run_id, **summary})
 
 
 def _log_model(outcome: Any, holdout: pd.DataFrame, exclude: list[str]) -> str:
@@ -331,29 +332,29 @@ def _log_model(outcome: Any, holdout: pd.DataFrame, exclude: list[str]) -> str:
     return info.model_uri
 
 
-def register(settings: Settings, trained: dict[str, Any], run_key: str) -> str:
+def register(settings: Settings, trained: TrainedModel, run_key: str) -> str:
     from closedloop.core.registry import client_for, register_version
 
     return register_version(
         client_for(settings),
         settings.model_name,
-        trained["model_uri"],
-        trained["run_id"],
+        trained.model_uri,
+        trained.run_id,
         run_key,
-        tags={tag.FAMILY: trained["family"]},
+        tags={tag.FAMILY: trained.family},
     )
 
 
 def gate(
     settings: Settings,
-    built: dict[str, Any],
-    trained: dict[str, Any],
+    built: TrainingSetRef,
+    trained: TrainedModel,
     version: str,
     *,
     dag_id: str,
     run_id: str,
     config: TrainingConfig | None = None,
-) -> dict[str, Any]:
+) -> GateOutcome:
     """Score the champion on the candidate's holdout, decide, move aliases, record it.
 
     ``config`` must be the one the candidate was trained with (its holdout is the one
@@ -373,7 +374,7 @@ def gate(
     usecase = settings.usecase
     client = client_for(settings)
     config = config or training_config(settings)
-    frame = pd.read_parquet(built["uri"])
+    frame = pd.read_parquet(built.uri)
     split = split_training_set(settings, frame, config)
     champion_version = alias_version(client, settings.model_name, CHAMPION)
     if champion_version == version:
@@ -398,7 +399,7 @@ def gate(
             exclude=excluded_columns(settings),
         )
     decision = decide(
-        trained["metrics"],
+        trained.metrics,
         champion_metrics,
         GatePolicy(**usecase.model.gate),
         champion_version=champion_version,
@@ -410,7 +411,7 @@ def gate(
         )
     finally:
         ledger.dispose()
-    return {"version": version, "action": action, **decision.to_dict()}
+    return GateOutcome(version, action, decision)
 
 
 def run_in_process(
@@ -428,8 +429,9 @@ def run_in_process(
     ``[start, end)`` — for tests, benchmarks and the plain side of the loop benchmark.
 
     ``overrides`` change the use case's training config (e.g. ``trials=2``). Returns the
-    gate's decision with ``built`` and ``trained``; the action is ``"skipped"`` when
-    ``skip_unchanged`` and nothing changed since the champion.
+    gate's outcome as a dict with ``built`` (:class:`TrainingSetRef`) and ``trained``
+    (:class:`TrainedModel`); the action is ``"skipped"`` when ``skip_unchanged`` and
+    nothing changed since the champion.
     """
     from closedloop.core.lineage import git_commit
 
@@ -443,13 +445,13 @@ def run_in_process(
     lineage = lineage_for(settings, built, gx, dag_id=dag_id, dag_run_id=run_key, reason=reason)
     trained = train(settings, built, lineage, config)
     version = register(settings, trained, run_key)
-    decision = gate(settings, built, trained, version, dag_id=dag_id, run_id=run_key, config=config)
-    return {**decision, "built": built, "trained": trained}
+    outcome = gate(settings, built, trained, version, dag_id=dag_id, run_id=run_key, config=config)
+    return {**outcome.to_dict(), "built": built, "trained": trained}
 
 
 def lineage_for(
     settings: Settings,
-    built: dict[str, Any],
+    built: TrainingSetRef,
     gx: dict[str, Any],
     *,
     dag_id: str,
@@ -462,12 +464,12 @@ def lineage_for(
         trigger_reason=reason,
         git_commit=git_commit(),
         feast_project=settings.usecase.name,
-        feature_service=built["feature_service"],
-        feature_views=",".join(built["feature_views"]),
-        window_start=built["window_start"],
-        window_end=built["window_end"],
-        data_digest=built["digest"],
-        training_set_uri=built["uri"],
+        feature_service=built.feature_service,
+        feature_views=",".join(built.feature_views),
+        window_start=built.window_start,
+        window_end=built.window_end,
+        data_digest=built.digest,
+        training_set_uri=built.uri,
         gx_verdict="passed" if gx.get("success") else "failed",
     )
 
@@ -483,10 +485,10 @@ def reproduce(settings: Settings, mlflow_run_id: str) -> dict[str, Any]:
     start = datetime.fromisoformat(tags[tag.WINDOW_START])
     end = datetime.fromisoformat(tags[tag.WINDOW_END])
     built = build_training_set(settings, start, end, f"reproduce-{mlflow_run_id}")
-    if built["digest"] != tags[tag.DATA_DIGEST]:
+    if built.digest != tags[tag.DATA_DIGEST]:
         raise ValueError(
             f"the rebuilt training set differs from the recorded one (digest "
-            f"{built['digest'][:12]} != {tags[tag.DATA_DIGEST][:12]}): the offline "
+            f"{built.digest[:12]} != {tags[tag.DATA_DIGEST][:12]}): the offline "
             "store changed for the window"
         )
     from closedloop.core.training_config import MODELING_VERSION
@@ -498,7 +500,7 @@ def reproduce(settings: Settings, mlflow_run_id: str) -> dict[str, Any]:
             f"the commit it records ({tags.get(tag.GIT_COMMIT)}) to reproduce it"
         )
     config = training_config(settings, **recorded_config)
-    frame = pd.read_parquet(built["uri"])
+    frame = pd.read_parquet(built.uri)
     usecase = settings.usecase
     split = split_training_set(settings, frame, config)
     outcome = train_and_evaluate(
@@ -507,9 +509,9 @@ def reproduce(settings: Settings, mlflow_run_id: str) -> dict[str, Any]:
     recorded = json.loads(tags[tag.SUMMARY])["metrics"]
     return {
         "run_id": mlflow_run_id,
-        "data_digest": built["digest"],
+        "data_digest": built.digest,
         "recorded": recorded,
         "reproduced": outcome.holdout_metrics,
         "identical": recorded == outcome.holdout_metrics,
-        "training_set_uri": built["uri"],
+        "training_set_uri": built.uri,
     }

@@ -1,5 +1,6 @@
 """Operators of the training pipeline: thin adapters from a DAG run (its ``conf``, its
-id) to ``closedloop.core.training_pipeline`` and back (small XComs of URIs and numbers).
+id) to ``closedloop.core.training_pipeline`` and back; the XComs are the typed payloads
+of :mod:`closedloop.core.payloads` as dicts.
 
 ``conf`` of a run may carry ``reason`` (manual, drift, schedule, ...), ``as_of`` (the end
 of the training window, ISO-8601; default: the run's data interval end or its run-after
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.exceptions import AirflowSkipException
 
+from closedloop.core.payloads import TrainedModel, TrainingSetRef
 from closedloop.operators.base import ClosedLoopOperator, decisions_fail_the_task
 
 if TYPE_CHECKING:
@@ -70,9 +72,9 @@ class BuildTrainingSetOperator(ClosedLoopOperator):
         start, end = training_window(settings, as_of(context), _conf(context).get("window_days"))
         built = build_training_set(settings, start, end, _run_key(context))
         self.log.info(
-            "Training set %s: %d rows, digest %s", built["uri"], built["rows"], built["digest"][:12]
+            "Training set %s: %d rows, digest %s", built.uri, built.rows, built.digest[:12]
         )
-        return built
+        return built.to_dict()
 
 
 class ValidateTrainingSetOperator(ClosedLoopOperator):
@@ -91,7 +93,9 @@ class ValidateTrainingSetOperator(ClosedLoopOperator):
         from closedloop.core.training_pipeline import validate_training
 
         with decisions_fail_the_task(context):
-            return validate_training(self.settings(), self.built, run_name=context["run_id"])
+            return validate_training(
+                self.settings(), TrainingSetRef.from_dict(self.built), run_name=context["run_id"]
+            )
 
 
 class SkipIfUnchangedOperator(ClosedLoopOperator):
@@ -117,7 +121,7 @@ class SkipIfUnchangedOperator(ClosedLoopOperator):
 
         settings = self.settings()
         config = training_config(settings, **_overrides(_conf(context)))
-        key = cache_key(self.built, config, git_commit())
+        key = cache_key(TrainingSetRef.from_dict(self.built), config, git_commit())
         reason = unchanged_since_champion(settings, key)
         if reason:
             self.log.info("Skipping training: %s", reason)
@@ -147,23 +151,24 @@ class TrainModelOperator(ClosedLoopOperator):
         from closedloop.core.training_pipeline import lineage_for, train, training_config
 
         settings = self.settings()
+        built = TrainingSetRef.from_dict(self.built)
         lineage = lineage_for(
             settings,
-            self.built,
+            built,
             self.validation,
             dag_id=context["dag"].dag_id,
             dag_run_id=_run_key(context),
             reason=trigger_reason(context),
         )
         trained = train(
-            settings, self.built, lineage, training_config(settings, **_overrides(_conf(context)))
+            settings, built, lineage, training_config(settings, **_overrides(_conf(context)))
         )
         self.log.info(
             "MLflow run %s: %s",
-            trained["run_id"],
-            {k: round(v, 4) for k, v in trained["metrics"].items() if "." not in k},
+            trained.run_id,
+            {k: round(v, 4) for k, v in trained.metrics.items() if "." not in k},
         )
-        return trained
+        return trained.to_dict()
 
 
 class RegisterModelOperator(ClosedLoopOperator):
@@ -181,7 +186,7 @@ class RegisterModelOperator(ClosedLoopOperator):
     def execute(self, context: Context) -> str:
         from closedloop.core.training_pipeline import register
 
-        version = register(self.settings(), self.trained, _run_key(context))
+        version = register(self.settings(), TrainedModel.from_dict(self.trained), _run_key(context))
         self.log.info("Registered version %s", version)
         return version
 
@@ -209,10 +214,10 @@ class PromotionGateOperator(ClosedLoopOperator):
         from closedloop.core.training_pipeline import gate, training_config
 
         settings = self.settings()
-        decision = gate(
+        outcome = gate(
             settings,
-            self.built,
-            self.trained,
+            TrainingSetRef.from_dict(self.built),
+            TrainedModel.from_dict(self.trained),
             str(self.version),
             dag_id=context["dag"].dag_id,
             run_id=context["run_id"],
@@ -220,6 +225,6 @@ class PromotionGateOperator(ClosedLoopOperator):
             config=training_config(settings, **_overrides(_conf(context))),
         )
         self.log.info(
-            "Version %s %s: %s", self.version, decision["action"], "; ".join(decision["reasons"])
+            "Version %s %s: %s", self.version, outcome.action, "; ".join(outcome.decision.reasons)
         )
-        return decision
+        return outcome.to_dict()
