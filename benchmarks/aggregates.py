@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import yaml
+from _common import print_table
 
 from closedloop.core.aggregates import (
     KEEP_SNAPSHOTS,
@@ -447,12 +448,7 @@ def run(args: argparse.Namespace, root: str, t_total: float) -> int:
         [f"pandas day {last + 1}", f"{len(everything):,}", f"{pandas_s:.3f}",
          f"{speedup:.1f}x aggregation", f">= {GOAL_SPEEDUP:g}x", verdict(speedup >= GOAL_SPEEDUP)]
     )  # fmt: skip
-    widths = [max(len(r[i]) for r in [header, *table]) for i in range(len(header))]
-    print()
-    print("  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True)))
-    for row in table:
-        print("  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)))
-    print()
+    print_table(header, table)
     print(
         f"(a) engineer step day {last + 1} / day 1: {engineer_growth:.2f}x; aggregation step "
         f"{growth:.2f}x (goal <= {GOAL_GROWTH:g}x: "

@@ -40,13 +40,14 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 import warnings
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+
+from _common import first_champion, run_json
 
 FIRST = date(2026, 1, 1)
 BIG = 5_000_000
@@ -77,7 +78,6 @@ def _scoring_day(history_days: int) -> datetime:
 # -- stages, each run in a child process -----------------------------------------------
 def prepare(args: argparse.Namespace) -> dict:
     """Generated history through the feature pipeline, and a promoted champion."""
-    from closedloop.core import training_pipeline as tp
     from closedloop.core.feature_pipeline import backfill
     from closedloop.usecases.hotel.generator import write_batches
 
@@ -85,17 +85,7 @@ def prepare(args: argparse.Namespace) -> dict:
     write_batches(settings.landing_dir, FIRST, args.history_days, rows_per_day=150)
     backfill(settings, FIRST, args.history_days)
     end = _scoring_day(args.history_days) - timedelta(days=1)
-    gate = tp.run_in_process(
-        settings,
-        datetime(2026, 1, 1, tzinfo=UTC),
-        end,
-        "bench/1",
-        reason="bench",
-        dag_id="bench",
-        trials=2,
-        validation_days=3,
-        holdout_days=3,
-    )
+    gate = first_champion(settings, end)
     return {
         "version": gate["version"],
         "action": gate["action"],
@@ -237,13 +227,7 @@ def _child(stage: str, home: str, args: argparse.Namespace, **extra: object) -> 
     for k, v in {"rows": args.rows, **extra}.items():
         argv += [f"--{k.replace('_', '-')}", str(v)]
     env = {**os.environ, "CLOSEDLOOP_HOME": home, "PYTHONWARNINGS": "ignore"}
-    t0 = time.perf_counter()
-    done = subprocess.run(argv, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        sys.stderr.write(done.stdout[-4000:] + done.stderr[-8000:])
-        raise SystemExit(f"stage {stage} failed")
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    result["stage_wall"] = time.perf_counter() - t0
+    result, result["stage_wall"] = run_json(argv, env, f"stage {stage} failed")
     return result
 
 

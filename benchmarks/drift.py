@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from _common import print_table
 from scipy.stats import wasserstein_distance
 
 from closedloop.core.drift import DriftPolicy, detect_drift, run_drift, sample
@@ -234,12 +235,7 @@ def main(argv: list[str] | None = None) -> int:
                 "identical" if m["agree"] else "DIFFER",
             ]
         )
-    widths = [max(len(r[i]) for r in [header, *table]) for i in range(len(header))]
-    print()
-    print("  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True)))
-    for row in table:
-        print("  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)))
-    print()
+    print_table(header, table)
     for name, m in runs:
         res = m["result"]
         print(f"{name}: {res.summary()}")

@@ -47,6 +47,8 @@ import urllib.request
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+from _common import run_json
+
 FIRST = date(2026, 1, 1)
 POSTGRES_URL = os.environ.get(
     "CLOSEDLOOP_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432"
@@ -209,13 +211,8 @@ STAGES = {"generate": generate, "features": features, "training": training}
 def _child(stage: str, env: dict[str, str], args: argparse.Namespace, size: int) -> dict:
     argv = [sys.executable, __file__, "--stage", stage, "--size", str(size)]
     argv += ["--days", str(args.days), "--trials", str(args.trials or 0)]
-    t0 = time.perf_counter()
-    done = subprocess.run(argv, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        sys.stderr.write(done.stdout[-4000:] + done.stderr[-8000:])
-        raise SystemExit(f"stage {stage} failed ({env['CLOSEDLOOP_PROFILE']}, {size:,})")
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    result["process_wall"] = time.perf_counter() - t0
+    failure = f"stage {stage} failed ({env['CLOSEDLOOP_PROFILE']}, {size:,})"
+    result, result["process_wall"] = run_json(argv, env, failure)
     return result
 
 

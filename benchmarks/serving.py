@@ -50,6 +50,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 import numpy as np
+from _common import first_champion
 
 FIRST, DAYS = date(2026, 1, 1), 20
 VENV_BIN = Path(sys.executable).parent
@@ -63,24 +64,13 @@ def _free_port() -> int:
 
 def prepare(settings) -> None:
     """Generated history through the feature pipeline, and a promoted champion."""
-    from closedloop.core import training_pipeline as tp
     from closedloop.core.feature_pipeline import backfill
     from closedloop.usecases.hotel.generator import write_batches
 
     write_batches(settings.landing_dir, FIRST, DAYS, rows_per_day=150)
     backfill(settings, FIRST, DAYS)
     end = datetime(2026, 1, DAYS - 1, tzinfo=UTC)
-    tp.run_in_process(
-        settings,
-        datetime(2026, 1, 1, tzinfo=UTC),
-        end,
-        "bench/1",
-        reason="bench",
-        dag_id="bench",
-        trials=2,
-        validation_days=3,
-        holdout_days=3,
-    )
+    first_champion(settings, end)
 
 
 def events(settings, n: int = 500) -> list[dict]:

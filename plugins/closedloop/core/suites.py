@@ -158,14 +158,7 @@ def build_suite(
         )
         if spec.required:
             add("not_null", column, gxe.ExpectColumnValuesToNotBeNull)
-        if spec.min is not None or spec.max is not None:
-            add(
-                "range",
-                column,
-                gxe.ExpectColumnValuesToBeBetween,
-                min_value=spec.min,
-                max_value=spec.max,
-            )
+        _add_range(add, gxe, column, spec)
         if spec.categories and spec.new_categories == "quarantine":
             # "flag": a new category passes; the drift report names it
             add("categories", column, gxe.ExpectColumnValuesToBeInSet, value_set=spec.categories)
@@ -209,6 +202,13 @@ def _adder(expectations: list[Any]) -> Any:
         expectations.append(expectation_cls(meta=meta, **kwargs))
 
     return add
+
+
+def _add_range(add: Any, gxe: Any, column: str, spec: Any) -> None:
+    """The declared ``min``/``max`` of ``column``, when it has any."""
+    if spec is not None and (spec.min is not None or spec.max is not None):
+        add("range", column, gxe.ExpectColumnValuesToBeBetween, min_value=spec.min,
+            max_value=spec.max)  # fmt: skip
 
 
 def _add_label_values(add: Any, gxe: Any, usecase: UseCase) -> None:
@@ -256,15 +256,7 @@ def build_training_suite(
         if column == label:
             continue
         add("feature_not_null", column, gxe.ExpectColumnValuesToNotBeNull)
-        spec = usecase.columns.get(column)
-        if spec is not None and (spec.min is not None or spec.max is not None):
-            add(
-                "range",
-                column,
-                gxe.ExpectColumnValuesToBeBetween,
-                min_value=spec.min,
-                max_value=spec.max,
-            )
+        _add_range(add, gxe, column, usecase.columns.get(column))
     return ns.gx.ExpectationSuite(
         name=name,
         expectations=expectations,
