@@ -32,6 +32,17 @@ def run_json(argv: list[str], env: dict[str, str], failure: str) -> tuple[dict[s
     return json.loads(done.stdout.strip().splitlines()[-1]), time.perf_counter() - t0
 
 
+def print_stage(stages: dict[str, Any], args: Any) -> None:
+    """In a stage's own process: run ``stages[args.stage]`` and print its result as the
+    JSON last line :func:`run_json` reads."""
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    result = stages[args.stage](args)
+    sys.stdout.flush()
+    print("\n" + json.dumps(result, default=str))
+
+
 def first_champion(settings: Any, end: datetime) -> dict[str, Any]:
     """Train and gate a first model on the history up to ``end``, quickly (two trials)."""
     from closedloop.core import training_pipeline as tp

@@ -37,17 +37,15 @@ before and after the work, so set-up memory never counts.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
 import tempfile
 import time
-import warnings
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-from _common import first_champion, run_json
+from _common import first_champion, print_stage, run_json
 
 FIRST = date(2026, 1, 1)
 BIG = 5_000_000
@@ -244,10 +242,7 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.stage:
-        warnings.filterwarnings("ignore")
-        result = STAGES[args.stage](args)
-        sys.stdout.flush()
-        print("\n" + json.dumps(result, default=str))
+        print_stage(STAGES, args)
         return
 
     home = tempfile.mkdtemp(prefix="closedloop-bench-batch-")

@@ -47,7 +47,7 @@ import urllib.request
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-from _common import run_json
+from _common import print_stage, run_json
 
 FIRST = date(2026, 1, 1)
 POSTGRES_URL = os.environ.get(
@@ -439,12 +439,7 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.stage:
-        import warnings
-
-        warnings.filterwarnings("ignore")
-        result = STAGES[args.stage](args)
-        sys.stdout.flush()
-        print("\n" + json.dumps(result, default=str))
+        print_stage(STAGES, args)
         return
 
     sizes = [int(s) for s in args.sizes.split(",")]
