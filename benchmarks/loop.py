@@ -79,9 +79,9 @@ def plain_loop(settings: Any, scenario: Any) -> dict[str, Any]:
         drift = check_drift(settings, start, end, window_days=3)
         performance = check_performance(settings, end, window_days=7)
         verdict = decide_and_record(settings, start, drift, performance, run_id=f"plain-{day}")
-        if verdict["retrain"]:
+        if verdict.retrain:
             outcome["retrain_days"].append(day.isoformat())
-            outcome["actions"].append(_train(settings, end, "drift", verdict["trigger_run_id"]))
+            outcome["actions"].append(_train(settings, end, "drift", verdict.trigger_run_id))
     return outcome
 
 

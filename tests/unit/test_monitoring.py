@@ -74,7 +74,7 @@ def test_the_cause_of_a_retrain_becomes_the_training_runs_reason(kwargs, cause):
     verdict = _decide(**kwargs)
     assert verdict.cause == cause
     if verdict.retrain:
-        conf = trigger_conf(verdict.to_dict(), datetime(2026, 3, 11, tzinfo=UTC))
+        conf = trigger_conf(verdict, datetime(2026, 3, 11, tzinfo=UTC))
         assert conf["reason"] == cause
         assert conf["as_of"] == "2026-03-11T00:00:00+00:00"
         assert conf["verdict"] == "; ".join(verdict.reasons)

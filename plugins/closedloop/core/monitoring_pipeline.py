@@ -21,6 +21,7 @@ from closedloop.core.files import replacing
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from closedloop.core.monitoring import Verdict
     from closedloop.core.settings import Settings
 
 
@@ -221,7 +222,7 @@ def decide_and_record(
     performance: dict[str, Any],
     *,
     run_id: str,
-) -> dict[str, Any]:
+) -> Verdict:
     """The day's verdict, recorded in the decision log and in an MLflow monitoring run."""
     import mlflow
 
@@ -293,4 +294,4 @@ def decide_and_record(
             path = reports_dir(settings, start) / name
             if path.exists():
                 mlflow.log_artifact(str(path))
-    return verdict.to_dict() | {"trigger_run_id": verdict.trigger_run_id}
+    return verdict

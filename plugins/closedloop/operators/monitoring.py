@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
     from airflow.sdk import Context
 
+    from closedloop.core.monitoring import Verdict
     from closedloop.core.settings import Settings
 
 
@@ -86,27 +87,28 @@ class MonitoringDecisionOperator(IntervalOperator, SkipMixin):
         )
         self.log.info(
             "Verdict for %s: retrain=%s — %s",
-            verdict["day"],
-            verdict["retrain"],
-            "; ".join(verdict["reasons"]),
+            verdict.day,
+            verdict.retrain,
+            "; ".join(verdict.reasons),
         )
         ti = context["ti"]
-        if verdict["retrain"]:
+        xcom = verdict.to_dict() | {"trigger_run_id": verdict.trigger_run_id}
+        if verdict.retrain:
             ti.xcom_push(key=TRIGGER_CONF_KEY, value=trigger_conf(verdict, end))
-            return verdict
+            return xcom
         # skip() ends execute with an exception: the verdict is pushed first
-        ti.xcom_push(key=BaseXCom.XCOM_RETURN_KEY, value=verdict)
+        ti.xcom_push(key=BaseXCom.XCOM_RETURN_KEY, value=xcom)
         self.skip(ti=ti, tasks=context["task"].get_direct_relatives(upstream=False))
-        return verdict  # not reached while there is a task downstream
+        return xcom  # not reached while there is a task downstream
 
 
-def trigger_conf(verdict: dict[str, Any], end: Any) -> dict[str, Any]:
+def trigger_conf(verdict: Verdict, end: Any) -> dict[str, Any]:
     """The ``conf`` of the training run a retrain verdict starts."""
     return {
-        "reason": verdict["cause"],
+        "reason": verdict.cause,
         "as_of": end.isoformat(),
-        "report": verdict["report"],
-        "verdict": "; ".join(verdict["reasons"]),
+        "report": verdict.report,
+        "verdict": "; ".join(verdict.reasons),
     }
 
 
