@@ -86,7 +86,6 @@ def plain_loop(settings: Any, scenario: Any) -> dict[str, Any]:
 
 
 def airflow_loop(settings: Any, scenario: Any) -> tuple[dict[str, Any], float]:
-    from closedloop.demo.commands import DAG_IDS
     from closedloop.demo.loop import ClosedLoop
     from closedloop.platform.local_airflow import LocalAirflow
     from closedloop.platform.runtime import apply_airflow_environ
@@ -95,7 +94,7 @@ def airflow_loop(settings: Any, scenario: Any) -> tuple[dict[str, Any], float]:
     airflow = LocalAirflow(settings)
     t0 = time.perf_counter()
     airflow.start()
-    airflow.wait_for_dags(list(DAG_IDS))
+    airflow.wait_for_dags(list(settings.usecase.dag_ids.values()))
     startup = time.perf_counter() - t0
     try:
         result = ClosedLoop(settings, scenario, airflow, say=lambda _: None).run()
