@@ -17,7 +17,6 @@ One module of this size: sums, extremes and distinct pairs share the bucket arit
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -41,6 +40,8 @@ from closedloop.core.aggregation_state import (
     Side,
     StateFormatError,
     Stats,
+    numbered,
+    runs,
     to_ns,
 )
 from closedloop.core.usecase import AGGREGATE_TS, EVENT_OPS, LABEL_OPS
@@ -100,6 +101,7 @@ class _Plan:
     event_windows: tuple[int, ...]
     label_windows: tuple[int, ...]
     distinct: dict[str, tuple[tuple[int, ...], bool]]  # column -> (windows, "all" too)
+    columns: tuple[str, ...]  # the event columns the statistics read
 
     @property
     def events(self) -> bool:
@@ -108,6 +110,11 @@ class _Plan:
     @property
     def labels(self) -> bool:
         return any(a.op in LABEL_OPS for a in self.aggregates.values())
+
+    @property
+    def summed(self) -> bool:
+        """Whether any event aggregate but ``distinct_count`` is declared."""
+        return any(a.op in EVENT_OPS and a.op != "distinct_count" for a in self.aggregates.values())
 
 
 def _plan(key: str, aggregates: dict[str, AggregateSpec]) -> _Plan:
@@ -138,6 +145,7 @@ def _plan(key: str, aggregates: dict[str, AggregateSpec]) -> _Plan:
         event_windows=tuple(sorted(event_windows)),
         label_windows=tuple(sorted(label_windows)),
         distinct={c: (tuple(sorted(w)), every) for c, (w, every) in sorted(distinct.items())},
+        columns=tuple(dict.fromkeys(s.split("__", 1)[1] for s in additive[1:])),
     )
 
 
@@ -168,16 +176,16 @@ class AggregationEngine:
         span = (to_ns(pd.Timestamp(start)), to_ns(end_ts))
         timed = events[self.ts].notna().to_numpy()
         when = to_ns(events[self.ts])
-        numbered = {}  # entity -> (its events, their numbers)
+        keyed = {}  # entity -> (its events, their numbers)
         for entity, plan in self.plans.items():
             st = state.entities.setdefault(entity, EntityState())
             keep = timed & events[plan.key].notna().to_numpy()
-            numbered[entity] = (keep, st.encode(events[plan.key][keep]))
-        matured = self._matured_labels(state, events, numbered, when, span[1])
+            keyed[entity] = (keep, st.encode(events[plan.key][keep]))
+        matured = self._matured_labels(state, events, keyed, when, timed, span[1])
         out = {}
         for entity, plan in self.plans.items():
             st = state.entities[entity]
-            keep, codes = numbered[entity]
+            keep, codes = keyed[entity]
             rows = _where(events, keep)
             out[entity] = self._advance_entity(
                 st, plan, rows, codes, when[keep], matured, entity, span, end_ts
@@ -190,8 +198,9 @@ class AggregationEngine:
         self,
         state: AggregationState,
         events: pd.DataFrame,
-        numbered: dict[str, tuple[np.ndarray, np.ndarray]],
+        keyed: dict[str, tuple[np.ndarray, np.ndarray]],
         when: np.ndarray,
+        timed: np.ndarray,
         end: int,
     ) -> pd.DataFrame:
         """Labels that became known before ``end``, with the number of their entity per
@@ -205,10 +214,9 @@ class AggregationEngine:
         fresh = {KNOWN: known, POSITIVE: _matches(events[label.column], label.positive)}
         for entity, plan in self.plans.items():
             if plan.labels:
-                keep, codes = numbered[entity]
+                keep, codes = keyed[entity]
                 fresh[entity] = np.full(len(events), -1, np.int64)
                 fresh[entity][keep] = codes
-        timed = events[self.ts].notna().to_numpy()
         if not timed.all():
             fresh = {name: values[timed] for name, values in fresh.items()}
         if len(fresh[KNOWN]) > 1 and (np.diff(fresh[KNOWN]) < 0).any():
@@ -257,10 +265,10 @@ class AggregationEngine:
         if plan.events:
             _prepare(st.events, plan.event_windows, plan.additive, plan.extremal, n)
             buckets = self._bucket(when)
-            if any(a.op != "distinct_count" for a in plan.aggregates.values() if a.op in EVENT_OPS):
+            if plan.summed:
                 values = {
                     column: rows[column].to_numpy(dtype=np.float64, na_value=np.nan)
-                    for column in dict.fromkeys(s.split("__", 1)[1] for s in plan.additive[1:])
+                    for column in plan.columns
                 }
                 parts = _partials(codes, buckets, values, plan.additive, plan.extremal)
                 changed += _advance_side(st.events, parts, plan.event_windows, span)
@@ -378,11 +386,10 @@ def _partials(
             stats[stat] = np.add.reduceat(np.where(present, x, 0.0), starts)
         else:
             stats[stat] = _reduce(stat)(x, starts)
-    groups, heads = b[starts], np.flatnonzero(np.r_[True, b[starts][1:] != b[starts][:-1]])
-    bounds = [*heads, len(starts)]
+    firsts, groups = c[starts], b[starts]
     return {
-        int(groups[lo]): Part(c[starts][lo:hi], {s: v[lo:hi] for s, v in stats.items()})
-        for lo, hi in itertools.pairwise(bounds)
+        int(groups[lo]): Part(firsts[lo:hi], {s: v[lo:hi] for s, v in stats.items()})
+        for lo, hi in runs(groups)
     }
 
 
@@ -497,13 +504,7 @@ def _advance_distinct(
     start, end = span
     present = column.notna().to_numpy()
     values = column[present]
-    if d.values is None or not len(d.values):
-        d.values = pd.Index(pd.unique(values))
-    number = np.asarray(d.values.get_indexer(values), dtype=np.int64)
-    new = number < 0
-    if new.any():
-        d.values = d.values.append(pd.Index(pd.unique(values[new])))
-        number[new] = d.values.get_indexer(values[new])
+    d.values, number = numbered(d.values, values)
     if len(d.values) >= 1 << VALUE_BITS:
         raise ValueError(f"{column.name}: more than 2**{VALUE_BITS} distinct values")
     pairs = (codes[present] << VALUE_BITS) | number
@@ -516,8 +517,7 @@ def _advance_distinct(
         pairs, when = pairs[order], when[order]
         head = np.r_[True, (pairs[1:] != pairs[:-1]) | (when[1:] != when[:-1])]
         pairs, when = pairs[head], when[head]
-        bounds = [*np.flatnonzero(np.r_[True, when[1:] != when[:-1]]), len(when)]
-        parts = {int(when[lo]): pairs[lo:hi] for lo, hi in itertools.pairwise(bounds)}
+        parts = {int(when[lo]): pairs[lo:hi] for lo, hi in runs(when)}
 
     for window in windows:
         d.windows.setdefault(window, (np.empty(0, np.int64), np.empty(0, np.int64)))

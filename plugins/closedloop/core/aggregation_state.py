@@ -157,14 +157,7 @@ class EntityState:
 
     def encode(self, values: pd.Series) -> np.ndarray:
         """The numbers of ``values`` (no nulls), numbering the new ones."""
-        if self.keys is None or not len(self.keys):
-            self.keys = pd.Index(pd.unique(values))
-            return np.asarray(self.keys.get_indexer(values), dtype=np.int64)
-        codes = np.asarray(self.keys.get_indexer(values), dtype=np.int64)
-        new = codes < 0
-        if new.any():
-            self.keys = self.keys.append(pd.Index(pd.unique(values[new])))
-            codes[new] = self.keys.get_indexer(values[new])
+        self.keys, codes = numbered(self.keys, values)
         return codes
 
     def size(self) -> int:
@@ -378,7 +371,21 @@ def _numpy(column: pa.ChunkedArray) -> np.ndarray:
     return column.to_numpy()
 
 
-def _groups(by: np.ndarray) -> list[tuple[int, int]]:
+def numbered(index: pd.Index | None, values: pd.Series) -> tuple[pd.Index, np.ndarray]:
+    """``index`` with the new ones of ``values`` (no nulls) appended in the order they
+    first appear, and the position of every value in it."""
+    if index is None or not len(index):
+        index = pd.Index(pd.unique(values))
+        return index, np.asarray(index.get_indexer(values), dtype=np.int64)
+    codes = np.asarray(index.get_indexer(values), dtype=np.int64)
+    new = codes < 0
+    if new.any():
+        index = index.append(pd.Index(pd.unique(values[new])))
+        codes[new] = index.get_indexer(values[new])
+    return index, codes
+
+
+def runs(by: np.ndarray) -> list[tuple[int, int]]:
     """The runs of equal values of a sorted ``by``, as (first, past-the-end) pairs."""
     if not len(by):
         return []
@@ -462,4 +469,4 @@ def _ids_columns(
 def _ids_from(columns: dict[str, np.ndarray], by: str) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     group, ids = columns[by], columns["id"]
     counts = columns.get("count", np.zeros(len(ids), np.int64))
-    return {int(group[lo]): (ids[lo:hi], counts[lo:hi]) for lo, hi in _groups(group)}
+    return {int(group[lo]): (ids[lo:hi], counts[lo:hi]) for lo, hi in runs(group)}

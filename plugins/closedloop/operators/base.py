@@ -75,15 +75,15 @@ class ClosedLoopOperator(BaseOperator):
         from closedloop.hooks.feast import FeastHook
         from closedloop.hooks.mlflow import MlflowHook
 
+        mlflow = MlflowHook(mlflow_conn_id=self.mlflow_conn_id)
         overrides: dict[str, Any] = {}
-        for hook in (FeastHook(feast_conn_id=self.feast_conn_id),
-                     MlflowHook(mlflow_conn_id=self.mlflow_conn_id)):  # fmt: skip
+        for hook in (FeastHook(feast_conn_id=self.feast_conn_id), mlflow):
             for name, value in hook.overrides().items():
                 if isinstance(value, dict) and isinstance(overrides.get(name), dict):
                     overrides[name] = {**overrides[name], **value}
                 else:
                     overrides[name] = value
-        MlflowHook(mlflow_conn_id=self.mlflow_conn_id).apply_credentials()
+        mlflow.apply_credentials()  # the connection read once (cached by the hook)
         if self.usecase_file:
             overrides["usecase_file"] = self.usecase_file
         return load_settings(**overrides)

@@ -51,7 +51,7 @@ class Metrics:
             ["model_version", "arm"], registry=r,
         )  # fmt: skip
         self.batch_rows = Histogram(
-            "closedloop_scoring_batch_rows", "Bookings per lookup+predict call",
+            "closedloop_scoring_batch_rows", "Events per lookup+predict call",
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r,
         )  # fmt: skip
         # multiprocess_mode: how /metrics combines the workers' values (``--workers``)
