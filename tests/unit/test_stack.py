@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from closedloop.core.settings import load_settings
+from closedloop.core.settings import PROJECT_ROOT, load_settings
 from closedloop.platform.stack import (
     COMPONENTS,
     CREDENTIALS,
@@ -90,8 +90,8 @@ def test_stack_run_refuses_to_start_without_credentials(tmp_path: Path, componen
 
 def test_commands_follow_the_settings(production):
     mlflow = component_command(production, "mlflow")
-    assert mlflow[1:4] == ["server", "--app-name", "basic-auth"]
-    assert "--serve-artifacts" in mlflow
+    assert mlflow[:2] == ["/bin/sh", str(PROJECT_ROOT / "mlflow" / "server.sh")]
+    assert Path(mlflow[2]).name == "mlflow"
     assert mlflow[mlflow.index("--backend-store-uri") + 1] == "postgresql://cl@db:5432/mlflow"
     # A service name in the URL: listen on every interface of the container.
     assert mlflow[mlflow.index("--host") + 1] == "0.0.0.0"
@@ -265,3 +265,68 @@ def test_the_mlflow_conventions_name_every_tag_key_closedloop_uses():
     assert [k for k in keys if f"`{k}`" not in conventions] == []
     for alias in ("champion", "challenger", "previous"):
         assert f"`{alias}`" in conventions
+
+
+SERVER_SCRIPT = PROJECT_ROOT / "mlflow" / "server.sh"
+
+
+@pytest.fixture
+def start_script_env(tmp_path):
+    """What `stack run mlflow` hands the start script, and a program that prints its
+    arguments in place of MLflow's (the real server runs in tests/production)."""
+    config = tmp_path / "basic_auth.ini"
+    config.write_text("[mlflow]\n")
+    config.chmod(0o600)
+    program = tmp_path / "mlflow"
+    program.write_text('#!/bin/sh\necho "$@"\n')
+    program.chmod(0o755)
+    env = {
+        "PATH": os.environ["PATH"],
+        "MLFLOW_AUTH_CONFIG_PATH": str(config),
+        "MLFLOW_AUTH_ADMIN_USERNAME": "admin",
+        "MLFLOW_AUTH_ADMIN_PASSWORD": "not-a-default",
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": "k",
+    }
+    return env, program, config
+
+
+def _start(env, program, *args):
+    return subprocess.run(
+        ["/bin/sh", str(SERVER_SCRIPT), str(program), *args],
+        env=env, capture_output=True, text=True, timeout=30,
+    )
+
+
+def test_the_start_script_runs_the_auth_app_with_proxied_artifacts(start_script_env):
+    env, program, _ = start_script_env
+    done = _start(env, program, "--port", "5000")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [
+        "server", "--app-name", "basic-auth", "--serve-artifacts", "--workers", "1",
+        "--port", "5000",
+    ]
+
+
+@pytest.mark.parametrize(
+    "breakage, named",
+    [
+        ("no config", "MLFLOW_AUTH_CONFIG_PATH"),
+        ("config readable by others", "chmod 600"),
+        ("no admin password", "MLFLOW_AUTH_ADMIN_PASSWORD"),
+        ("no secret key", "MLFLOW_FLASK_SERVER_SECRET_KEY"),
+    ],
+)
+def test_the_start_script_refuses_a_server_without_auth(start_script_env, breakage, named):
+    env, program, config = start_script_env
+    if breakage == "no config":
+        env.pop("MLFLOW_AUTH_CONFIG_PATH")
+    elif breakage == "config readable by others":
+        config.chmod(0o644)
+    elif breakage == "no admin password":
+        env["MLFLOW_AUTH_ADMIN_PASSWORD"] = ""
+    else:
+        env.pop("MLFLOW_FLASK_SERVER_SECRET_KEY")
+    done = _start(env, program)
+    assert done.returncode == 2
+    assert "refusing to start" in done.stderr and named in done.stderr
+    assert done.stdout == ""  # the program never ran

@@ -175,6 +175,8 @@ def passwords_file(settings: Settings) -> Path:
 
 #: the MLflow server's basic-auth configuration, with ``{database_uri}`` to fill in
 MLFLOW_AUTH_TEMPLATE = PROJECT_ROOT / "mlflow" / "basic_auth.ini"
+#: starts the server with the auth app and proxied artifacts, refusing without credentials
+MLFLOW_START_SCRIPT = PROJECT_ROOT / "mlflow" / "server.sh"
 
 
 def mlflow_auth_config(settings: Settings) -> Path:
@@ -235,21 +237,17 @@ def component_command(settings: Settings, component: str) -> list[str]:
     if component == "mlflow":
         host, port = _host_port(settings.mlflow_tracking_uri, 5000)
         return [
+            "/bin/sh",
+            str(MLFLOW_START_SCRIPT),
             str(bin_dir / "mlflow"),
-            "server",
-            "--app-name",
-            "basic-auth",
             "--backend-store-uri",
             settings.mlflow_backend_store_uri,
-            "--serve-artifacts",
             "--artifacts-destination",
             settings.mlflow_artifacts_destination,
             "--host",
             _bind_host(host),
             "--port",
             str(port),
-            "--workers",
-            "1",
             # Host headers it answers (DNS-rebinding guard): its own name, and loopback
             # for a UI reached through a published port.
             "--allowed-hosts",
