@@ -293,7 +293,10 @@ def start_script_env(tmp_path):
 def _start(env, program, *args):
     return subprocess.run(
         ["/bin/sh", str(SERVER_SCRIPT), str(program), *args],
-        env=env, capture_output=True, text=True, timeout=30,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
 
 
@@ -302,8 +305,14 @@ def test_the_start_script_runs_the_auth_app_with_proxied_artifacts(start_script_
     done = _start(env, program, "--port", "5000")
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [
-        "server", "--app-name", "basic-auth", "--serve-artifacts", "--workers", "1",
-        "--port", "5000",
+        "server",
+        "--app-name",
+        "basic-auth",
+        "--serve-artifacts",
+        "--workers",
+        "1",
+        "--port",
+        "5000",
     ]
 
 
