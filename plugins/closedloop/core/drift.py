@@ -9,7 +9,7 @@ categories, each drifted at ``>= 0.1``; windows above ``max_rows`` are sampled w
 recorded seed. :func:`run_drift` adds Evidently's ``DataDriftPreset`` report (HTML, JSON,
 workspace) and checks its tests agree with the verdict. A column declared
 ``new_categories: flag`` has its unseen values counted in the result. Why these methods,
-and what the report costs: docs/design.md. Evidently is imported inside functions only.
+and what the report costs: docs/monitoring.md. Evidently is imported inside functions only.
 
 One module of this size: the verdict and the report must clean and test alike.
 """
