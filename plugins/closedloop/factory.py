@@ -10,6 +10,7 @@ declarations are read at parse time (YAML and pydantic), never a store.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
@@ -22,6 +23,9 @@ from airflow.sdk import (
 )
 
 from closedloop.assets import usecase_assets
+from closedloop.core.gate import GatePolicy
+from closedloop.notifiers import approval_notifier, task_callbacks
+from closedloop.operators.approval import PromotionApprovalOperator
 from closedloop.operators.features import (
     CleanBatchOperator,
     EngineerFeaturesOperator,
@@ -70,7 +74,13 @@ def usecase_dags(
     common = {
         "catchup": False,
         "max_active_runs": 1,
-        "default_args": {**DEFAULT_ARGS, "usecase_file": str(path), **(connections or {})},
+        "default_args": {
+            **DEFAULT_ARGS,
+            "usecase_file": str(path),
+            **(connections or {}),
+            # alerts: quarantine, verdicts, promotions, failures (closedloop.notifiers)
+            **task_callbacks(str(path)),
+        },
     }
     return [
         features_dag(usecase, common),
@@ -139,6 +149,14 @@ earlier interval fails. A successful run emits the `{assets.features.name}` Asse
 def training_dag(usecase: UseCase, common: dict) -> DAG:
     assets = usecase_assets(usecase)
     cron = usecase.schedule.training_cron
+    policy = GatePolicy(**usecase.model.gate)
+    approval = (
+        f"7. **approve**: a person approves the blessed version (Browse → Required Actions)"
+        f" before it becomes `champion`; unanswered for {policy.approval_timeout_hours:g} h,"
+        " it expires rejected.\n"
+        if policy.needs_approval
+        else ""
+    )
     doc = f"""
 ### Training pipeline — {usecase.name}
 
@@ -155,7 +173,7 @@ Asset){f" and on `{cron}`" if cron else ""}, or when triggered — by a person o
    recent days, one parent MLflow run with lineage tags;
 5. **register** the version of `{usecase.model_name}`; 6. **gate**: champion and
    candidate scored on the same holdout; only a blessed version becomes `champion`.
-"""
+{approval}"""
     schedule = (
         AssetOrTimeSchedule(
             timetable=CronTriggerTimetable(cron, timezone=usecase.schedule.timezone),
@@ -181,6 +199,16 @@ Asset){f" and on `{cron}`" if cron else ""}, or when triggered — by a person o
             task_id="gate", built=build.output, trained=train.output, version=register.output
         )
         chain(build, validate, skip, train, register, gate)
+        if policy.needs_approval:
+            approve = PromotionApprovalOperator(
+                task_id="approve",
+                outcome=gate.output,
+                response_timeout=timedelta(hours=policy.approval_timeout_hours),
+                assigned_users=[{"id": user, "name": user} for user in policy.approvers] or None,
+                retries=0,  # an answer is not retried; a rerun of the run finds it in the ledger
+                notifiers=[approval_notifier(common["default_args"]["usecase_file"])],
+            )
+            gate >> approve
     return dag
 
 

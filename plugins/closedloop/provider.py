@@ -45,6 +45,19 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["closedloop.hooks.feast", "closedloop.hooks.mlflow"],
             }
         ],
+        "extra-links": [
+            f"closedloop.operators.links.{name}"
+            for name in (
+                "DataDocsLink",
+                "QuarantineReportLink",
+                "MlflowRunLink",
+                "ModelVersionLink",
+                "EvidentlyReportLink",
+                "DriftReportLink",
+                "TriggeredTrainingLink",
+                "ClosedLoopViewLink",
+            )
+        ],
         "connection-types": [
             {
                 "hook-class-name": "closedloop.hooks.feast.FeastHook",

@@ -351,6 +351,8 @@ def test_workspace_gets_one_project_and_every_run(covariate_run, stable_run, tmp
 
     workspace = Workspace(str(workspace_dir))
     (project,) = workspace.search_project("hotel drift")
+    assert first.project_id == second.project_id == str(project.id)
+    first, second = first.run_id, second.run_id
     assert {str(r) for r in workspace.list_runs(project.id)} == {first, second}
     stored = workspace.get_run(project.id, first)
     assert stored.timestamp == datetime(2024, 5, 14, 6, 0)  # naive UTC, as Evidently keeps it

@@ -544,6 +544,18 @@ BAD = [
         id="gate-unknown-key",
     ),
     pytest.param(
+        put("model.gate.approval", "maybe"),
+        "model.gate",
+        "approval must be one of automatic, required, got 'maybe'",
+        id="gate-approval-mode",
+    ),
+    pytest.param(
+        put("model.gate", {"approval": "required", "approval_timeout_hours": 0}),
+        "model.gate",
+        "approval_timeout_hours must be positive",
+        id="gate-approval-timeout",
+    ),
+    pytest.param(
         put("model.training.sed", 1),
         "model.training.sed",
         "unknown setting",

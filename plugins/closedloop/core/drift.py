@@ -22,7 +22,7 @@ import warnings
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -358,16 +358,24 @@ def _verdict(windows: _Windows) -> DriftResult:
     )
 
 
+class WorkspaceRun(NamedTuple):
+    """Where a report sits in an Evidently workspace."""
+
+    project_id: str
+    run_id: str
+
+
 def add_to_workspace(
     workspace_dir: Path,
     project_name: str,
     snapshot: Any,
     *,
     timestamp: datetime | None = None,
-) -> str:
+) -> WorkspaceRun:
     """Add ``snapshot`` as a run of the project named ``project_name`` in the local
     Evidently workspace at ``workspace_dir`` (created, like the project, on first use)
-    and return the run's id; ``evidently ui --workspace <dir>`` shows it.
+    and return the project's and the run's ids; ``evidently ui --workspace <dir>`` shows
+    it at ``/projects/<project_id>/reports/<run_id>``.
 
     ``timestamp`` (e.g. the end of the monitored interval) replaces the snapshot's own
     (the wall-clock time of the run); Evidently keeps naive timestamps, so an aware one
@@ -391,7 +399,7 @@ def add_to_workspace(
         found = sorted(workspace.search_project(project_name), key=lambda p: str(p.id))
         project = found[0] if found else _create_project(workspace, project_name)
         ref = workspace.add_run(project.id, snapshot, include_data=False)
-    return str(ref.id)
+    return WorkspaceRun(str(project.id), str(ref.id))
 
 
 # -- helpers --------------------------------------------------------------------------------

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+APPROVAL_MODES = ("automatic", "required")
+
 
 @dataclass(frozen=True)
 class GatePolicy:
@@ -22,6 +24,26 @@ class GatePolicy:
     #: largest tolerated drop of the primary metric on any segment vs the champion
     max_segment_regression: float = 0.05
     segment_prefix: str = "roc_auc."
+    #: "automatic": a blessed candidate becomes champion at once; "required": it waits
+    #: for a person to approve it in Airflow, and an unanswered request expires rejected
+    approval: str = "automatic"
+    approval_timeout_hours: float = 72.0
+    #: Airflow user ids who may answer (empty: any user allowed to act on the DAG)
+    approvers: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.approval not in APPROVAL_MODES:
+            raise ValueError(
+                f"approval must be one of {', '.join(APPROVAL_MODES)}, got {self.approval!r}"
+            )
+        if not self.approval_timeout_hours > 0:
+            raise ValueError(
+                f"approval_timeout_hours must be positive, got {self.approval_timeout_hours}"
+            )
+
+    @property
+    def needs_approval(self) -> bool:
+        return self.approval == "required"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 
 def reports_dir(settings: Settings, start: datetime) -> Path:
-    path = settings.home / "reports" / settings.usecase.name / settings.usecase.interval_key(start)
+    path = settings.reports_dir / settings.usecase.interval_key(start)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -142,13 +142,18 @@ def check_drift(
         html_path=out / "drift.html",
         json_path=out / "drift.json",
     )
-    add_to_workspace(
-        settings.home / "evidently", f"closedloop {settings.usecase.name}", snapshot, timestamp=end
+    where = add_to_workspace(
+        settings.evidently_workspace,
+        f"closedloop {settings.usecase.name}",
+        snapshot,
+        timestamp=end,
     )
     return {
         **result.to_dict(),
         "champion_version": version,
         "report": str(out / "drift.html"),
+        "evidently_project": where.project_id,
+        "evidently_run": where.run_id,
         "window_start": (end - timedelta(days=window_days)).isoformat(),
         "window_end": end.isoformat(),
     }

@@ -150,8 +150,10 @@ def apply_decision(
     *,
     dag_id: str | None,
     run_id: str | None,
+    note: str | None = None,
 ) -> str:
-    """Move aliases as the gate decided, tag the version and record the move.
+    """Move aliases as the gate decided, tag the version and record the move (``note``,
+    e.g. who approved it, is added to the ledger's reason).
 
     Idempotent: applying the same decision again (a retried task) changes nothing, and a
     retry of a task killed after the aliases moved but before the ledger heard of it
@@ -182,7 +184,7 @@ def apply_decision(
                 version,
                 replaced,
                 "promote",
-                decision.summary(),
+                f"{decision.summary()}; {note}" if note else decision.summary(),
                 numbers,
                 dag_id,
                 run_id,

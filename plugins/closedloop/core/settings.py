@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -78,6 +78,15 @@ class StoreSettings(BaseModel):
         description="the Airflow UI as a browser reaches it (links, login redirects); "
         "defaults to airflow_api_url",
     )
+    mlflow_public_url: str | None = Field(
+        default=None,
+        description="the MLflow UI as a browser reaches it (links); defaults to the "
+        "tracking server, or to where `closedloop up` serves it in the embedded profile",
+    )
+    evidently_public_url: str | None = Field(
+        default=None,
+        description="the Evidently UI as a browser reaches it (links to drift reports)",
+    )
     celery_broker_url: str | None = Field(default=None, description="defaults to redis_url")
     celery_result_backend: str | None = None
     closedloop_db: str | None = Field(
@@ -94,6 +103,50 @@ class StoreSettings(BaseModel):
         return value
 
 
+#: the events an alert can be about (``closedloop.core.alerts``)
+AlertEvent = Literal[
+    "quarantined",
+    "drift",
+    "performance",
+    "retraining",
+    "promoted",
+    "rejected",
+    "approval_waiting",
+    "task_failed",
+]
+ALERT_EVENTS: tuple[str, ...] = AlertEvent.__args__  # type: ignore[attr-defined]
+
+
+class AlertSettings(BaseModel):
+    """Where the loop's alerts go (``closedloop.core.alerts``). Webhook URLs are secrets
+    (a chat tool's incoming webhook carries its token in the path): set them in the
+    environment, e.g. ``CLOSEDLOOP_ALERTS__WEBHOOKS='["https://hooks.example/T0/B0/x"]'``,
+    never in a file of this repository."""
+
+    webhooks: list[SecretStr] = Field(
+        default_factory=list,
+        description="URLs each alert is POSTed to as JSON (env: a JSON list)",
+    )
+    events: list[AlertEvent] = Field(
+        default_factory=lambda: list(ALERT_EVENTS),
+        description="the events that alert (default: all)",
+    )
+    timeout_seconds: float = Field(default=5.0, gt=0, description="per HTTP attempt")
+    retries: int = Field(default=2, ge=0, description="further attempts after a failed one")
+    backoff_seconds: float = Field(
+        default=0.5, ge=0, description="wait before the first retry; doubles with each"
+    )
+    slack_webhook_conn_id: str | None = Field(
+        default=None,
+        description="also send through Airflow's SlackWebhookNotifier (if the slack "
+        "provider is installed) with this connection",
+    )
+    smtp_conn_id: str | None = Field(
+        default=None, description="also e-mail through Airflow's SmtpNotifier (to smtp_to)"
+    )
+    smtp_to: list[str] = Field(default_factory=list, description="recipients of the e-mails")
+
+
 #: production: component database -> the StoreSettings field that may name it explicitly
 #: (the MLflow server's user store has none: it is always derived)
 DATABASE_FIELDS: dict[str, str | None] = {
@@ -106,6 +159,8 @@ DATABASE_FIELDS: dict[str, str | None] = {
 #: where the production profile's servers listen when nothing else is configured
 DEFAULT_MLFLOW_URL = "http://127.0.0.1:5000"
 DEFAULT_AIRFLOW_API_URL = "http://127.0.0.1:8080"
+#: where `closedloop up` serves the Evidently UI
+DEFAULT_EVIDENTLY_URL = "http://127.0.0.1:8000"
 
 
 class Settings(BaseSettings):
@@ -135,6 +190,7 @@ class Settings(BaseSettings):
         default=PROJECT_ROOT / "dags", description="the DAG folder Airflow parses"
     )
     stores: StoreSettings = StoreSettings()
+    alerts: AlertSettings = AlertSettings()
     mlflow_conn_id: str | None = Field(
         default=None,
         description="an Airflow connection (closedloop_mlflow) the DAGs' operators take the "
@@ -314,6 +370,26 @@ class Settings(BaseSettings):
     @property
     def airflow_public_url(self) -> str:
         return (self.stores.airflow_public_url or self.airflow_api_url).rstrip("/")
+
+    @property
+    def mlflow_public_url(self) -> str:
+        if self.stores.mlflow_public_url:
+            return self.stores.mlflow_public_url.rstrip("/")
+        tracking = self.mlflow_tracking_uri
+        return (tracking if tracking.startswith("http") else DEFAULT_MLFLOW_URL).rstrip("/")
+
+    @property
+    def evidently_public_url(self) -> str:
+        return (self.stores.evidently_public_url or DEFAULT_EVIDENTLY_URL).rstrip("/")
+
+    @property
+    def reports_dir(self) -> Path:
+        """The monitoring reports of this use case, one folder per day."""
+        return self.home / "reports" / self.usecase.name
+
+    @property
+    def evidently_workspace(self) -> Path:
+        return self.home / "evidently"
 
     @property
     def celery_broker_url(self) -> str:

@@ -27,6 +27,7 @@ MANAGED = f"{PREFIX}managed"
 BLESSED = f"{PREFIX}blessed"  # "true" once the gate promoted the version
 GATE = f"{PREFIX}gate"  # the gate's summary
 REJECTION_REASON = f"{PREFIX}rejection_reason"
+APPROVAL = f"{PREFIX}approval"  # pending | approved by <user> | rejected by <user> | expired
 ROLLED_BACK = f"{PREFIX}rolled_back"
 
 # -- on a monitoring run --------------------------------------------------------------

@@ -398,12 +398,12 @@ def gate(
             min_segment_rows=config.min_segment_rows,
             exclude=excluded_columns(settings),
         )
-    decision = decide(
-        trained.metrics,
-        champion_metrics,
-        GatePolicy(**usecase.model.gate),
-        champion_version=champion_version,
-    )
+    policy = GatePolicy(**usecase.model.gate)
+    decision = decide(trained.metrics, champion_metrics, policy, champion_version=champion_version)
+    if decision.blessed and policy.needs_approval:
+        from closedloop.core.approval import hold_for_approval
+
+        return hold_for_approval(settings, version, decision, dag_id=dag_id, run_id=run_id)
     ledger = PromotionLedger(settings.closedloop_db)
     try:
         action = apply_decision(

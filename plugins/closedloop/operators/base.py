@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
@@ -17,6 +18,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from closedloop.core.errors import BatchNotFoundError, DataValidationError, DecisionError
 from closedloop.core.settings import Settings, load_settings
+from closedloop.operators.links import ClosedLoopViewLink, DataDocsLink, QuarantineReportLink
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -35,6 +37,13 @@ def decisions_fail_the_task(context: Context) -> Iterator[None]:
         yield
     except DataValidationError as exc:
         context["ti"].xcom_push(key="validation", value=exc.result.to_dict())
+        task = context.get("task")
+        if exc.quarantined_to is not None and isinstance(task, ClosedLoopOperator):
+            from closedloop.core.quarantine import DOCS_COPY, REPORT
+
+            settings = task.settings()
+            task.add_file_link(settings, QuarantineReportLink.name, exc.quarantined_to / REPORT)
+            task.add_file_link(settings, DataDocsLink.name, exc.quarantined_to / DOCS_COPY)
         raise DataQualityGateFailed(str(exc)) from exc
     except DecisionError as exc:
         raise AirflowFailException(str(exc)) from exc
@@ -57,6 +66,8 @@ class ClosedLoopOperator(BaseOperator):
 
     template_fields: Sequence[str] = ("usecase_file",)
     ui_color = "#d7ecf7"
+    #: every closedloop task links to the closedloop view of its use case
+    operator_extra_links = (ClosedLoopViewLink(),)
 
     def __init__(
         self,
@@ -70,6 +81,22 @@ class ClosedLoopOperator(BaseOperator):
         self.usecase_file = usecase_file
         self.mlflow_conn_id = mlflow_conn_id
         self.feast_conn_id = feast_conn_id
+        #: link name -> URL, set while the task runs (closedloop.operators.links)
+        self.closedloop_links: dict[str, str] = {}
+
+    def add_link(self, name: str, url: str) -> None:
+        self.closedloop_links[name] = url
+
+    def add_file_link(self, settings: Settings, name: str, path: str | Path | None) -> None:
+        """Link a file the closedloop view serves, if it exists and is one it serves."""
+        from closedloop.core import links
+
+        if path is None or not Path(path).is_file():
+            return
+        try:
+            self.add_link(name, links.file_url(settings, path))
+        except ValueError:
+            self.log.warning("%s is not served by the closedloop view: no %r link", path, name)
 
     def settings(self) -> Settings:
         from closedloop.hooks.feast import FeastHook
@@ -86,7 +113,12 @@ class ClosedLoopOperator(BaseOperator):
         mlflow.apply_credentials()  # the connection read once (cached by the hook)
         if self.usecase_file:
             overrides["usecase_file"] = self.usecase_file
-        return load_settings(**overrides)
+        settings = load_settings(**overrides)
+        if ClosedLoopViewLink.name not in self.closedloop_links:
+            from closedloop.core import links
+
+            self.add_link(ClosedLoopViewLink.name, links.view(settings, settings.usecase.name))
+        return settings
 
 
 class IntervalOperator(ClosedLoopOperator):

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from closedloop.operators.base import DataQualityGateFailed, IntervalOperator
+from closedloop.operators.links import DataDocsLink, QuarantineReportLink
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -26,12 +27,21 @@ class ExtractBatchOperator(IntervalOperator):
 
 
 class ValidateBatchOperator(IntervalOperator):
-    """Run the use case's Great Expectations suite on the batch; quarantine on failure."""
+    """Run the use case's Great Expectations suite on the batch; quarantine on failure.
+    Links: the Data Docs page of the validation, and the quarantine report of a blocked
+    batch."""
+
+    operator_extra_links = (
+        *IntervalOperator.operator_extra_links,
+        DataDocsLink(),
+        QuarantineReportLink(),
+    )
 
     def run_step(self, settings, start, end, context):
         from closedloop.core.feature_pipeline import validate
 
         result = validate(settings, start, end, run_name=context["run_id"])
+        self.add_file_link(settings, DataDocsLink.name, result.get("data_docs"))
         self.log.info(
             "Batch passed %d checks; Data Docs: %s", result["checks_total"], result["data_docs"]
         )

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseXCom, SkipMixin
 
 from closedloop.operators.base import IntervalOperator
+from closedloop.operators.links import DriftReportLink, EvidentlyReportLink, TriggeredTrainingLink
 
 #: the XCom key of the training run's ``conf`` (see :class:`MonitoringDecisionOperator`)
 TRIGGER_CONF_KEY = "trigger_conf"
@@ -26,14 +27,30 @@ class DriftCheckOperator(IntervalOperator):
     :param window_days: days of predictions, ending with the interval, to compare.
     """
 
+    operator_extra_links = (
+        *IntervalOperator.operator_extra_links,
+        EvidentlyReportLink(),
+        DriftReportLink(),
+    )
+
     def __init__(self, *, window_days: int = 3, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.window_days = window_days
 
     def run_step(self, settings: Settings, start, end, context: Context) -> dict[str, Any]:
+        from closedloop.core import links
         from closedloop.core.monitoring_pipeline import check_drift
 
-        return check_drift(settings, start, end, window_days=self.window_days)
+        result = check_drift(settings, start, end, window_days=self.window_days)
+        if result.get("evidently_run"):
+            self.add_link(
+                EvidentlyReportLink.name,
+                links.evidently_report(
+                    settings, result["evidently_project"], result["evidently_run"]
+                ),
+            )
+        self.add_file_link(settings, DriftReportLink.name, result.get("report"))
+        return result
 
 
 class PerformanceCheckOperator(IntervalOperator):
@@ -74,6 +91,11 @@ class MonitoringDecisionOperator(IntervalOperator, SkipMixin):
 
     template_fields: Sequence[str] = (*IntervalOperator.template_fields, "drift", "performance")
     inherits_from_skipmixin = True
+    operator_extra_links = (
+        *IntervalOperator.operator_extra_links,
+        TriggeredTrainingLink(),
+        DriftReportLink(),
+    )
 
     def __init__(self, *, drift: Any, performance: Any, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -93,7 +115,16 @@ class MonitoringDecisionOperator(IntervalOperator, SkipMixin):
         )
         ti = context["ti"]
         xcom = verdict.to_dict() | {"trigger_run_id": verdict.trigger_run_id}
+        if isinstance(self.drift, dict):
+            self.add_file_link(settings, DriftReportLink.name, self.drift.get("report"))
         if verdict.retrain:
+            from closedloop.core import links
+
+            training = settings.usecase.dag_ids["training"]
+            self.add_link(
+                TriggeredTrainingLink.name,
+                links.airflow_dag_run(settings, training, verdict.trigger_run_id),
+            )
             ti.xcom_push(key=TRIGGER_CONF_KEY, value=trigger_conf(verdict, end))
             return xcom
         # skip() ends execute with an exception: the verdict is pushed first

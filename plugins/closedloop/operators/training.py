@@ -12,15 +12,21 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from airflow.sdk import BaseXCom, SkipMixin
 from airflow.sdk.exceptions import AirflowSkipException
 
+from closedloop.core import links
+from closedloop.core.approval import AWAITING
 from closedloop.core.payloads import TrainedModel, TrainingSetRef
 from closedloop.operators.base import ClosedLoopOperator, decisions_fail_the_task
+from closedloop.operators.links import MlflowRunLink, ModelVersionLink
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from airflow.sdk import Context
+
+    from closedloop.core.settings import Settings
 
 
 def _conf(context: Context) -> dict[str, Any]:
@@ -141,6 +147,7 @@ class TrainModelOperator(ClosedLoopOperator):
     """
 
     template_fields: Sequence[str] = (*ClosedLoopOperator.template_fields, "built", "validation")
+    operator_extra_links = (*ClosedLoopOperator.operator_extra_links, MlflowRunLink())
 
     def __init__(self, *, built: Any, validation: Any, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -163,6 +170,7 @@ class TrainModelOperator(ClosedLoopOperator):
         trained = train(
             settings, built, lineage, training_config(settings, **_overrides(_conf(context)))
         )
+        self.add_link(MlflowRunLink.name, _run_url(settings, trained.run_id))
         self.log.info(
             "MLflow run %s: %s",
             trained.run_id,
@@ -178,6 +186,11 @@ class RegisterModelOperator(ClosedLoopOperator):
     """
 
     template_fields: Sequence[str] = (*ClosedLoopOperator.template_fields, "trained")
+    operator_extra_links = (
+        *ClosedLoopOperator.operator_extra_links,
+        MlflowRunLink(),
+        ModelVersionLink(),
+    )
 
     def __init__(self, *, trained: Any, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -186,14 +199,21 @@ class RegisterModelOperator(ClosedLoopOperator):
     def execute(self, context: Context) -> str:
         from closedloop.core.training_pipeline import register
 
-        version = register(self.settings(), TrainedModel.from_dict(self.trained), _run_key(context))
+        settings = self.settings()
+        trained = TrainedModel.from_dict(self.trained)
+        version = register(settings, trained, _run_key(context))
+        self.add_link(MlflowRunLink.name, _run_url(settings, trained.run_id))
+        page = links.mlflow_model_version(settings, settings.model_name, version)
+        self.add_link(ModelVersionLink.name, page)
         self.log.info("Registered version %s", version)
         return version
 
 
-class PromotionGateOperator(ClosedLoopOperator):
+class PromotionGateOperator(ClosedLoopOperator, SkipMixin):
     """Compare the new version with the champion on the same holdout; promote it to
-    ``champion`` only if blessed, else make it the ``challenger``.
+    ``champion`` only if blessed, else make it the ``challenger``. With
+    ``model.gate.approval: required`` a blessed version is held for the approval task
+    downstream instead; any other outcome skips that task.
 
     :param built: the build task's XCom; :param trained: the train task's XCom;
     :param version: the register task's XCom (all templated).
@@ -205,6 +225,8 @@ class PromotionGateOperator(ClosedLoopOperator):
         "trained",
         "version",
     )
+    operator_extra_links = (*ClosedLoopOperator.operator_extra_links, ModelVersionLink())
+    inherits_from_skipmixin = True
 
     def __init__(self, *, built: Any, trained: Any, version: Any, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -214,6 +236,10 @@ class PromotionGateOperator(ClosedLoopOperator):
         from closedloop.core.training_pipeline import gate, training_config
 
         settings = self.settings()
+        self.add_link(
+            ModelVersionLink.name,
+            links.mlflow_model_version(settings, settings.model_name, str(self.version)),
+        )
         outcome = gate(
             settings,
             TrainingSetRef.from_dict(self.built),
@@ -227,4 +253,19 @@ class PromotionGateOperator(ClosedLoopOperator):
         self.log.info(
             "Version %s %s: %s", self.version, outcome.action, "; ".join(outcome.decision.reasons)
         )
-        return outcome.to_dict()
+        result = outcome.to_dict()
+        downstream = context["task"].get_direct_relatives(upstream=False)
+        if downstream and outcome.action != AWAITING:
+            # nothing to approve: the approval task is skipped, this task succeeds
+            ti = context["ti"]
+            ti.xcom_push(key=BaseXCom.XCOM_RETURN_KEY, value=result)
+            self.skip(ti=ti, tasks=downstream)
+        return result
+
+
+def _run_url(settings: Settings, run_id: str) -> str:
+    """The MLflow UI page of a run (its experiment asked of the tracking server)."""
+    from closedloop.core.registry import client_for
+
+    experiment = client_for(settings).get_run(run_id).info.experiment_id
+    return links.mlflow_run(settings, experiment, run_id)
