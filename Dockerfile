@@ -28,7 +28,9 @@ COPY plugins ./plugins
 COPY dags ./dags
 COPY feature_repo ./feature_repo
 COPY mlflow ./mlflow
+# (plugins/closedloop.egg-info, a by-product on sys.path, would duplicate the entry points)
 RUN uv pip install --python /opt/venv/bin/python --compile-bytecode --no-deps -e . \
+    && rm -rf plugins/closedloop.egg-info \
     && useradd --system --uid 10001 --create-home --home-dir /var/lib/closedloop closedloop
 USER 10001
 ENV CLOSEDLOOP_HOME=/var/lib/closedloop \

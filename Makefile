@@ -7,8 +7,9 @@ UV_VERSION := 0.13.8
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 export CLOSEDLOOP_HOME ?= $(CURDIR)/.closedloop
+CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: demo demo-flights up test audit lint env clean distclean bench
+.PHONY: demo demo-flights up test audit lint env clean distclean bench browser
 
 # The environment: exactly the versions in requirements.lock, with compiled bytecode
 # (the stack's imports are 2-3x slower without .pyc files).
@@ -18,6 +19,10 @@ $(BIN)/.closedloop-installed: requirements.lock pyproject.toml
 	$(BIN)/python -m pip install -q uv==$(UV_VERSION)
 	$(BIN)/uv pip install --python $(BIN)/python --compile-bytecode -q -r requirements.lock
 	$(BIN)/uv pip install --python $(BIN)/python --compile-bytecode -q --no-deps -e .
+	@# setuptools leaves closedloop.egg-info in plugins/, which the editable install puts on
+	@# sys.path: a second copy of the metadata, so Airflow would load the closedloop plugin's
+	@# entry point twice ("already registered"). The installed dist-info is the real one.
+	rm -rf plugins/closedloop.egg-info
 	touch $@
 
 env: $(BIN)/.closedloop-installed
@@ -33,9 +38,26 @@ demo-flights: env
 up: env
 	$(BIN)/closedloop up --usecase hotel_bookings
 
-test: env
+test: env browser
 	$(BIN)/ruff check plugins dags feature_repo tests benchmarks
 	$(BIN)/python -m pytest tests --durations=15
+
+# The browser of tests/browser: Debian's chromium, driven by Playwright (pip; its driver is
+# in the wheel, `playwright install` downloads nothing here). Installed when missing and we
+# are root (or may sudo); otherwise a clear failure. CHROMIUM names another executable.
+export CLOSEDLOOP_CHROMIUM := $(CHROMIUM)
+browser:
+	@if [ -x "$(CHROMIUM)" ]; then exit 0; fi; \
+	if [ "$(CHROMIUM)" != /usr/bin/chromium ]; then \
+	  echo "make browser: CHROMIUM=$(CHROMIUM) is not an executable" >&2; exit 1; fi; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO=sudo; else \
+	  echo "make browser: /usr/bin/chromium is missing and installing it needs root:" \
+	    "run 'apt-get install -y chromium' as root (or set CHROMIUM=/path/to/chromium)" >&2; \
+	  exit 1; fi; \
+	command -v apt-get >/dev/null || { echo "make browser: no apt-get to install chromium;" \
+	  "set CHROMIUM=/path/to/chromium" >&2; exit 1; }; \
+	$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium; \
+	test -x /usr/bin/chromium || { echo "make browser: apt-get installed no /usr/bin/chromium" >&2; exit 1; }
 
 # Known vulnerabilities of the pinned dependencies (PyPI's advisory data). A finding fails:
 # bump the pin, or ignore it with --ignore-vuln ID and the reason in docs/production.md.

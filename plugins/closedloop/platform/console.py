@@ -35,8 +35,15 @@ def quiet_library_warnings() -> None:
 
 def where_to_look(settings: Settings) -> None:
     home = settings.home
+    from closedloop.core import links
+
     click.echo("Where to look (make up starts the UIs on this state):")
-    click.echo("  Airflow UI    http://127.0.0.1:8080  (closedloop up)")
+    click.echo(
+        f"  Airflow UI    {settings.airflow_public_url}  (closedloop up; user admin, its "
+        f"password in {settings.airflow_home / 'simple_auth_manager_passwords.json.generated'})"
+    )
+    view = links.view(settings, settings.usecase.name)
+    click.echo(f"  closedloop    {view}  (in the Airflow UI, the same login)")
     click.echo(f"  MLflow UI     mlflow ui --backend-store-uri {settings.mlflow_tracking_uri}")
     click.echo(f"  Evidently UI  evidently ui --workspace {home / 'evidently'}")
     click.echo(f"  Reports       {home / 'reports' / settings.usecase.name}/<day>/drift.html")
@@ -154,9 +161,19 @@ def run_up(settings: Settings, port: int, mlflow_port: int, evidently_port: int)
     import sys
     from pathlib import Path
 
+    from closedloop.core import links
     from closedloop.platform.local_airflow import LocalAirflow
     from closedloop.platform.runtime import apply_airflow_environ
 
+    # Links in Airflow (extra links, the closedloop view) name the UIs started here,
+    # unless the settings name public URLs of their own.
+    public = {
+        "MLFLOW_PUBLIC_URL": (settings.stores.mlflow_public_url, mlflow_port),
+        "EVIDENTLY_PUBLIC_URL": (settings.stores.evidently_public_url, evidently_port),
+    }
+    for name, (configured, ui_port) in public.items():
+        if not configured:
+            os.environ[f"CLOSEDLOOP_STORES__{name}"] = f"http://127.0.0.1:{ui_port}"
     env = apply_airflow_environ(settings)
     bin_dir = Path(sys.executable).parent
     airflow = LocalAirflow(settings, port=port)
@@ -200,11 +217,17 @@ def run_up(settings: Settings, port: int, mlflow_port: int, evidently_port: int)
             )
         say(f"starting Airflow ({', '.join(airflow.components)}) ...")
         airflow.start()
+        shown = airflow.public_settings()
         click.echo(
-            f"Airflow UI    {airflow.base_url}  (user admin, password in {airflow.password_file})"
+            f"Airflow UI    {shown.airflow_public_url}  (log in as admin with the password in "
+            f"{airflow.password_file})"
         )
-        click.echo(f"MLflow UI     http://127.0.0.1:{mlflow_port}")
-        click.echo(f"Evidently UI  http://127.0.0.1:{evidently_port}")
+        click.echo(
+            f"closedloop    {links.view(shown, settings.usecase_name)}  (the same login; also "
+            "'closedloop' in the Airflow UI's menu and on each DAG run)"
+        )
+        click.echo(f"MLflow UI     http://127.0.0.1:{mlflow_port}  (no login)")
+        click.echo(f"Evidently UI  http://127.0.0.1:{evidently_port}  (no login)")
         click.echo(f"Logs          {logs}")
         click.echo("Ctrl-C stops everything.")
         while not stop:

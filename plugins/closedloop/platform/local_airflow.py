@@ -117,7 +117,18 @@ class LocalAirflow:
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
         }
+        # Links (extra links, alerts, the closedloop view) name this server, unless the
+        # settings name the public URL themselves.
+        if not self.settings.stores.airflow_public_url:
+            env["CLOSEDLOOP_STORES__AIRFLOW_PUBLIC_URL"] = self.base_url
         return env
+
+    def public_settings(self) -> Settings:
+        """The settings as the components see them: links point at this server."""
+        if self.settings.stores.airflow_public_url:
+            return self.settings
+        stores = self.settings.stores.model_copy(update={"airflow_public_url": self.base_url})
+        return self.settings.model_copy(update={"stores": stores})
 
     def start(self, timeout: float = 240) -> None:
         """Start the components and wait until the API answers and the scheduler is up."""
