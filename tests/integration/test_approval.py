@@ -74,31 +74,18 @@ def _start(airflow, day: int) -> str:
     return airflow.trigger(TRAINING, as_of, conf, run_id=f"approval_{day}")
 
 
-def _hitl_path(run_id: str) -> str:
-    return f"/api/v2/dags/{TRAINING}/dagRuns/{run_id}/taskInstances/approve/-1/hitlDetails"
-
-
-def _awaiting(airflow, run_id: str, timeout: float = 600) -> dict:
-    """Wait until the approval task asks; returns its request."""
-    deadline = time.monotonic() + timeout
-    while (state := airflow.task_states(TRAINING, run_id).get("approve")) != "awaiting_input":
-        assert state not in ("success", "failed", "skipped", "upstream_failed"), (
-            f"approve ended {state} without asking: {airflow.task_states(TRAINING, run_id)}"
-        )
-        assert time.monotonic() < deadline, f"approve still {state}"
-        airflow.check_alive()
-        time.sleep(1)
-    return airflow._request("GET", _hitl_path(run_id))
+def _awaiting(airflow, run_id: str) -> dict:
+    return airflow.wait_for_input(TRAINING, run_id, "approve")
 
 
 def _answer(airflow, run_id: str, option: str, reason: str = "") -> None:
     # A person answers seconds after the request at the earliest. An answer within the
     # scheduler's next loop can overtake the executor's report that the asking process
     # ended: Airflow 3.3.2 then sees a "success" event for a task that is running again
-    # and fails it (docs/pipelines.md, "Approval before promotion"). Answer as a person would.
+    # and fails it (docs/pipelines.md, "Approval before promotion"). Answer as a person
+    # would.
     time.sleep(5)
-    body = {"chosen_options": [option], "params_input": {"reason": reason}}
-    airflow._request("PATCH", _hitl_path(run_id), body, attempts=1)
+    airflow.answer(TRAINING, run_id, "approve", option, {"reason": reason})
 
 
 def _ledger(settings):

@@ -171,4 +171,6 @@ def evidence(settings: Settings, outcome: GateOutcome) -> str:
 
 
 def _num(value: float | None) -> str:
-    return "—" if value is None else f"{value:.4f}"
+    if value is None:
+        return "—"
+    return f"{value:,.0f}" if value >= 2 and float(value).is_integer() else f"{value:.4f}"

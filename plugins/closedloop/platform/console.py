@@ -4,8 +4,10 @@ the registered model and the ledger, and the local Airflow, MLflow and Evidently
 from __future__ import annotations
 
 import os
+import sys
 import time
 import warnings
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
@@ -152,14 +154,36 @@ def show_model(settings: Settings) -> None:
         click.echo(f"  {entry.line()}")
 
 
+def ui_commands(settings: Settings, mlflow_port: int, evidently_port: int) -> dict[str, list[str]]:
+    """The MLflow and Evidently UIs on the state of ``settings``, on 127.0.0.1."""
+    bin_dir = Path(sys.executable).parent
+    local = ["--host", "127.0.0.1", "--port"]
+    return {
+        "mlflow": [
+            str(bin_dir / "mlflow"),
+            "ui",
+            "--backend-store-uri",
+            settings.mlflow_tracking_uri,
+            *local,
+            str(mlflow_port),
+        ],
+        "evidently": [
+            str(bin_dir / "evidently"),
+            "ui",
+            "--workspace",
+            str(settings.evidently_workspace),
+            *local,
+            str(evidently_port),
+        ],
+    }
+
+
 def run_up(settings: Settings, port: int, mlflow_port: int, evidently_port: int) -> int:
     """``closedloop up``: Airflow (its API and execution API servers, scheduler and DAG
     processor), the MLflow UI and the Evidently UI on the current state, all on
     127.0.0.1, until Ctrl-C."""
     import signal
     import subprocess
-    import sys
-    from pathlib import Path
 
     from closedloop.core import links
     from closedloop.platform.local_airflow import LocalAirflow
@@ -175,33 +199,11 @@ def run_up(settings: Settings, port: int, mlflow_port: int, evidently_port: int)
         if not configured:
             os.environ[f"CLOSEDLOOP_STORES__{name}"] = f"http://127.0.0.1:{ui_port}"
     env = apply_airflow_environ(settings)
-    bin_dir = Path(sys.executable).parent
     airflow = LocalAirflow(settings, port=port)
     logs = airflow.logs_dir
     logs.mkdir(parents=True, exist_ok=True)
     uis: dict[str, subprocess.Popen] = {}
-    commands = {
-        "mlflow": [
-            str(bin_dir / "mlflow"),
-            "ui",
-            "--backend-store-uri",
-            settings.mlflow_tracking_uri,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(mlflow_port),
-        ],
-        "evidently": [
-            str(bin_dir / "evidently"),
-            "ui",
-            "--workspace",
-            str(settings.home / "evidently"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(evidently_port),
-        ],
-    }
+    commands = ui_commands(settings, mlflow_port, evidently_port)
     stop = False
 
     def _stop(*_: object) -> None:

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -375,6 +376,35 @@ class LocalAirflow:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{dag_id} {run_id} still {state} after {timeout:.0f}s")
             time.sleep(0.2)
+
+    def hitl_path(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> str:
+        run = urllib.parse.quote(run_id, safe="")
+        return (
+            f"/api/v2/dags/{dag_id}/dagRuns/{run}/taskInstances/{task_id}/{map_index}/hitlDetails"
+        )
+
+    def wait_for_input(
+        self, dag_id: str, run_id: str, task_id: str, timeout: float = 600
+    ) -> dict[str, Any]:
+        """Wait until a human-in-the-loop task asks (state ``awaiting_input``); returns
+        its request (subject, body, options). Fails if the task ends without asking."""
+        deadline = time.monotonic() + timeout
+        while (state := self.task_states(dag_id, run_id).get(task_id)) != "awaiting_input":
+            if state in ("success", "failed", "skipped", "upstream_failed"):
+                raise RuntimeError(f"{dag_id} {run_id}: {task_id} ended {state} without asking")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{dag_id} {run_id}: {task_id} still {state}")
+            self.check_alive()
+            time.sleep(1)
+        return self._request("GET", self.hitl_path(dag_id, run_id, task_id))
+
+    def answer(
+        self, dag_id: str, run_id: str, task_id: str, option: str, params: dict | None = None
+    ) -> None:
+        """Answer a waiting human-in-the-loop task as its user would (once: a second
+        answer is Airflow's 409)."""
+        body = {"chosen_options": [option], "params_input": params or {}}
+        self._request("PATCH", self.hitl_path(dag_id, run_id, task_id), body, attempts=1)
 
     def run_and_wait(
         self, dag_id: str, logical_date: datetime, conf: dict | None = None, timeout: float = 600
