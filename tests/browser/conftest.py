@@ -2,8 +2,10 @@
 ``chromium`` (``make browser`` installs it; ``playwright install`` downloads nothing
 here) against a real Airflow UI.
 
-* ``browser``: one headless chromium per session (``--no-sandbox`` as root); a missing
-  browser FAILS the tests, it does not skip them;
+* ``browser``: one headless chromium per test module (``--no-sandbox`` as root); a
+  missing browser FAILS the tests, it does not skip them. Not per session: Playwright's
+  sync API keeps an event loop running in the main thread while it is open, and a later
+  test's ``asyncio.run()`` would find it;
 * ``ui_world``: a closedloop home with a champion and verdicts, served by a started
   ``LocalAirflow`` (its API server loads the closedloop plugin);
 * ``log_in``: logs in through the real form at ``/auth/login`` of a started
@@ -30,7 +32,7 @@ CHROMIUM = Path(os.environ.get("CLOSEDLOOP_CHROMIUM") or "/usr/bin/chromium")
 ARTIFACTS = Path(os.environ.get("CLOSEDLOOP_TEST_ARTIFACTS") or PROJECT_ROOT / "test-artifacts")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
     if not (CHROMIUM.is_file() and os.access(CHROMIUM, os.X_OK)):
         pytest.fail(
@@ -51,7 +53,7 @@ def browser():
         browser.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ui_world(tmp_path_factory):
     """(settings, airflow): a first champion trained in process, Airflow up."""
     from closedloop.core import training_pipeline as tp
@@ -79,7 +81,7 @@ def ui_world(tmp_path_factory):
             yield airflow.public_settings(), airflow
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def log_in(browser, tmp_path_factory):
     """``log_in(airflow, screenshot=None)``: log in as admin through Airflow's login form
     of a started ``LocalAirflow``; returns the path of the browser state (cookies) it
@@ -112,7 +114,7 @@ def log_in(browser, tmp_path_factory):
     return log_in
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def storage_state(ui_world, log_in) -> Path:
     """Logged in as admin through Airflow's login form once; the cookies it set."""
     _, airflow = ui_world
