@@ -28,8 +28,12 @@ cores, which would be measured as server time.
 Set-up (not timed): ``--home DIR`` reuses a home with a champion; without it a temporary
 home gets 20 generated days through the feature pipeline and a trained champion.
 
+``--shadow`` also runs ``closedloop serve --shadow`` (one worker) in the same rounds and
+compares its p99 with the plain one-worker server's (goal <= 1.1x, PASS or MISS); without
+a ``challenger`` alias the champion's model is registered again as the challenger.
+
     .venv/bin/python benchmarks/serving.py [--home DIR] [--seconds 10] [--rounds 5]
-        [--connections 16] [--workers 1,2]
+        [--connections 16] [--workers 1,2] [--shadow]
 """
 
 from __future__ import annotations
@@ -54,6 +58,8 @@ from _common import first_champion
 
 FIRST, DAYS = date(2026, 1, 1), 20
 VENV_BIN = Path(sys.executable).parent
+SHADOW_GOAL = 1.1  # p99 with --shadow / without, sequential
+SHADOW_NAME = "closedloop serve x1 --shadow (event in)"
 
 
 def _free_port() -> int:
@@ -71,6 +77,20 @@ def prepare(settings) -> None:
     backfill(settings, FIRST, DAYS)
     end = datetime(2026, 1, DAYS - 1, tzinfo=UTC)
     first_champion(settings, end)
+
+
+def ensure_challenger(settings) -> str:
+    """The ``challenger`` version; the champion's model registered again if none."""
+    from closedloop.core.registry import CHALLENGER, CHAMPION, alias_version, client_for
+
+    client, name = client_for(settings), settings.model_name
+    found = alias_version(client, name, CHALLENGER)
+    if found is not None:
+        return found
+    champion = client.get_model_version(name, alias_version(client, name, CHAMPION))
+    again = client.create_model_version(name, champion.source, run_id=champion.run_id)
+    client.set_registered_model_alias(name, CHALLENGER, again.version)
+    return str(again.version)
 
 
 def events(settings, n: int = 500) -> list[dict]:
@@ -250,7 +270,13 @@ def main() -> None:
         default=[1, 2],
         help="closedloop serve --workers values to measure, comma-separated (default 1,2)",
     )
+    parser.add_argument(
+        "--shadow", action="store_true",
+        help="also measure closedloop serve --shadow against the plain server (one worker)",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.shadow and 1 not in args.workers:
+        args.workers = [1, *args.workers]
     warnings.filterwarnings("ignore")
     tmp = None
     if args.home is None:
@@ -279,6 +305,8 @@ def main() -> None:
             prepare(settings)
         keys = events(settings)
         model = load_model(settings)
+        if args.shadow:
+            print(f"challenger for --shadow: v{ensure_challenger(settings)}", flush=True)
         results: dict[str, dict] = {}
 
         # (a) in-process: the limit
@@ -311,6 +339,16 @@ def main() -> None:
             if workers > 1:  # every worker loaded, not just the first to answer
                 _wait_all(port, workers, proc)
             servers[f"closedloop serve x{workers} (event in)"] = port
+        if args.shadow:  # measured in the same rounds as the others
+            port = _free_port()
+            proc = subprocess.Popen(
+                [str(VENV_BIN / "closedloop"), "serve", "--port", str(port), "--shadow"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            procs.append(proc)
+            _wait(port, "/ready", proc)
+            servers[SHADOW_NAME] = port
         for port in servers.values():
             _run(_load(port, "/predict", bodies, min(3.0, args.seconds), args.connections))
 
@@ -411,6 +449,17 @@ def main() -> None:
             f"{workers} worker(s): req/s closedloop serve / mlflow models serve (concurrent): "
             f"{ours['concurrent']['req_s'] / theirs['concurrent']['req_s']:.2f}x  (goal >= 1x; "
             f"closedloop {ours['concurrent']['req_s']:.0f} req/s, goal >= 1000)"
+        )
+    if args.shadow:
+        on, off = results[SHADOW_NAME], results["closedloop serve x1 (event in)"]
+        ratio = on["sequential"]["p99_ms"] / off["sequential"]["p99_ms"]
+        print(
+            f"\n--shadow: p99 with / without (sequential, same rounds): {ratio:.2f}x  (goal <= "
+            f"{SHADOW_GOAL:g}x: {'PASS' if ratio <= SHADOW_GOAL else 'MISS'}; p99 "
+            f"{on['sequential']['p99_ms']:.2f} ms vs {off['sequential']['p99_ms']:.2f} ms); "
+            f"{args.connections} connections: p99 {on['concurrent']['p99_ms']:.2f} ms vs "
+            f"{off['concurrent']['p99_ms']:.2f} ms, {on['concurrent']['req_s']:.0f} vs "
+            f"{off['concurrent']['req_s']:.0f} req/s"
         )
 
 

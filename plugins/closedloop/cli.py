@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from closedloop.cli_options import usecase_option
 from closedloop.core.settings import load_settings
 
 if TYPE_CHECKING:
@@ -50,22 +51,6 @@ def main(ctx: click.Context, usecase_name: str | None) -> None:
     """closedloop: data lands, is validated, becomes features, trains a model, which is
     gated, promoted, served and watched — and retrained when the world drifts."""
     ctx.obj = {"usecase_name": usecase_name}
-
-
-def _choose_usecase(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
-    if value:
-        root = ctx.find_root()
-        root.obj = {**(root.obj or {}), "usecase_name": value}
-
-
-#: ``--usecase NAME`` after a command too (``closedloop demo --usecase NAME``)
-usecase_option = click.option(
-    "--usecase",
-    metavar="NAME",
-    expose_value=False,
-    callback=_choose_usecase,
-    help="The use case to act on (see `closedloop --help`).",
-)
 
 
 def _settings(*, usecase: bool = True) -> Settings:
@@ -461,6 +446,12 @@ LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
     help="A/B: share of event ids (sticky, by hash) scored by the `challenger`.",
 )
 @click.option(
+    "--shadow",
+    is_flag=True,
+    help="Also score the `challenger` on what the champion answers, after the answer, "
+    "logged as arm=shadow (answers and their latency unchanged; see `closedloop shadow`).",
+)
+@click.option(
     "--poll-seconds",
     type=click.FloatRange(0.05),
     default=5.0,
@@ -488,6 +479,7 @@ def serve(
     host: str,
     port: int,
     challenger_share: float,
+    shadow: bool,
     poll_seconds: float,
     max_events: int,
     log_flush_seconds: float,
@@ -521,6 +513,7 @@ def serve(
     config = ServeConfig(
         api_key=api_key,
         challenger_share=challenger_share,
+        shadow=shadow,
         poll_seconds=poll_seconds,
         max_events=max_events,
         log_flush_seconds=log_flush_seconds,
@@ -639,6 +632,11 @@ def stack_commands() -> None:
     settings = _settings(usecase=False)
     for component in COMPONENTS:
         click.echo(f"{component:<14} {shlex.join(component_command(settings, component))}")
+
+
+from closedloop.shadow_cli import shadow  # noqa: E402
+
+main.add_command(shadow)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from closedloop.core.registry import CHALLENGER, CHAMPION
+from closedloop.core.registry import CHALLENGER, CHAMPION, SHADOW
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -180,6 +180,7 @@ def ab_report(
     usecase = settings.usecase
     start = end - timedelta(days=window_days)
     predictions = PredictionLog(settings.prediction_log_dir).read(start, end, sources=("online",))
+    predictions = predictions[predictions["arm"] != SHADOW]  # scored beside, never answered
     metric = usecase.model.gate.get("primary_metric", "roc_auc")
     minimum = min_labelled or int(usecase.model.monitoring.get("min_labelled_rows", 200))
     table = offline.read_partitions(settings.offline_table_dir(usecase.event_table))

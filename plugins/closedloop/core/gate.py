@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 APPROVAL_MODES = ("automatic", "required")
+SHADOW_MODES = ("off", "required")
 
 
 @dataclass(frozen=True)
@@ -30,8 +31,32 @@ class GatePolicy:
     approval_timeout_hours: float = 72.0
     #: Airflow user ids who may answer (empty: any user allowed to act on the DAG)
     approvers: list[str] = field(default_factory=list)
+    #: "required": the candidate must also pass a shadow report (closedloop.core.shadow)
+    #: replaying the champion's logged traffic of the last ``shadow_days``
+    shadow: str = "off"
+    shadow_days: int = 7
+    #: fewest logged predictions to replay; also the fewest labelled ones to compare on
+    shadow_min_rows: int = 100
+    #: smallest share of equal decisions, overall and on each segment value
+    shadow_min_agreement: float = 0.9
+    #: largest two-sample Kolmogorov-Smirnov statistic of the two score distributions
+    shadow_max_ks: float = 0.2
 
     def __post_init__(self) -> None:
+        if self.shadow not in SHADOW_MODES:
+            raise ValueError(
+                f"shadow must be one of {', '.join(SHADOW_MODES)}, got {self.shadow!r}"
+            )
+        if self.shadow_days < 1 or self.shadow_min_rows < 1:
+            raise ValueError(
+                f"shadow_days and shadow_min_rows must be >= 1, got {self.shadow_days}, "
+                f"{self.shadow_min_rows}"
+            )
+        if not (0 <= self.shadow_min_agreement <= 1 and 0 <= self.shadow_max_ks <= 1):
+            raise ValueError(
+                "shadow_min_agreement and shadow_max_ks must be in [0, 1], got "
+                f"{self.shadow_min_agreement}, {self.shadow_max_ks}"
+            )
         if self.approval not in APPROVAL_MODES:
             raise ValueError(
                 f"approval must be one of {', '.join(APPROVAL_MODES)}, got {self.approval!r}"
@@ -44,6 +69,10 @@ class GatePolicy:
     @property
     def needs_approval(self) -> bool:
         return self.approval == "required"
+
+    @property
+    def needs_shadow(self) -> bool:
+        return self.shadow == "required"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

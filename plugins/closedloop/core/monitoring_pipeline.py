@@ -121,6 +121,10 @@ def check_drift(
     current = PredictionLog(settings.prediction_log_dir).read(
         end - timedelta(days=window_days), end
     )
+    if not current.empty:  # what was answered: shadow records were scored beside it
+        from closedloop.core.registry import SHADOW
+
+        current = current[current["arm"] != SHADOW]
     if current.empty:
         return {"skipped": "no predictions in the window", "champion_version": version}
     monitoring = MonitoringPolicy(**settings.usecase.model.monitoring)

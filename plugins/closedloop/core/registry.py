@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from closedloop.core.settings import Settings
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
+#: the arm of a prediction-log record scored beside the served one and never answered
+#: (``closedloop serve --shadow``); readers of served traffic leave it out
+SHADOW = "shadow"
 #: the source closedloop's training registers: an MLflow 3 logged model, by id
 LOGGED_MODEL = re.compile(r"models:/(m-[0-9a-f]+)")
 

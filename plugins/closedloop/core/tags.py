@@ -34,7 +34,13 @@ ROLLED_BACK = f"{PREFIX}rolled_back"
 MONITORING_DAY = f"{PREFIX}monitoring_day"
 CHAMPION_VERSION = f"{PREFIX}champion_version"
 RETRAIN = f"{PREFIX}retrain"
-REASONS = f"{PREFIX}reasons"
+REASONS = f"{PREFIX}reasons"  # also on a shadow run
+
+# -- on a shadow run (closedloop shadow; the gate with model.gate.shadow: required) --
+CANDIDATE_VERSION = f"{PREFIX}candidate_version"  # the version replayed
+BASELINE_VERSION = f"{PREFIX}baseline_version"  # the version whose traffic it replays
+SHADOW_PASSED = f"{PREFIX}shadow_passed"  # "true" | "false"
+SHADOW = f"{PREFIX}shadow"  # on a model version: the gate's shadow verdict and run
 
 
 def equals(key: str, value: str) -> str:

@@ -400,6 +400,11 @@ def gate(
         )
     policy = GatePolicy(**usecase.model.gate)
     decision = decide(trained.metrics, champion_metrics, policy, champion_version=champion_version)
+    if policy.needs_shadow:  # replay the champion's logged traffic (closedloop.core.shadow)
+        from closedloop.core.shadow import gate_with_shadow
+
+        end = datetime.fromisoformat(built.window_end)
+        decision = gate_with_shadow(settings, decision, version, policy, end=end, dag_run_id=run_id)
     if decision.blessed and policy.needs_approval:
         from closedloop.core.approval import hold_for_approval
 

@@ -125,6 +125,7 @@ def build_api(
             "ready": deployment is not None and service.batcher is not None,
             "models": deployment.versions() if deployment else {},
             "challenger_share": config.challenger_share,
+            "shadow": config.shadow,
             "registry_ok": follower.status["registry_ok"] if follower else None,
             "last_error": (follower.status["last_error"] if follower else None) or service.error,
             "prediction_log_pending": service.writer.pending if service.writer else 0,

@@ -42,9 +42,12 @@ class ModelFollower:
         poll_seconds: float = 5.0,
         accept: Callable[[LoadedModel], None] | None = None,
         on_event: Callable[[str, str], None] | None = None,
+        shadow: bool = False,
     ) -> None:
         self.settings = settings
         self.challenger_share = challenger_share
+        #: the challenger is followed for an A/B split or to be scored in shadow
+        self.follows_challenger = challenger_share > 0 or shadow
         self.poll_seconds = poll_seconds
         #: raises if the service cannot serve a model (missing columns, probe fails)
         self.accept = accept or (lambda model: None)
@@ -69,7 +72,7 @@ class ModelFollower:
         required, a missing challenger only disables the split until it appears."""
         champion = self._load(CHAMPION)
         challenger = None
-        if self.challenger_share > 0:
+        if self.follows_challenger:
             try:
                 challenger = self._load(CHALLENGER)
             except Exception as exc:  # no challenger yet: serve the champion alone
@@ -86,7 +89,7 @@ class ModelFollower:
         try:
             client = client_for(self.settings)
             wanted = {CHAMPION: alias_version(client, self.settings.model_name, CHAMPION)}
-            if self.challenger_share > 0:
+            if self.follows_challenger:
                 wanted[CHALLENGER] = alias_version(client, self.settings.model_name, CHALLENGER)
         except Exception as exc:
             return self._failed(f"registry unreachable: {type(exc).__name__}: {exc}")

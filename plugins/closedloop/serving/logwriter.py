@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from pathlib import Path
 
     from closedloop.core.prediction_log import PredictionLog
 
@@ -74,11 +75,14 @@ class PredictionLogWriter:
         max_records: int = 5000,
         flush_seconds: float = 1.0,
         on_flush: Callable[[int, bool], None] | None = None,
+        on_written: Callable[[list[Path], int], None] | None = None,
     ) -> None:
         self.predictions = predictions
         self.max_records = max_records
         self.flush_seconds = flush_seconds
         self.on_flush = on_flush or (lambda n, ok: None)
+        #: after a flush: the files written and their rows (``serve --shadow`` reads them)
+        self.on_written = on_written or (lambda paths, n: None)
         # Requests append their records as columns and wake nothing. A queue whose get()
         # woke the writer for every request made it take the GIL from the event loop
         # hundreds of times a second, each time in the middle of a request; and turning a
@@ -152,8 +156,7 @@ class PredictionLogWriter:
                 if len(tables) == 1
                 else pa.concat_tables(tables, promote_options="default")
             )
-            for day, part in _by_day(table):
-                self.predictions.append_online(part, day)
+            paths = [self.predictions.append_online(part, day) for day, part in _by_day(table)]
         except Exception:
             log.exception("could not write %d prediction records; will retry", rows)
             self.on_flush(rows, False)
@@ -161,6 +164,7 @@ class PredictionLogWriter:
         self._batches = []
         self.written += rows
         self.on_flush(rows, True)
+        self.on_written(paths, rows)
         return True
 
 

@@ -31,6 +31,10 @@ class ServeConfig:
     #: when set, /predict, /metrics and the docs want it in an ``X-API-Key`` header (or
     #: ``Authorization: Bearer``); /health and /ready stay open for health checks
     api_key: str | None = None
+    #: ``--shadow``: score the ``challenger`` beside the champion after each answer
+    #: (serving/shadow.py); at most this many rows wait, more are dropped and counted
+    shadow: bool = False
+    shadow_max_pending: int = 10_000
 
     def to_environ(self) -> str:
         """The options for worker processes (JSON, without the API key: that stays in
@@ -52,6 +56,7 @@ class Service:
         self.follower: Any = None
         self.batcher: Batcher | None = None
         self.writer: Any = None
+        self.shadow: Any = None
         self.adapter: TypeAdapter | None = None
         self.event: Any = None
         self.fields: list[str] = []
@@ -72,6 +77,7 @@ class Service:
             max_records=self.config.log_max_records,
             flush_seconds=self.config.log_flush_seconds,
             on_flush=self._flushed,
+            on_written=self._written,
         )
         self.follower = ModelFollower(
             self.settings,
@@ -79,6 +85,7 @@ class Service:
             poll_seconds=self.config.poll_seconds,
             accept=self._accept,
             on_event=self._event,
+            shadow=self.config.shadow,
         )
         deployment = self.follower.load_initial()  # no champion: the clearest error first
         self.scorer = OnlineScorer(self.settings, open_store(self.settings))
@@ -86,6 +93,8 @@ class Service:
             if model is not None:
                 self._accept(model)
         self.fields = self.scorer.fields
+        if self.config.shadow:
+            self._start_shadow()
         self.event = event_model(self.settings.usecase)
         self.adapter = TypeAdapter(list[self.event])
         self._published(deployment)
@@ -93,11 +102,29 @@ class Service:
         self.batcher = Batcher(self._score, self.config.max_rows)
         self.follower.start()
 
+    def _start_shadow(self) -> None:
+        from closedloop.serving.shadow import ShadowScorer, start_worker
+
+        channel, process = start_worker(self.settings, self.scorer.keys)
+        self.shadow = ShadowScorer(
+            lambda: self.follower.deployment,
+            channel,
+            registry=self.metrics.registry,
+            max_pending=self.config.shadow_max_pending,
+            process=process,
+        )
+
+    def _written(self, paths: list[Any], rows: int) -> None:
+        if self.shadow is not None:  # the challenger scores what the log just received
+            self.shadow.written(paths, rows)
+
     def stop(self) -> None:
         if self.follower is not None:
             self.follower.stop()
         if self.writer is not None:
-            self.writer.close()
+            self.writer.close()  # first: its last flush goes to the shadow worker too
+        if self.shadow is not None:
+            self.shadow.close()
 
     # -- model follower hooks ---------------------------------------------------------
     def _accept(self, model: Any) -> None:
