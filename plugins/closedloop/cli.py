@@ -634,6 +634,10 @@ def stack_commands() -> None:
         click.echo(f"{component:<14} {shlex.join(component_command(settings, component))}")
 
 
+from closedloop.explain_cli import explain  # noqa: E402
+
+main.add_command(explain)
+
 from closedloop.shadow_cli import shadow  # noqa: E402
 
 main.add_command(shadow)

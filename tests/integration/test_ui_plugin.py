@@ -87,6 +87,8 @@ def _routes(settings):
         f"{links.APP_PREFIX}/usecases/{USECASE}",
         f"{links.APP_PREFIX}/runs/{usecase_dag}/{quote(RUN_ID, safe='')}",
         f"{links.APP_PREFIX}/files/{USECASE}/reports/{_report_day(settings)}/drift.html",
+        f"{links.APP_PREFIX}/explain/x?usecase={USECASE}",
+        f"{links.APP_PREFIX}/explain?usecase={USECASE}&prediction_id=x",
     ]
 
 
@@ -206,3 +208,30 @@ def test_files_are_served_from_the_served_folders_only(world):
     for path in outside:
         status, _, body = _raw_get(airflow, path, token)
         assert status == 404, (path, status, body[:200])
+
+
+def test_the_use_case_page_explains_a_prediction_by_its_id(world):
+    """The page's form goes to the explanation of a logged prediction; an unknown id is
+    a 404 naming it."""
+    from datetime import timedelta
+
+    from closedloop.core.batch_inference import score_interval
+    from closedloop.core.prediction_log import PredictionLog
+
+    settings, airflow = world["settings"], world["airflow"]
+    token = airflow.token()
+    _, _, page = get(airflow, f"{links.APP_PREFIX}/usecases/{USECASE}", token=token)
+    assert f'<form id="explain" method="get" action="{links.APP_PREFIX}/explain">' in page
+    day = AS_OF - timedelta(days=1)
+    score_interval(settings, day, AS_OF)
+    record = PredictionLog(settings.prediction_log_dir).read(day, AS_OF).iloc[0]
+    form = f"{links.APP_PREFIX}/explain?usecase={USECASE}&prediction_id="
+    status, _, page = get(airflow, form + quote(record["prediction_id"], safe=""), token=token)
+    assert status == 200, page[:500]
+    assert f'<span id="prediction">{record["prediction_id"]}</span>' in page
+    version = client_for(settings).get_model_version(settings.model_name, "1")
+    training = settings.usecase.dag_ids["training"]
+    assert version.run_id in page and RUN_ID in page
+    assert links.airflow_dag_run(settings, training, RUN_ID) in page
+    status, _, body = get(airflow, form + "no-such-id", token=token)
+    assert status == 404 and "no-such-id" in body

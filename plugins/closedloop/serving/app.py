@@ -1,5 +1,5 @@
 """The HTTP service ``closedloop serve`` runs: ``POST /predict``, ``GET /health``,
-``GET /ready``, ``GET /metrics`` and the OpenAPI docs at ``/docs``.
+``GET /ready``, ``GET /metrics``, ``GET /explain/{id}`` and the OpenAPI docs at ``/docs``.
 
 One process per worker (``closedloop serve --workers N``). :func:`create_app` wires the
 parts: the :class:`~closedloop.serving.service.Service` (store, scorer, model follower
@@ -20,6 +20,7 @@ import os
 from typing import TYPE_CHECKING
 
 from closedloop.serving.api import build_api
+from closedloop.serving.explain import add_explain_route
 from closedloop.serving.handler import PredictHandler, ServingApp
 from closedloop.serving.service import CONFIG_ENV, ServeConfig, Service
 
@@ -36,6 +37,7 @@ def create_app(settings: Settings, config: ServeConfig | None = None) -> Serving
     service = Service(settings, config)
     handler = PredictHandler(service, config)
     api = build_api(settings, service, handler, config)
+    add_explain_route(api, settings)  # GET /explain/{id}, behind the same API key
     return ServingApp(api, handler.answer, handler.count, config.max_body_bytes)
 
 

@@ -10,7 +10,8 @@ so the view works in the UI's iframe; the run page checks the run's DAG). Anonym
   pending approvals, monitoring (SVG chart), the promotion ledger, links;
 * ``/runs/{dag_id}/{run_id}`` — what a DAG run produced (the ``dag_run`` tab);
 * ``/files/{usecase}/{area}/{path}`` — a file of the served folders
-  (:func:`closedloop.core.links.resolve_file`), 404 for anything else.
+  (:func:`closedloop.core.links.resolve_file`), 404 for anything else;
+* ``/explain/{prediction_id}`` — one prediction walked back (:mod:`closedloop.ui.explain`).
 """
 
 from __future__ import annotations
@@ -51,6 +52,10 @@ def app() -> FastAPI:
     view.get("/usecases/{name}", response_class=HTMLResponse)(usecase)
     view.get("/runs/{dag_id}/{run_id}", response_class=HTMLResponse)(run)
     view.get("/files/{name}/{area}/{path:path}")(files)
+    from closedloop.ui import explain  # one prediction walked back (issue 17)
+
+    view.get("/explain")(explain.form)
+    view.get("/explain/{prediction_id:path}", response_class=HTMLResponse)(explain.page)
     return view
 
 
