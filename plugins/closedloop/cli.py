@@ -634,6 +634,10 @@ def stack_commands() -> None:
         click.echo(f"{component:<14} {shlex.join(component_command(settings, component))}")
 
 
+from closedloop.evidence_cli import evidence  # noqa: E402
+
+main.add_command(evidence)
+
 from closedloop.explain_cli import explain  # noqa: E402
 
 main.add_command(explain)

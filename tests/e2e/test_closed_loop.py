@@ -201,3 +201,96 @@ def test_lineage_explains_the_retraining(loop, verdicts):
     artifacts = {a.path for a in client.list_artifacts(monitoring.info.run_id)}
     assert {"verdict.json", "drift.html", "drift.json"} <= artifacts
     assert any(r.startswith("data drift") for r in verdict.reasons)
+
+
+def test_the_evidence_report_marks_what_the_loop_exercised_and_its_links_resolve(loop):
+    """`closedloop demo` ends with the evidence report (closedloop.core.evidence): every
+    principle the loop exercised is marked, and each link leads to an existing DAG run,
+    MLflow run or version, file or commit. Cut monitoring out of the collected facts and
+    P8 and P9 turn red."""
+    import dataclasses
+
+    from markupsafe import escape
+
+    from closedloop.core.evidence import collect, commit_known, judge
+    from closedloop.core.registry import client_for
+
+    settings, done = loop
+    folder = settings.home / "evidence" / settings.usecase.name
+    assert f"evidence report: {folder / 'evidence.html'}" in done.stdout
+    report = json.loads((folder / "evidence.json").read_text())
+    page = (folder / "evidence.html").read_text()
+    exercised = {f["id"] for f in report["principles"] if f["exercised"]}
+    # P5 honestly not: one person (the demo's admin) started the runs, nobody approved
+    assert exercised == {f"P{i}" for i in range(1, 10)} - {"P5"}, report["principles"]
+    assert all(f["exercised"] for f in report["components"] + report["steps"]), report
+    client = client_for(settings)
+    engine = sa.create_engine(settings.airflow_sql_alchemy_conn)
+    groups = [report[kind] for kind in ("principles", "components", "steps")]
+    found = {(k["kind"], *k["target"]): k for g in groups for f in g for k in f["links"]}
+    kinds = {"dag_run", "mlflow_run", "model_version", "file", "evidently", "commit"}
+    assert {k[0] for k in found} == kinds
+    with engine.connect() as conn:
+        for kind, *target in found:
+            if kind == "dag_run":
+                query = sa.text("SELECT count(*) FROM dag_run WHERE dag_id = :d AND run_id = :r")
+                assert conn.scalar(query, {"d": target[0], "r": target[1]}) == 1, target
+            elif kind == "mlflow_run":
+                assert client.get_run(target[0]).info.run_id == target[0]
+            elif kind == "model_version":
+                assert client.get_model_version(*target).run_id
+            elif kind == "commit":
+                assert commit_known(target[0]), target
+            else:
+                assert Path(target[0]).is_file(), target
+            url = found[(kind, *target)]["url"]
+            assert str(escape(url)) in page
+    engine.dispose()
+    facts = collect(settings)
+    monitoring = settings.usecase.dag_ids["monitoring"]
+    cut = dataclasses.replace(
+        facts,
+        dag_runs=[r for r in facts.dag_runs if r.dag_id != monitoring],
+        verdicts=[],
+        monitoring_runs=[],
+        evidently={},
+        files={**facts.files, "drift_reports": []},
+    )
+    red = {f.id for f in judge(cut)["principles"] if not f.exercised}
+    assert red == {"P5", "P8", "P9"}
+
+
+def test_on_the_loops_stores_without_monitoring_the_evidence_has_no_p8_and_no_p9(loop, tmp_path):
+    """The collector on a copy of the loop's stores from which the monitoring DAG's runs,
+    its verdicts and MLflow runs are deleted and which has no drift reports."""
+    import shutil
+
+    from closedloop.core.evidence import collect, judge
+    from closedloop.core.registry import client_for
+
+    settings, _ = loop
+    home = tmp_path / "home"
+    for db in ("airflow/airflow.db", "mlflow/mlflow.db", "closedloop.db"):
+        (home / db).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(settings.home / db, home / db)
+    for folder in ("predictions", "gx", "feast", "training"):
+        (home / folder).symlink_to(settings.home / folder)
+    cut = load_settings(home=home)
+    monitoring = cut.usecase.dag_ids["monitoring"]
+    engine = sa.create_engine(cut.airflow_sql_alchemy_conn)
+    with engine.begin() as conn:
+        for table in ("task_instance", "dag_run"):
+            conn.execute(sa.text(f"DELETE FROM {table} WHERE dag_id = :d"), {"d": monitoring})
+    engine.dispose()
+    engine = sa.create_engine(cut.closedloop_db)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM closedloop_monitoring_decisions"))
+    engine.dispose()
+    client = client_for(cut)
+    experiment = client.get_experiment_by_name(f"closedloop/{cut.usecase.name}/monitoring")
+    for run in client.search_runs([experiment.experiment_id]):
+        client.delete_run(run.info.run_id)
+    findings = judge(collect(cut))
+    red = {kind: {f.id for f in group if not f.exercised} for kind, group in findings.items()}
+    assert red == {"principles": {"P5", "P8", "P9"}, "components": {"C9"},
+                   "steps": {"monitor", "trigger"}}  # fmt: skip

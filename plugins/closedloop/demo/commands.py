@@ -37,6 +37,7 @@ _STATE_DIRS = (
     "airflow",
     "mlflow",
     "training",
+    "evidence",
 )
 _STATE_FILES = ("closedloop.db", "demo.log", "loop.json")
 
@@ -174,6 +175,7 @@ def _run_loop(
     show_model(settings)
     (settings.home / "loop.json").write_text(to_json(result))
     where_to_look(settings)
+    _write_evidence(settings)
     problems = result.problems()
     total = time.monotonic() - started
     if problems:
@@ -196,3 +198,12 @@ def _run_loop(
         "champion)"
     )
     return 0
+
+
+def _write_evidence(settings: Settings) -> None:
+    """The evidence report of the loop, from the stores (``closedloop evidence``)."""
+    from closedloop.core.evidence_report import write_report
+
+    paths = write_report(settings)
+    say(f"evidence report: {paths['html']}")
+    click.echo(f"  and {paths['markdown']} (principles, components and steps, with links)")
