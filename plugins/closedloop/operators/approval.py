@@ -56,7 +56,7 @@ class PromotionApprovalOperator(ClosedLoopOperator, ApprovalOperator):
         super().__init__(**kwargs)
         self.outcome = outcome
 
-    def _held(self, context: Context) -> GateOutcome:
+    def _held(self) -> GateOutcome:
         return GateOutcome.from_dict(self.outcome)
 
     def _link_version(self, settings: Settings, held: GateOutcome) -> None:
@@ -69,7 +69,7 @@ class PromotionApprovalOperator(ClosedLoopOperator, ApprovalOperator):
         from closedloop.core.approval import evidence, resolution
 
         settings = self.settings()
-        held = self._held(context)
+        held = self._held()
         self._link_version(settings, held)
         done = resolution(settings, held.version, context["run_id"])
         if done is not None:  # a retry or rerun of an answered request: never ask twice
@@ -84,7 +84,7 @@ class PromotionApprovalOperator(ClosedLoopOperator, ApprovalOperator):
 
         answer = super().execute_complete(context, event)
         settings = self.settings()
-        held = self._held(context)
+        held = self._held()
         self._link_version(settings, held)
         user = event.get("responded_by_user") or None
         by = None if event.get("timedout") or not user else (user.get("name") or user.get("id"))
