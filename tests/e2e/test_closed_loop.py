@@ -208,8 +208,7 @@ def test_the_evidence_report_marks_what_the_loop_exercised_and_its_links_resolve
     principle the loop exercised is marked, and each link leads to an existing DAG run,
     MLflow run or version, file or commit. Cut monitoring out of the collected facts and
     P8 and P9 turn red."""
-    import dataclasses
-
+    from evidence_cuts import without_monitoring
     from markupsafe import escape
 
     from closedloop.core.evidence import collect, commit_known, judge
@@ -248,14 +247,7 @@ def test_the_evidence_report_marks_what_the_loop_exercised_and_its_links_resolve
     engine.dispose()
     facts = collect(settings)
     monitoring = settings.usecase.dag_ids["monitoring"]
-    cut = dataclasses.replace(
-        facts,
-        dag_runs=[r for r in facts.dag_runs if r.dag_id != monitoring],
-        verdicts=[],
-        monitoring_runs=[],
-        evidently={},
-        files={**facts.files, "drift_reports": []},
-    )
+    cut = without_monitoring(facts, monitoring)
     red = {f.id for f in judge(cut)["principles"] if not f.exercised}
     assert red == {"P5", "P8", "P9"}
 

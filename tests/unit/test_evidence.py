@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
+from evidence_cuts import without_monitoring
 
 from closedloop.core import tags as tag
 from closedloop.core.evidence import (
@@ -176,14 +177,7 @@ def test_a_whole_loop_exercises_every_principle_but_collaboration(facts):
 
 def test_without_monitoring_there_is_no_continuous_monitoring_and_no_feedback_loop(facts):
     monitoring = facts.stages["monitoring"]
-    cut = dataclasses.replace(
-        facts,
-        dag_runs=[r for r in facts.dag_runs if r.dag_id != monitoring],
-        verdicts=[],
-        monitoring_runs=[],
-        evidently={},
-        files={**facts.files, "drift_reports": []},
-    )
+    cut = without_monitoring(facts, monitoring)
     findings = judge(cut)
     assert _red(findings) == {"P5", "P8", "P9"}
     assert _red(findings, "components") == {"C9"}
