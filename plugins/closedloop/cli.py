@@ -391,8 +391,18 @@ def ledger() -> None:
 @main.command()
 @usecase_option
 @click.option("--reason", default="manual rollback", show_default=True)
-def rollback(reason: str) -> None:
-    """Move `champion` back to the blessed version it replaced (recorded in the ledger)."""
+@click.option(
+    "--by",
+    default=None,
+    metavar="NAME",
+    help="Who rolls back, for the ledger [default: the MLflow user the CLI logs in as "
+    "(MLFLOW_TRACKING_USERNAME), else your login name].",
+)
+def rollback(reason: str, by: str | None) -> None:
+    """Move `champion` back to the blessed version it replaced (recorded in the ledger,
+    with who did it)."""
+    import getpass
+
     from closedloop.core.ledger import PromotionLedger
     from closedloop.core.registry import RollbackError, client_for
     from closedloop.core.registry import rollback as roll_back
@@ -404,6 +414,7 @@ def rollback(reason: str) -> None:
             PromotionLedger(settings.closedloop_db),
             settings.model_name,
             reason,
+            actor=f"user:{by or os.environ.get('MLFLOW_TRACKING_USERNAME') or getpass.getuser()}",
         )
     except RollbackError as exc:
         raise click.ClickException(str(exc)) from exc

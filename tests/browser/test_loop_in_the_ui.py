@@ -404,6 +404,7 @@ def test_5_closedloop_view_shows_champion_and_ledger(loop, page, screenshot):
     ledger = view.locator("#ledger").inner_text()
     assert "promote" in ledger and loop.first_run in ledger, ledger
     assert "approved by admin: first champion" in ledger, ledger
+    assert "user:admin" in ledger, ledger  # who moved it, in the ledger's "by" column
     approvals = view.locator("#approvals").inner_text()
     assert loop.second_run in approvals, approvals
     assert f"v{loop.second_version} to champion?" in approvals, approvals
@@ -453,3 +454,4 @@ def test_6_approving_in_the_ui_moves_the_champion(loop, page, screenshot):
     (entry,) = [e for e in entries if e.version == loop.second_version]
     assert entry.action == "promote" and entry.run_id == loop.second_run
     assert entry.reason.endswith("approved by admin: approved in the browser"), entry.reason
+    assert entry.actor == "user:admin"

@@ -123,6 +123,7 @@ def test_an_approved_candidate_becomes_champion_once(airflow):
     (entry,) = [e for e in _ledger(settings) if e.version == version]
     assert entry.action == "promote" and entry.run_id == run_id
     assert "approved by admin: looks right" in entry.reason
+    assert entry.actor == "user:admin"  # who approved moved it
     mv = client.get_model_version(settings.model_name, version)
     assert mv.tags[tag.APPROVAL].startswith("approved by admin")
 
@@ -160,6 +161,7 @@ def test_a_rejected_candidate_leaves_the_champion(airflow):
     (entry,) = [e for e in _ledger(settings) if e.version == version]
     assert entry.action == "rejected"
     assert entry.reason == "rejected by admin: segment too small to trust"
+    assert entry.actor == "user:admin"
     mv = client.get_model_version(settings.model_name, version)
     assert mv.tags[tag.BLESSED] == "false"
     assert mv.tags[tag.REJECTION_REASON] == entry.reason

@@ -97,8 +97,21 @@ def _task_failed(settings):
     ]
 
 
+def _out_of_band(settings):
+    from closedloop.core.ledger import OUT_OF_BAND, LedgerEntry, now
+
+    entry = LedgerEntry(
+        "hotel_cancellation", "champion", "4", "3", OUT_OF_BAND, "moved by hand", {}, None,
+        "out-of-band after entry 7", now(),
+    )  # fmt: skip
+    return [alerts.out_of_band(settings, entry)], [
+        f"{MLFLOW}/#/models/hotel_cancellation/versions/4"
+    ]
+
+
 EVENTS = {
     "quarantined": (_quarantined, ["quarantined"]),
+    "out_of_band": (_out_of_band, ["out_of_band"]),
     "drift": (_verdict("drift"), ["drift", "retraining"]),
     "performance": (_verdict("performance"), ["performance", "retraining"]),
     "promoted": (_gate("promoted"), ["promoted"]),

@@ -125,3 +125,58 @@ def test_a_gate_killed_between_the_alias_move_and_the_ledger_records_the_move_on
     promotions = [(e.version, e.from_version) for e in ledger.history(MODEL)]
     assert promotions == [("1", None), ("2", "1")]
     assert rollback(client, ledger, MODEL, "test") == ("2", "1")
+
+
+def test_a_ledger_made_before_actors_were_recorded_gains_the_column_and_keeps_its_rows(
+    tmp_path,
+):
+    import sqlalchemy as sa
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:  # the table as it was created before the actor column
+        conn.execute(sa.text(
+            "CREATE TABLE closedloop_promotions (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+            "model VARCHAR(256) NOT NULL, alias VARCHAR(64) NOT NULL, version VARCHAR(32) "
+            "NOT NULL, from_version VARCHAR(32), action VARCHAR(32) NOT NULL, reason TEXT "
+            "NOT NULL, numbers TEXT NOT NULL, dag_id VARCHAR(250), run_id VARCHAR(250), "
+            "at DATETIME NOT NULL, CONSTRAINT uq_promotion UNIQUE (model, alias, version, "
+            "action, run_id))"
+        ))  # fmt: skip
+        conn.execute(sa.text(
+            "INSERT INTO closedloop_promotions (model, alias, version, action, reason, "
+            "numbers, dag_id, run_id, at) VALUES ('m', 'champion', '1', 'promote', 'old', "
+            "'{}', 'd', 'r1', '2026-01-01 00:00:00')"
+        ))  # fmt: skip
+    engine.dispose()
+    ledger = PromotionLedger(url)
+    entry = LedgerEntry("m", CHAMPION, "2", "1", "promote", "new", {}, "d", "r2", now(), "dag:d")
+    assert ledger.append(entry)
+    old, new = ledger.history("m")
+    assert (old.reason, old.actor) == ("old", None) and (new.reason, new.actor) == ("new", "dag:d")
+    assert "by dag:d" in new.line() and " by " not in old.line()
+    PromotionLedger(url).dispose()  # a second open finds nothing to add
+
+
+def test_the_ledger_replays_into_the_versions_the_aliases_should_point_at():
+    from closedloop.core.alias_watch import expected_aliases
+    from closedloop.core.ledger import OUT_OF_BAND
+    from closedloop.core.registry import CHALLENGER
+
+    def entry(alias, version, action, was=None):
+        return LedgerEntry("m", alias, version, was, action, "", {}, None, None, now())
+
+    history = [
+        entry(CHAMPION, "1", "promote"),
+        entry(CHALLENGER, "2", "challenger"),
+        entry(CHAMPION, "3", "rejected", "1"),  # a person said no: nothing moved
+        entry(CHAMPION, "2", "promote", "1"),  # the challenger promoted: no challenger
+    ]
+    assert expected_aliases(history) == {CHAMPION: "2", CHALLENGER: None}
+    history.append(entry(CHALLENGER, "1", OUT_OF_BAND))
+    history.append(entry(CHAMPION, "1", "rollback", "2"))  # a rollback leaves the challenger
+    assert expected_aliases(history) == {CHAMPION: "1", CHALLENGER: "1"}
+    history.append(entry(CHALLENGER, "4", OUT_OF_BAND, "1"))
+    assert expected_aliases(history) == {CHAMPION: "1", CHALLENGER: "4"}
+    history.append(entry(CHALLENGER, "", OUT_OF_BAND, "4"))  # removed by hand
+    assert expected_aliases(history) == {CHAMPION: "1", CHALLENGER: None}

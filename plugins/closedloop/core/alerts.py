@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
     from pathlib import Path
 
+    from closedloop.core.ledger import LedgerEntry
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -31,6 +33,7 @@ __all__ = [
     "Alert",
     "approval_waiting",
     "gate_alert",
+    "out_of_band",
     "quarantined",
     "task_failed",
     "verdict_alerts",
@@ -46,6 +49,7 @@ EVENT_LABELS: dict[str, str] = {
     "rejected": "model rejected",
     "approval_waiting": "approval waiting",
     "task_failed": "task failed",
+    "out_of_band": "alias moved outside closedloop",
 }
 assert set(EVENT_LABELS) == set(ALERT_EVENTS)
 
@@ -255,6 +259,21 @@ def approval_waiting(
         dag_id=dag_id,
         run_id=run_id,
         task_id=task_id,
+    )
+
+
+def out_of_band(settings: Settings, entry: LedgerEntry) -> Alert:
+    """An alias moved by someone or something other than closedloop (its ledger entry,
+    :mod:`closedloop.core.alias_watch`); links the version it points at now."""
+    model, alias = entry.model, entry.alias
+    was = f"v{entry.from_version}" if entry.from_version else "none"
+    now_at = f"v{entry.version}" if entry.version else "none"
+    return Alert(
+        usecase=settings.usecase.name,
+        event="out_of_band",
+        title=f"{alias} of {model} moved outside closedloop: {was} -> {now_at}",
+        reason=entry.reason,
+        link=links.mlflow_model_version(settings, model, entry.version) if entry.version else None,
     )
 
 

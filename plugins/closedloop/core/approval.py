@@ -96,6 +96,7 @@ def resolve(
                 dag_id=dag_id,
                 run_id=run_id,
                 note=approval,
+                actor=f"user:{by}",
             )
             client.set_model_version_tag(model, version, tag.APPROVAL, approval[:4900])
             return PROMOTED
@@ -123,6 +124,7 @@ def resolve(
                 dag_id,
                 run_id,
                 now(),
+                f"user:{by}" if by else f"dag:{dag_id}",
             )
         )
         return REJECTED

@@ -2,8 +2,11 @@
 
 MLflow keeps only where an alias points *now*; the ledger keeps how it got there — which
 version moved from/to which alias, why, with the gate's numbers and the DAG run that did
-it. It lives in a SQL table (SQLite in the embedded profile, PostgreSQL in production),
-so it survives restarts and is shared by every process.
+it, and who moved it (``actor``: a DAG's service account, the person who approved, the
+person who rolled back; unknown for a move made outside closedloop, recorded as
+``out_of_band`` by :mod:`closedloop.core.alias_watch`). It lives in a SQL table (SQLite
+in the embedded profile, PostgreSQL in production), so it survives restarts and is
+shared by every process.
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
+#: the action of a move closedloop did not make (an alias set by hand in MLflow's UI)
+OUT_OF_BAND = "out_of_band"
+
 _METADATA = sa.MetaData()
 PROMOTIONS = sa.Table(
     "closedloop_promotions",
@@ -24,12 +30,14 @@ PROMOTIONS = sa.Table(
     sa.Column("alias", sa.String(64), nullable=False),
     sa.Column("version", sa.String(32), nullable=False),
     sa.Column("from_version", sa.String(32), nullable=True),
-    sa.Column("action", sa.String(32), nullable=False),  # promote | challenger | rollback
+    # promote | challenger | rollback | rejected | out_of_band
+    sa.Column("action", sa.String(32), nullable=False),
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("numbers", sa.Text, nullable=False),  # JSON: the gate's metrics
     sa.Column("dag_id", sa.String(250), nullable=True),
     sa.Column("run_id", sa.String(250), nullable=True),
     sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("actor", sa.String(256), nullable=True),  # who or what moved it
     # One entry per (model, alias, version, action, run): a retried task appends nothing.
     sa.UniqueConstraint("model", "alias", "version", "action", "run_id", name="uq_promotion"),
 )
@@ -47,14 +55,17 @@ class LedgerEntry:
     dag_id: str | None
     run_id: str | None
     at: datetime
+    #: who or what moved the alias: ``dag:<dag id>``, ``user:<name>``; None: unknown
+    actor: str | None = None
 
     def line(self) -> str:
-        moved = (
-            f"v{self.from_version} -> v{self.version}" if self.from_version else f"v{self.version}"
-        )
+        to = f"v{self.version}" if self.version else "(none)"
+        moved = f"v{self.from_version} -> {to}" if self.from_version else to
         where = f" [{self.dag_id} {self.run_id}]" if self.dag_id else ""
+        unknown = " by unknown" if self.action == OUT_OF_BAND else ""
+        by = f" by {self.actor}" if self.actor else unknown
         when = f"{self.at:%Y-%m-%d %H:%M:%S}"
-        return f"{when} {self.action:<10} {self.alias:<10} {moved:<14} {self.reason}{where}"
+        return f"{when} {self.action:<10} {self.alias:<10} {moved:<14} {self.reason}{where}{by}"
 
 
 class PromotionLedger:
@@ -67,6 +78,7 @@ class PromotionLedger:
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self._engine = sa.create_engine(url, future=True)
         _METADATA.create_all(self._engine, checkfirst=True)
+        _add_missing_columns(self._engine)
 
     def append(self, entry: LedgerEntry) -> bool:
         """Record ``entry``; returns False if the same move of the same run is recorded."""
@@ -81,6 +93,7 @@ class PromotionLedger:
             "dag_id": entry.dag_id,
             "run_id": entry.run_id,
             "at": entry.at,
+            "actor": entry.actor,
         }
         key = [PROMOTIONS.c[k] == row[k] for k in ("model", "alias", "version", "action")]
         key.append(
@@ -88,12 +101,15 @@ class PromotionLedger:
             if entry.run_id is None
             else PROMOTIONS.c.run_id == entry.run_id
         )
-        with self._engine.begin() as conn:
-            if entry.run_id is not None and conn.scalar(
-                sa.select(sa.func.count()).select_from(PROMOTIONS).where(*key)
-            ):
-                return False
-            conn.execute(PROMOTIONS.insert().values(**row))
+        try:
+            with self._engine.begin() as conn:
+                if entry.run_id is not None and conn.scalar(
+                    sa.select(sa.func.count()).select_from(PROMOTIONS).where(*key)
+                ):
+                    return False
+                conn.execute(PROMOTIONS.insert().values(**row))
+        except sa.exc.IntegrityError:  # another process recorded the same entry meanwhile
+            return False
         return True
 
     def history(self, model: str) -> list[LedgerEntry]:
@@ -113,12 +129,26 @@ class PromotionLedger:
                 dag_id=r["dag_id"],
                 run_id=r["run_id"],
                 at=r["at"] if r["at"].tzinfo else r["at"].replace(tzinfo=UTC),
+                actor=r["actor"],
             )
             for r in rows
         ]
 
     def dispose(self) -> None:
         self._engine.dispose()
+
+
+def _add_missing_columns(engine: sa.Engine) -> None:
+    """Columns added since a ledger table was created (``actor``), added to it: a ledger
+    is kept, never recreated. Written here: the one table needs no migration tool."""
+    have = {c["name"] for c in sa.inspect(engine).get_columns(PROMOTIONS.name)}
+    for column in PROMOTIONS.columns:
+        if column.name not in have and column.nullable:
+            kind = column.type.compile(dialect=engine.dialect)
+            with engine.begin() as conn:
+                conn.execute(
+                    sa.text(f"ALTER TABLE {PROMOTIONS.name} ADD COLUMN {column.name} {kind}")
+                )
 
 
 def now() -> datetime:

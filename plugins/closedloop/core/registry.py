@@ -154,9 +154,11 @@ def apply_decision(
     dag_id: str | None,
     run_id: str | None,
     note: str | None = None,
+    actor: str | None = None,
 ) -> str:
     """Move aliases as the gate decided, tag the version and record the move (``note``,
-    e.g. who approved it, is added to the ledger's reason).
+    e.g. who approved it, is added to the ledger's reason; ``actor``, who moved it:
+    ``dag:<dag id>`` by default).
 
     Idempotent: applying the same decision again (a retried task) changes nothing, and a
     retry of a task killed after the aliases moved but before the ledger heard of it
@@ -166,6 +168,7 @@ def apply_decision(
     from closedloop.core import failpoints
 
     numbers = {"candidate": decision.candidate, "champion": decision.champion}
+    actor = actor or (f"dag:{dag_id}" if dag_id else None)
     client.set_model_version_tag(model, version, tag.BLESSED, str(decision.blessed).lower())
     client.set_model_version_tag(model, version, tag.GATE, decision.summary()[:4900])
     current = alias_version(client, model, CHAMPION)
@@ -174,6 +177,7 @@ def apply_decision(
             replaced = current
             if current is not None:
                 client.set_registered_model_alias(model, PREVIOUS, current)
+            mark_move(client, model, version, CHAMPION)
             client.set_registered_model_alias(model, CHAMPION, version)
         else:  # a retry: an earlier attempt moved the alias
             replaced = alias_version(client, model, PREVIOUS)
@@ -192,10 +196,12 @@ def apply_decision(
                 dag_id,
                 run_id,
                 now(),
+                actor,
             )
         )
         return "promoted"
     previous_challenger = alias_version(client, model, CHALLENGER)
+    mark_move(client, model, version, CHALLENGER)
     client.set_registered_model_alias(model, CHALLENGER, version)
     client.set_model_version_tag(
         model, version, tag.REJECTION_REASON, "; ".join(decision.reasons)[:4900]
@@ -213,15 +219,32 @@ def apply_decision(
             dag_id,
             run_id,
             now(),
+            actor,
         )
     )
     return "challenger"
 
 
+def mark_move(client: MlflowClient, model: str, version: str, alias: str) -> None:
+    """Say on ``version``, before ``alias`` moves to it, that closedloop is moving it
+    (:data:`~closedloop.core.tags.ALIAS_MOVE`): between the move and its ledger entry,
+    :mod:`closedloop.core.alias_watch` sees a move in flight, not one made by hand."""
+    import json
+
+    moving = json.dumps({"alias": alias, "at": now().isoformat()})
+    client.set_model_version_tag(model, version, tag.ALIAS_MOVE, moving)
+
+
 def rollback(
-    client: MlflowClient, ledger: PromotionLedger, model: str, reason: str = "manual rollback"
+    client: MlflowClient,
+    ledger: PromotionLedger,
+    model: str,
+    reason: str = "manual rollback",
+    *,
+    actor: str | None = None,
 ) -> tuple[str, str]:
     """Move ``champion`` back to the blessed version it replaced; returns (from, to).
+    ``actor`` (``user:<name>``) is who asked.
 
     The ledger says which version that was (the ``from_version`` of the promotion that
     made the current champion), so rolling back twice walks further back in history.
@@ -234,6 +257,7 @@ def rollback(
     target = promoted[-1].from_version if promoted else None
     if target is None:
         raise RollbackError(f"champion v{current} of {model!r} replaced no earlier version")
+    mark_move(client, model, target, CHAMPION)
     client.set_registered_model_alias(model, CHAMPION, target)
     client.set_model_version_tag(model, current, tag.ROLLED_BACK, "true")
     before_target = [e for e in history if e.action == "promote" and e.version == target]
@@ -253,6 +277,7 @@ def rollback(
             None,
             None,
             now(),
+            actor,
         )
     )
     return current, target

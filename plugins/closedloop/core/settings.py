@@ -113,6 +113,7 @@ AlertEvent = Literal[
     "rejected",
     "approval_waiting",
     "task_failed",
+    "out_of_band",
 ]
 ALERT_EVENTS: tuple[str, ...] = AlertEvent.__args__  # type: ignore[attr-defined]
 

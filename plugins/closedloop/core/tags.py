@@ -41,6 +41,9 @@ CANDIDATE_VERSION = f"{PREFIX}candidate_version"  # the version replayed
 BASELINE_VERSION = f"{PREFIX}baseline_version"  # the version whose traffic it replays
 SHADOW_PASSED = f"{PREFIX}shadow_passed"  # "true" | "false"
 SHADOW = f"{PREFIX}shadow"  # on a model version: the gate's shadow verdict and run
+#: on a model version: closedloop is moving an alias to it ({"alias", "at"}), set just
+#: before the move; the ledger entry follows (closedloop.core.alias_watch)
+ALIAS_MOVE = f"{PREFIX}alias_move"
 
 
 def equals(key: str, value: str) -> str:

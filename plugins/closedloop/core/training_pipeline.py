@@ -360,6 +360,7 @@ def gate(
     ``config`` must be the one the candidate was trained with (its holdout is the one
     the champion is scored on); the use case's when not given.
     """
+    from closedloop.core.alias_watch import check_aliases
     from closedloop.core.gate import GatePolicy, decide
     from closedloop.core.ledger import PromotionLedger
     from closedloop.core.modeling import evaluate
@@ -373,6 +374,7 @@ def gate(
 
     usecase = settings.usecase
     client = client_for(settings)
+    check_aliases(settings, client=client)  # a move made by hand since the last run, first
     config = config or training_config(settings)
     frame = pd.read_parquet(built.uri)
     split = split_training_set(settings, frame, config)

@@ -51,13 +51,17 @@ class ModelFollower:
         self.poll_seconds = poll_seconds
         #: raises if the service cannot serve a model (missing columns, probe fails)
         self.accept = accept or (lambda model: None)
-        #: (kind, detail): ("swap", alias), ("failure", message) and, after every poll,
-        #: ("poll", "ok" or "down")
+        #: (kind, detail): ("swap", alias), ("failure", message), ("out_of_band", alias)
+        #: and, after every poll, ("poll", "ok" or "down")
         self.on_event = on_event or (lambda kind, detail: None)
         self.deployment: Deployment | None = None
         self.status: dict[str, Any] = {"registry_ok": None, "last_error": None, "checked_at": None}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: the aliases' versions the last comparison with the ledger saw, and whether a
+        #: move closedloop was making then needs another look
+        self._observed: dict[str, str | None] | None = None
+        self._look_again = False
 
     # -- loading --------------------------------------------------------------------
     def _load(self, alias: str) -> LoadedModel:
@@ -94,6 +98,7 @@ class ModelFollower:
         except Exception as exc:
             return self._failed(f"registry unreachable: {type(exc).__name__}: {exc}")
         self.status.update(registry_ok=True, checked_at=time.time())
+        self._watch(client, wanted)
         have = current.versions()
         if wanted.get(CHAMPION) is None:
             return self._failed("the registry has no champion any more; keeping the current one")
@@ -126,6 +131,23 @@ class ModelFollower:
             log.info("no challenger in the registry any more: the champion takes all keys")
             self.on_event("swap", CHALLENGER)
         return True
+
+    def _watch(self, client: Any, observed: dict[str, str | None]) -> None:
+        """Compare the aliases with the ledger when they moved since the last look
+        (:mod:`closedloop.core.alias_watch`): a move made outside closedloop is recorded
+        and alerted within one poll."""
+        from closedloop.core.alias_watch import check_aliases
+
+        if observed == self._observed and not self._look_again:
+            return
+        try:
+            found = check_aliases(self.settings, observed=observed, client=client)
+        except Exception as exc:  # looked at again on the next poll
+            log.warning("could not compare the aliases with the ledger: %s", exc)
+            return
+        self._observed, self._look_again = dict(observed), bool(found.in_flight)
+        for entry in found.recorded:
+            self.on_event("out_of_band", entry.alias)
 
     def _failed(self, message: str, *, registry_ok: bool = False) -> bool:
         log.warning("%s", message)

@@ -60,6 +60,12 @@ class Metrics:
             ["alias", "version"], registry=r, multiprocess_mode="livemax",
         )  # fmt: skip
         self.swaps = Counter("closedloop_model_swaps", "Hot swaps", ["alias"], registry=r)
+        self.out_of_band = Counter(
+            "closedloop_out_of_band_moves",
+            "Alias moves made outside closedloop that this process recorded in the ledger",
+            ["alias"],
+            registry=r,
+        )
         self.failures = Counter(
             "closedloop_model_reload_failures", "Failed registry polls or model loads",
             registry=r,

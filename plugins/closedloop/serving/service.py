@@ -152,6 +152,8 @@ class Service:
             m.registry_up.set(1 if detail == "ok" else 0)
         elif kind == "failure":
             m.failures.inc()
+        elif kind == "out_of_band":  # recorded in the ledger and alerted by the follower
+            m.out_of_band.labels(detail).inc()
         else:
             m.swaps.labels(detail).inc()
             self._published(self.follower.deployment)
