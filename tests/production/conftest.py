@@ -124,3 +124,10 @@ def production_env():
         drop_databases(databases)
         release_redis_db(REDIS_URL, db)
         shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    """The PostgreSQL server's URL, once it answers (see :func:`require`)."""
+    require(POSTGRES_URL, 5432, "PostgreSQL")
+    return POSTGRES_URL

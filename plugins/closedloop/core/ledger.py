@@ -143,12 +143,18 @@ def _add_missing_columns(engine: sa.Engine) -> None:
     is kept, never recreated. Written here: the one table needs no migration tool."""
     have = {c["name"] for c in sa.inspect(engine).get_columns(PROMOTIONS.name)}
     for column in PROMOTIONS.columns:
-        if column.name not in have and column.nullable:
-            kind = column.type.compile(dialect=engine.dialect)
+        if column.name in have or not column.nullable:
+            continue
+        kind = column.type.compile(dialect=engine.dialect)
+        add = f"ALTER TABLE {PROMOTIONS.name} ADD COLUMN {column.name} {kind}"
+        try:
             with engine.begin() as conn:
-                conn.execute(
-                    sa.text(f"ALTER TABLE {PROMOTIONS.name} ADD COLUMN {column.name} {kind}")
-                )
+                conn.execute(sa.text(add))
+        except sa.exc.DBAPIError:
+            # another process starting at the same time may have added it first
+            now_have = {c["name"] for c in sa.inspect(engine).get_columns(PROMOTIONS.name)}
+            if column.name not in now_have:
+                raise
 
 
 def now() -> datetime:
