@@ -657,6 +657,10 @@ from closedloop.shadow_cli import shadow  # noqa: E402
 
 main.add_command(shadow)
 
+from closedloop.users_cli import users  # noqa: E402
+
+main.add_command(users)
+
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,55 @@
+"""``closedloop users``: the roles declaration (:mod:`closedloop.core.roles`) shown as
+a role x action matrix; registered on the ``closedloop`` group in ``cli.py``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.group()
+def users() -> None:
+    """Who may do what: the paper's roles R1-R7 as rights in Airflow, MLflow and serve."""
+
+
+@users.command()
+@click.option(
+    "--roles",
+    "path",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="The roles declaration [default: CLOSEDLOOP_ROLES_FILE, else the shipped one].",
+)
+@click.option("--markdown", is_flag=True, help="Print the matrix as a Markdown table only.")
+def show(path: Path | None, markdown: bool) -> None:
+    """Print the role x action matrix and each declared user's role."""
+    from closedloop.core.roles import PAPER_ROLES, load_roles, markdown_matrix, matrix
+    from closedloop.core.usecase import DeclarationError
+
+    try:
+        roles = load_roles(path)
+    except DeclarationError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if markdown:
+        click.echo(markdown_matrix(roles))
+        return
+    header, rows = matrix(roles)
+    width = max(len(action) for action, _ in rows)
+    columns = [max(len(h), *(len(r[i]) for _, r in rows)) for i, h in enumerate(header)]
+    click.echo(
+        " " * width + "  " + "  ".join(h.rjust(w) for h, w in zip(header, columns, strict=True))
+    )
+    for action, answers in rows:
+        cells = "  ".join(a.rjust(w) for a, w in zip(answers, columns, strict=True))
+        click.echo(f"{action.ljust(width)}  {cells}")
+    click.echo("")
+    for name, role in roles.roles.items():
+        paper = PAPER_ROLES.get(role.paper, "an account a pipeline runs as")
+        click.echo(f"{name} ({role.paper}: {paper}): {role.description}")
+    click.echo("")
+    if not roles.users:
+        click.echo("no users declared")
+    for name, user in roles.users.items():
+        source = f"${user.password_env}" if user.password_env else str(user.password_file)
+        click.echo(f"user {name}: {user.role} (password from {source})")
