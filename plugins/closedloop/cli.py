@@ -457,6 +457,13 @@ LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
     help="A/B: share of event ids (sticky, by hash) scored by the `challenger`.",
 )
 @click.option(
+    "--roles",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="A roles declaration: each user's API key (serving_key_env) opens the endpoints "
+    "of its role's `serving` rights; others get 403 (see `closedloop users show`).",
+)
+@click.option(
     "--shadow",
     is_flag=True,
     help="Also score the `challenger` on what the champion answers, after the answer, "
@@ -490,6 +497,7 @@ def serve(
     host: str,
     port: int,
     challenger_share: float,
+    roles: Path | None,
     shadow: bool,
     poll_seconds: float,
     max_events: int,
@@ -516,13 +524,23 @@ def serve(
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
 
     api_key = os.environ.get("CLOSEDLOOP_SERVE_API_KEY") or None
-    if api_key is None and host not in LOOPBACK_HOSTS:
+    if api_key is None and roles is None and host not in LOOPBACK_HOSTS:
         raise click.UsageError(
             f"refusing to serve on {host} without an API key: set CLOSEDLOOP_SERVE_API_KEY "
-            "(clients send it as X-API-Key), or serve on 127.0.0.1"
+            "(clients send it as X-API-Key), give --roles, or serve on 127.0.0.1"
         )
+    if roles is not None:  # every user's key present before the first worker starts
+        from closedloop.core.roles import load_roles, serving_keys
+        from closedloop.core.usecase import DeclarationError
+
+        try:
+            if not serving_keys(load_roles(roles)) and api_key is None:
+                raise click.UsageError(f"{roles} declares no user with a serving_key_env")
+        except (DeclarationError, ValueError) as exc:
+            raise click.UsageError(str(exc)) from exc
     config = ServeConfig(
         api_key=api_key,
+        roles_file=str(roles.resolve()) if roles is not None else None,
         challenger_share=challenger_share,
         shadow=shadow,
         poll_seconds=poll_seconds,

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from closedloop.cli_options import usecase_option
+
 
 @click.group()
 def users() -> None:
@@ -53,3 +55,35 @@ def show(path: Path | None, markdown: bool) -> None:
     for name, user in roles.users.items():
         source = f"${user.password_env}" if user.password_env else str(user.password_file)
         click.echo(f"user {name}: {user.role} (password from {source})")
+
+
+@users.command()
+@click.option(
+    "--roles",
+    "path",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="The roles declaration [default: CLOSEDLOOP_ROLES_FILE, else the shipped one].",
+)
+@usecase_option
+def sync(path: Path | None) -> None:
+    """Apply the roles declaration to the running stack's MLflow server (users, their
+    permissions on every use case's experiments and registered model; a user closedloop
+    created and no longer declared is deleted). Run as the stack's admin
+    (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD). Prints what it changed."""
+    from closedloop.cli import _settings
+    from closedloop.core.roles import load_roles
+    from closedloop.core.usecase import DeclarationError
+    from closedloop.platform.access import sync_mlflow
+
+    try:
+        roles = load_roles(path)
+        for user in roles.users.values():
+            user.password()  # every password present before anything changes
+    except (DeclarationError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    settings = _settings(usecase=False)
+    changes = sync_mlflow(settings, roles)
+    for line in changes:
+        click.echo(line)
+    click.echo(f"{len(changes)} change(s)" if changes else "nothing to change")

@@ -95,6 +95,9 @@ class User(_Strict):
     password_env: str | None = None
     #: a file holding the password (its first line), e.g. a mounted secret
     password_file: Path | None = None
+    #: the environment variable holding the user's API key for ``closedloop serve``
+    #: (``serve --roles``: the key opens the endpoints of the role's ``serving``)
+    serving_key_env: str | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> User:
@@ -184,6 +187,33 @@ def matrix(roles: Roles) -> tuple[list[str], list[tuple[str, list[str]]]]:
     row("serve: GET /metrics", lambda r: yes(r.serving.metrics))
     row("serve: GET /explain/{id}", lambda r: yes(r.serving.explain))
     return header, rows
+
+
+#: the endpoints of ``closedloop serve`` a key may open, by ServingRights field
+SERVING_SCOPES = ("predict", "metrics", "explain")
+#: the shortest API key accepted
+MIN_KEY_CHARS = 16
+
+
+def serving_keys(roles: Roles) -> dict[str, tuple[str, frozenset[str]]]:
+    """Each declared user's serving key (from its ``serving_key_env``) -> (the user, the
+    endpoints its role opens); a user without one has none. A key that is missing or
+    shorter than :data:`MIN_KEY_CHARS` is an error naming its variable."""
+    keys: dict[str, tuple[str, frozenset[str]]] = {}
+    for name, user in roles.users.items():
+        if user.serving_key_env is None:
+            continue
+        key = os.environ.get(user.serving_key_env, "")
+        if len(key) < MIN_KEY_CHARS:
+            raise ValueError(
+                f"users.{name}.serving_key_env: {user.serving_key_env} is missing or shorter "
+                f"than {MIN_KEY_CHARS} characters"
+            )
+        if key in keys:
+            raise ValueError(f"users.{name}: the same API key as {keys[key][0]}")
+        rights = roles.role_of(name).serving
+        keys[key] = (name, frozenset(s for s in SERVING_SCOPES if getattr(rights, s)))
+    return keys
 
 
 def markdown_matrix(roles: Roles) -> str:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import prometheus_client
 from fastapi import FastAPI, Request, Response
 
-from closedloop.serving.handler import KEY_REFUSED, PredictHandler, given_key
+from closedloop.serving.handler import KEY_REFUSED, PredictHandler, given_key, key_forbidden
 from closedloop.serving.metrics import multiprocess
 from closedloop.serving.schema import response_model
 
@@ -69,19 +69,26 @@ def build_api(
     async def require_api_key(request: Request, call_next: Any) -> Response:
         # FastAPI's security classes document a key, they do not check it for every
         # route but two: a small middleware does, in constant time.
-        if request.url.path in OPEN_PATHS:
+        path = request.url.path
+        if path in OPEN_PATHS:
             return await call_next(request)
-        if handler.key_refused(given_key({k: v for k, v in request.headers.raw})):
-            handler.count(request.url.path, 401)
+        scope = "metrics" if path == "/metrics" else "explain" if path.startswith(
+            "/explain/") else None  # fmt: skip
+        refused = handler.access(given_key({k: v for k, v in request.headers.raw}), scope)
+        if refused == 401:
+            handler.count(path, 401)
             return Response(
                 json.dumps({"detail": [KEY_REFUSED]}),
                 status_code=401,
                 media_type="application/json",
                 headers={"WWW-Authenticate": "ApiKey"},
             )
+        if refused == 403:
+            handler.count(path, 403)
+            return Response(key_forbidden(path), status_code=403, media_type="application/json")
         return await call_next(request)
 
-    if handler.key is not None:  # without a key, no middleware and its cost per request
+    if handler.keys is not None:  # without a key, no middleware and its cost per request
         app.middleware("http")(require_api_key)
 
     @app.post(

@@ -5,9 +5,9 @@ Everything else goes to the FastAPI application (:mod:`closedloop.serving.api`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-import secrets
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +24,36 @@ log = logging.getLogger(__name__)
 
 KEY_REFUSED = "missing or wrong API key (send it as X-API-Key)"
 KEY_REFUSED_BODY = json.dumps({"detail": [KEY_REFUSED]}).encode()
+#: every endpoint: what ``CLOSEDLOOP_SERVE_API_KEY`` opens
+ALL_SCOPES = frozenset({"predict", "metrics", "explain"})
+
+
+def key_forbidden(scope: str) -> bytes:
+    """The 403 body of a known key whose role may not use ``scope``."""
+    return json.dumps({"detail": [f"this API key's role may not use {scope}"]}).encode()
+
+
+def serve_keys(config: ServeConfig) -> dict[bytes, frozenset[str]] | None:
+    """SHA-256 of each accepted API key -> the endpoints it opens: the service's own key
+    (all of them) and, with ``roles_file``, each declared user's (its role's ``serving``);
+    None when there is no key (the service is open, on loopback only). Keys are looked
+    up by their digest: a dictionary lookup is not constant-time, a digest the caller
+    cannot steer makes that harmless."""
+    keys: dict[bytes, frozenset[str]] = {}
+    if config.api_key is not None:
+        keys[_digest(config.api_key.encode())] = ALL_SCOPES
+    if config.roles_file is not None:
+        from pathlib import Path
+
+        from closedloop.core.roles import load_roles, serving_keys
+
+        for key, (_, scopes) in serving_keys(load_roles(Path(config.roles_file))).items():
+            keys[_digest(key.encode())] = scopes
+    return keys or None
+
+
+def _digest(key: bytes) -> bytes:
+    return hashlib.sha256(key).digest()
 
 
 def given_key(headers: dict[bytes, bytes]) -> bytes | None:
@@ -41,7 +71,7 @@ class PredictHandler:
 
     def __init__(self, service: Service, config: ServeConfig) -> None:
         self.service, self.config = service, config
-        self.key = config.api_key.encode() if config.api_key is not None else None
+        self.keys = serve_keys(config)
         self._counted: dict[tuple[str, int], Any] = {}  # metric children by label, made once
 
     def count(self, path: str, status: int) -> None:
@@ -51,15 +81,24 @@ class PredictHandler:
             child = self._counted[(path, status)] = requests.labels(path, str(status))
         child.inc()
 
-    def key_refused(self, given: bytes | None) -> bool:
-        key = self.key
-        return key is not None and (given is None or not secrets.compare_digest(given, key))
+    def access(self, given: bytes | None, scope: str | None) -> int | None:
+        """None when ``given`` may use ``scope`` (None: any known key will do), else the
+        status: 401 for a missing or unknown key, 403 for a key whose role lacks it."""
+        if self.keys is None:
+            return None
+        scopes = self.keys.get(_digest(given)) if given is not None else None
+        if scopes is None:
+            return 401
+        return None if scope is None or scope in scopes else 403
 
     async def answer(self, headers: dict[bytes, bytes], body: bytes) -> tuple[int, bytes, list]:
         """(status, JSON body, extra headers), counted and timed."""
         began = time.perf_counter()
-        if self.key_refused(given_key(headers)):
+        refused = self.access(given_key(headers), "predict")
+        if refused == 401:
             status, payload, extra = 401, KEY_REFUSED_BODY, [(b"www-authenticate", b"ApiKey")]
+        elif refused == 403:
+            status, payload, extra = 403, key_forbidden("/predict"), []
         else:
             status, payload = await self._predict(body)
             extra = []

@@ -31,6 +31,9 @@ class ServeConfig:
     #: when set, /predict, /metrics and the docs want it in an ``X-API-Key`` header (or
     #: ``Authorization: Bearer``); /health and /ready stay open for health checks
     api_key: str | None = None
+    #: ``--roles``: a roles declaration whose users' API keys (``serving_key_env``) open
+    #: the endpoints of their role's ``serving`` (closedloop.core.roles); others get 403
+    roles_file: str | None = None
     #: ``--shadow``: score the ``challenger`` beside the champion after each answer
     #: (serving/shadow.py); at most this many rows wait, more are dropped and counted
     shadow: bool = False
