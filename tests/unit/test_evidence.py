@@ -205,6 +205,14 @@ def test_collaboration_needs_a_named_approval_or_a_second_person(facts):
     # a run started by a DAG (the monitoring's trigger) is no person
     by_dag = dataclasses.replace(second, user="carol", triggered_by="OPERATOR")
     assert "P5" in _red(judge(dataclasses.replace(facts, dag_runs=[*facts.dag_runs, by_dag])))
+    # the ledger names who rolled back: a second person; a move by hand names nobody
+    moved = LedgerEntry("m", "champion", "1", "2", "rollback", "", {}, None, None,
+                        datetime(2026, 2, 3, tzinfo=UTC), "user:dana")  # fmt: skip
+    findings = judge(dataclasses.replace(facts, ledger=[*facts.ledger, moved]))
+    assert "P5" not in _red(findings)
+    assert "dana: rollback v1" in next(f for f in findings["principles"] if f.id == "P5").why
+    by_hand = dataclasses.replace(moved, action="out_of_band", actor=None)
+    assert "P5" in _red(judge(dataclasses.replace(facts, ledger=[*facts.ledger, by_hand])))
 
 
 def test_an_unknown_commit_or_missing_lineage_turns_the_code_and_lineage_principles_red(facts):

@@ -130,7 +130,8 @@ def _complete_lineage(f: Facts) -> list[tuple[ModelVersion, MlflowRun, DagRun]]:
 
 def actors(f: Facts) -> dict[str, set[str]]:
     """Who acted, by name: people who started DAG runs, who answered approvals, and who
-    moved aliases outside a DAG run (the CLI)."""
+    moved aliases (the ledger's ``user:`` actors; unnamed before the ledger had actors).
+    An out-of-band move has no known actor and names nobody."""
     people: dict[str, set[str]] = {}
     for run in f.dag_runs:
         if run.user and run.triggered_by.lower() in BY_PERSON:
@@ -142,7 +143,10 @@ def actors(f: Facts) -> dict[str, set[str]]:
                 who = answer.removeprefix(verb).split(":")[0].strip()
                 people.setdefault(who, set()).add(f"{verb.split()[0]} v{v.version}")
     for entry in f.ledger:
-        if entry.dag_id is None:
+        if entry.actor and entry.actor.startswith("user:"):  # the ledger names them
+            who = entry.actor.removeprefix("user:")
+            people.setdefault(who, set()).add(f"{entry.action} v{entry.version}")
+        elif entry.dag_id is None and entry.action != "out_of_band":  # before actors
             people.setdefault("a person at the CLI", set()).add(f"{entry.action} v{entry.version}")
     return people
 
