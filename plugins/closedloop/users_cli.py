@@ -9,6 +9,15 @@ import click
 
 from closedloop.cli_options import usecase_option
 
+#: ``--roles FILE``: another declaration than CLOSEDLOOP_ROLES_FILE's or the shipped one
+roles_option = click.option(
+    "--roles",
+    "path",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="The roles declaration [default: CLOSEDLOOP_ROLES_FILE, else the shipped one].",
+)
+
 
 @click.group()
 def users() -> None:
@@ -16,13 +25,7 @@ def users() -> None:
 
 
 @users.command()
-@click.option(
-    "--roles",
-    "path",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    default=None,
-    help="The roles declaration [default: CLOSEDLOOP_ROLES_FILE, else the shipped one].",
-)
+@roles_option
 @click.option("--markdown", is_flag=True, help="Print the matrix as a Markdown table only.")
 def show(path: Path | None, markdown: bool) -> None:
     """Print the role x action matrix and each declared user's role."""
@@ -58,13 +61,7 @@ def show(path: Path | None, markdown: bool) -> None:
 
 
 @users.command()
-@click.option(
-    "--roles",
-    "path",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    default=None,
-    help="The roles declaration [default: CLOSEDLOOP_ROLES_FILE, else the shipped one].",
-)
+@roles_option
 @usecase_option
 def sync(path: Path | None) -> None:
     """Apply the roles declaration to the running stack's MLflow server (users, their

@@ -15,7 +15,7 @@ import yaml
 from click.testing import CliRunner
 
 from closedloop.core import alias_watch
-from closedloop.core.ledger import OUT_OF_BAND, PromotionLedger
+from closedloop.core.ledger import OUT_OF_BAND, read_history
 from closedloop.core.registry import CHALLENGER, CHAMPION, alias_version, client_for
 from closedloop.core.settings import load_settings
 from closedloop.usecases.hotel.generator import write_batches
@@ -27,11 +27,7 @@ QUICK = {"trials": 2, "validation_days": 3, "holdout_days": 3}
 
 
 def _ledger(settings):
-    ledger = PromotionLedger(settings.closedloop_db)
-    try:
-        return ledger.history(settings.model_name)
-    finally:
-        ledger.dispose()
+    return read_history(settings.closedloop_db, settings.model_name)
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from closedloop.core import tags as tag
-from closedloop.core.ledger import PromotionLedger
+from closedloop.core.ledger import read_history
 from closedloop.core.registry import CHAMPION, alias_version, client_for
 from closedloop.core.settings import PACKAGE_USECASES, load_settings
 
@@ -89,11 +89,7 @@ def _answer(airflow, run_id: str, option: str, reason: str = "") -> None:
 
 
 def _ledger(settings):
-    ledger = PromotionLedger(settings.closedloop_db)
-    try:
-        return ledger.history(settings.model_name)
-    finally:
-        ledger.dispose()
+    return read_history(settings.closedloop_db, settings.model_name)
 
 
 def _version_of(airflow, run_id: str) -> str:

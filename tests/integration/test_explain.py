@@ -98,9 +98,9 @@ def world(tmp_path_factory):
 
 
 def _ledger(settings):
-    from closedloop.core.ledger import PromotionLedger
+    from closedloop.core.ledger import read_history
 
-    return PromotionLedger(settings.closedloop_db).history(settings.model_name)
+    return read_history(settings.closedloop_db, settings.model_name)
 
 
 def _scheduled_run_id(settings, key: str) -> str:

@@ -293,13 +293,9 @@ def _float(value: str | None) -> float | None:
 
 
 def _ledger(settings: Settings) -> list[LedgerEntry]:
-    from closedloop.core.ledger import PromotionLedger
+    from closedloop.core.ledger import read_history
 
-    book = PromotionLedger(settings.closedloop_db)
-    try:
-        return book.history(settings.model_name)
-    finally:
-        book.dispose()
+    return read_history(settings.closedloop_db, settings.model_name)
 
 
 def _promotion(history: list[LedgerEntry], version: str, arm: str, at: datetime) -> Any:

@@ -138,6 +138,16 @@ class PromotionLedger:
         self._engine.dispose()
 
 
+def read_history(url: str, model: str) -> list[LedgerEntry]:
+    """Every entry of ``model`` in the ledger at ``url``, oldest first (one connection,
+    closed after)."""
+    ledger = PromotionLedger(url)
+    try:
+        return ledger.history(model)
+    finally:
+        ledger.dispose()
+
+
 def _add_missing_columns(engine: sa.Engine) -> None:
     """Columns added since a ledger table was created (``actor``), added to it: a ledger
     is kept, never recreated. Written here: the one table needs no migration tool."""
