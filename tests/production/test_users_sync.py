@@ -58,11 +58,15 @@ def _roles_file(tmp_path, users: dict[str, str]):
     return path
 
 
-def _sync(path) -> str:
+def _sync(stack, path) -> str:
     from closedloop.cli import main
 
     result = CliRunner().invoke(main, ["users", "sync", "--roles", str(path)])
-    assert result.exit_code == 0, result.output + repr(result.exception)
+    if result.exit_code != 0:  # the server's own account of it, if it went away
+        log = stack.settings.airflow_home / "logs" / "mlflow.log"
+        tail = log.read_text(errors="replace")[-4000:] if log.exists() else "(no log)"
+        alive = {name: proc.poll() for name, proc in stack.processes.items()}
+        pytest.fail(f"{result.output}{result.exception!r}\nprocesses: {alive}\n{tail}")
     return result.output
 
 
@@ -85,12 +89,12 @@ def test_users_sync_gives_each_role_its_rights_in_mlflow(stack, passwords, tmp_p
         monkeypatch.setenv(f"TEST_PASSWORD_{name.upper()}", password)
     path = _roles_file(tmp_path, USERS)
 
-    first = _sync(path)
+    first = _sync(stack, path)
     for name in USERS:
         assert f"mlflow: created user {name}" in first, first
     assert "mlflow: bob: closedloop/hotel_bookings NO_PERMISSIONS -> EDIT" in first
     assert f"mlflow: carol: model {settings.model_name} NO_PERMISSIONS -> MANAGE" in first
-    assert _sync(path).strip().splitlines()[-1] == "nothing to change"
+    assert _sync(stack, path).strip().splitlines()[-1] == "nothing to change"
 
     uri, model = settings.mlflow_tracking_uri, settings.model_name
     admin = As(uri, os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"])
@@ -122,12 +126,12 @@ def test_users_sync_gives_each_role_its_rights_in_mlflow(stack, passwords, tmp_p
     # a rotated password replaces the old one
     rotated = secrets.token_urlsafe(18)
     monkeypatch.setenv("TEST_PASSWORD_CAROL", rotated)
-    assert "mlflow: carol: password updated" in _sync(path)
+    assert "mlflow: carol: password updated" in _sync(stack, path)
     assert carol.get("registered-models/get", name=model).status_code == 401
     assert As(uri, "carol", rotated).get("registered-models/get", name=model).status_code == 200
 
     # bob taken out of the declaration: deleted, refused from then on
     smaller = _roles_file(tmp_path, {k: v for k, v in USERS.items() if k != "bob"})
-    assert "mlflow: deleted user bob (no longer declared)" in _sync(smaller)
+    assert "mlflow: deleted user bob (no longer declared)" in _sync(stack, smaller)
     assert bob.get("registered-models/get", name=model).status_code == 401
-    assert _sync(smaller).strip().splitlines()[-1] == "nothing to change"
+    assert _sync(stack, smaller).strip().splitlines()[-1] == "nothing to change"

@@ -76,12 +76,14 @@ def mlflow_resources(settings: Settings, client: Any) -> list[Resource]:
 
 def sync_mlflow(settings: Settings, roles: Roles) -> list[str]:
     """Apply ``roles`` to the settings' MLflow server (see the module); the changes."""
-    from mlflow import MlflowClient
     from mlflow.server import get_app_client
+
+    from closedloop.core.registry import client_for
 
     uri = settings.mlflow_tracking_uri
     auth = get_app_client("basic-auth", tracking_uri=uri)
-    resources = mlflow_resources(settings, MlflowClient(uri))
+    # the registry too at this server: MLflow's own default is process-wide state
+    resources = mlflow_resources(settings, client_for(settings))
     engine = sa.create_engine(settings.closedloop_db, future=True)
     _METADATA.create_all(engine, checkfirst=True)
     changes: list[str] = []
