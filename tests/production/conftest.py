@@ -54,6 +54,7 @@ def random_credentials() -> dict[str, str]:
         "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_urlsafe(32),
         "CLOSEDLOOP_AIRFLOW_ADMIN_PASSWORD": secrets.token_urlsafe(24),
         "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(64),
+        "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(32),
         "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
     }
 

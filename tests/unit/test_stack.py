@@ -85,7 +85,7 @@ def test_stack_run_refuses_to_start_without_credentials(tmp_path: Path, componen
     assert "refusing to start" in done.stderr
     for name in COMPONENTS[component]:
         assert name in done.stderr
-    assert not (tmp_path / "airflow" / "passwords.json").exists()
+    assert not (tmp_path / "mlflow" / "basic_auth.ini").exists()  # refused before writing
 
 
 def test_commands_follow_the_settings(production):

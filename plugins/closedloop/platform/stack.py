@@ -47,6 +47,7 @@ CREDENTIALS = {
     "MLFLOW_TRACKING_PASSWORD": "that user's password",
     "MLFLOW_FLASK_SERVER_SECRET_KEY": "signs the MLflow server's sessions and CSRF tokens",
     "CLOSEDLOOP_AIRFLOW_ADMIN_PASSWORD": "password of Airflow's `admin` user",
+    "AIRFLOW__API__SECRET_KEY": "signs the Airflow UI's login sessions (FAB auth manager)",
     "AIRFLOW__API_AUTH__JWT_SECRET": "signs Airflow's API and task tokens (64+ characters)",
     "AIRFLOW__CORE__FERNET_KEY": "encrypts Airflow connections and variables",
 }
@@ -57,7 +58,9 @@ _MLFLOW_CLIENT = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 COMPONENTS: dict[str, tuple[str, ...]] = {
     "init": (),
     "mlflow": (*_MLFLOW_CLIENT, "MLFLOW_FLASK_SERVER_SECRET_KEY"),
-    "api-server": (*_AIRFLOW_SECRETS, "CLOSEDLOOP_AIRFLOW_ADMIN_PASSWORD"),
+    "api-server": (
+        *_AIRFLOW_SECRETS, "CLOSEDLOOP_AIRFLOW_ADMIN_PASSWORD", "AIRFLOW__API__SECRET_KEY"
+    ),
     "scheduler": _AIRFLOW_SECRETS,
     "dag-processor": _AIRFLOW_SECRETS,
     "triggerer": _AIRFLOW_SECRETS,
@@ -67,6 +70,12 @@ COMPONENTS: dict[str, tuple[str, ...]] = {
 #: the long-running ones, in start order
 SERVICES = ("mlflow", "api-server", "scheduler", "dag-processor", "triggerer", "worker")
 AIRFLOW_ADMIN = "admin"
+#: the production profile's Airflow auth manager: FAB's users and roles, with per-DAG
+#: rights (``closedloop users sync``, docs/roles.md)
+FAB_AUTH_MANAGER = "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
+#: seconds the API server trusts what it read of a token's user (FAB's default: 30): a
+#: deleted or deactivated user's tokens are refused within this time
+FAB_CACHE_TTL = 10
 MIN_JWT_SECRET = 64
 
 
@@ -155,9 +164,8 @@ def production_environ(settings: Settings) -> dict[str, str]:
         "AIRFLOW__API__PORT": str(port),
         "AIRFLOW__API__BASE_URL": settings.airflow_public_url,
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{api}/execution/",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{AIRFLOW_ADMIN}:admin",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords_file(settings)),
+        "AIRFLOW__CORE__AUTH_MANAGER": FAB_AUTH_MANAGER,
+        "AIRFLOW__FAB__CACHE_TTL": str(FAB_CACHE_TTL),
         "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.25",
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
         "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
@@ -167,10 +175,6 @@ def production_environ(settings: Settings) -> dict[str, str]:
         if value != "":
             env[f"CLOSEDLOOP_STORES__{name.upper()}"] = str(value)
     return env
-
-
-def passwords_file(settings: Settings) -> Path:
-    return settings.airflow_home / "passwords.json"
 
 
 #: the MLflow server's basic-auth configuration, with ``{database_uri}`` to fill in
@@ -316,8 +320,9 @@ def prepare(settings: Settings, component: str, environ=None) -> dict[str, str]:
             MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
         )
     elif component == "api-server":
-        password = environ["CLOSEDLOOP_AIRFLOW_ADMIN_PASSWORD"]
-        _write_private(passwords_file(settings), json.dumps({AIRFLOW_ADMIN: password}) + "\n")
+        # the admin, created or given the environment's password, before the server starts
+        command = [sys.executable, "-m", "closedloop.platform.airflow_admin", AIRFLOW_ADMIN]
+        subprocess.run(command, env=env, check=True)
     return env
 
 
