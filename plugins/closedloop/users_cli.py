@@ -57,21 +57,31 @@ def show(path: Path | None, markdown: bool) -> None:
         click.echo("no users declared")
     for name, user in roles.users.items():
         source = f"${user.password_env}" if user.password_env else str(user.password_file)
-        click.echo(f"user {name}: {user.role} (password from {source})")
+        where = f", its MLflow login in connection {user.airflow_connection}" if (
+            user.airflow_connection) else ""  # fmt: skip
+        click.echo(f"user {name}: {user.role} (password from {source}{where})")
 
 
 @users.command()
 @roles_option
 @usecase_option
-def sync(path: Path | None) -> None:
-    """Apply the roles declaration to the running stack's MLflow server (users, their
-    permissions on every use case's experiments and registered model; a user closedloop
-    created and no longer declared is deleted). Run as the stack's admin
-    (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD). Prints what it changed."""
+@click.option(
+    "--only",
+    type=click.Choice(["airflow", "mlflow"]),
+    default=None,
+    help="Apply the declaration to one server only [default: both].",
+)
+def sync(path: Path | None, only: str | None) -> None:
+    """Apply the roles declaration to the running production stack: Airflow's users and
+    FAB roles (per-DAG rights of every use case's DAGs) and MLflow's users and permissions
+    (every use case's experiments and registered model). A user closedloop created and no
+    longer declared is deleted. Runs as the stack's admins (CLOSEDLOOP_AIRFLOW_ADMIN_PASSWORD,
+    MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD), once the DAGs are parsed. Prints
+    what it changed; a second run prints nothing to change."""
     from closedloop.cli import _settings
     from closedloop.core.roles import load_roles
     from closedloop.core.usecase import DeclarationError
-    from closedloop.platform.access import sync_mlflow
+    from closedloop.platform.access import sync_airflow, sync_mlflow
 
     try:
         roles = load_roles(path)
@@ -80,7 +90,16 @@ def sync(path: Path | None) -> None:
     except (DeclarationError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     settings = _settings(usecase=False)
-    changes = sync_mlflow(settings, roles)
+    changes: list[str] = []
+    try:
+        if only in (None, "airflow"):
+            changes += sync_airflow(settings, roles)
+        if only in (None, "mlflow"):
+            changes += sync_mlflow(settings, roles)
+    except RuntimeError as exc:
+        for line in changes:
+            click.echo(line)
+        raise click.ClickException(str(exc)) from exc
     for line in changes:
         click.echo(line)
     click.echo(f"{len(changes)} change(s)" if changes else "nothing to change")

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from closedloop.core.roles import SHIPPED, load_roles, matrix
+from closedloop.core.roles import SHIPPED, STAGES, load_roles, matrix
 from closedloop.core.usecase import DeclarationError
 
 
@@ -46,6 +46,8 @@ def test_the_shipped_roles_give_the_defaults_the_paper_roles_need():
          "roles.data_scientist.mlflow.experiments", "Input should be"),
         (lambda d: d["roles"]["software_engineer"]["airflow"].update(trigger=["training"]),
          "roles.software_engineer.airflow", "DAGs it may not see: training"),
+        (lambda d: d["roles"]["data_engineer"]["airflow"].update(clear=["features"]),
+         "roles.data_engineer.airflow", "add batch_inference to clear"),
         (lambda d: d["roles"]["ml_engineer"].update(colour="blue"),
          "roles.ml_engineer.colour", "unknown field"),
         (lambda d: d["roles"].pop("solution_architect"), "(file)", "no role stands for R2"),
@@ -104,3 +106,30 @@ def test_docs_roles_holds_the_shipped_matrix():
     from closedloop.core.settings import PROJECT_ROOT
 
     assert markdown_matrix(load_roles(SHIPPED)) in (PROJECT_ROOT / "docs" / "roles.md").read_text()
+
+
+def test_each_role_becomes_the_fab_permissions_of_its_dags():
+    from closedloop.platform.access import airflow_permissions, base_permissions
+
+    roles = load_roles(SHIPPED)
+    stage_dags = {s: [f"{uc}_{s}" for uc in ("a", "b")] for s in STAGES}
+    viewer = {("can_read", "DAGs"), ("can_read", "DAG Runs"), ("can_read", "Website")}
+    base = base_permissions(viewer)
+    assert base == {("can_read", "DAG Runs"), ("can_read", "Website")}  # not every DAG
+
+    def of(role):
+        return airflow_permissions(roles.roles[role], stage_dags, base)
+
+    every_dag = {f"DAG:{d}" for dags in stage_dags.values() for d in dags}
+    stakeholder = of("business_stakeholder")
+    assert {r for a, r in stakeholder if a == "can_read" and r.startswith("DAG:")} == every_dag
+    assert not {p for p in stakeholder if p[0] in ("can_edit", "can_create")}
+    engineer = of("data_engineer")
+    runs = {r for a, r in engineer if a == "can_create"}
+    assert runs == {f"DAG Run:{uc}_{s}" for uc in "ab" for s in ("features", "batch_inference")}
+    assert ("can_edit", "DAG:a_training") not in engineer  # cannot clear training's tasks
+    assert ("can_edit", "Task Instances") in engineer
+    ml = of("ml_engineer")
+    assert ("can_edit", "HITL Detail") in ml and ("can_edit", "DAG:b_training") in ml
+    assert ("can_edit", "HITL Detail") not in of("devops_engineer")
+    assert of("training_pipeline") == base and not roles.roles["training_pipeline"].airflow.any

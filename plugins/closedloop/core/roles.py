@@ -62,7 +62,27 @@ class AirflowRights(_Strict):
             raise ValueError(f"trigger or clear on DAGs it may not see: {', '.join(hidden)}")
         if self.approve and "training" not in self.see:
             raise ValueError("approve needs the training DAG in see")
+        # Airflow's FAB auth manager grants clearing per role, on every DAG the role may
+        # edit (trigger, approve): a narrower clear would not be what Airflow enforces.
+        edited = {*self.trigger, *(["training"] if self.approve else [])}
+        wider = sorted(edited - set(self.clear)) if self.clear else []
+        if wider:
+            raise ValueError(
+                "a role that clears tasks clears them on every DAG it may trigger or approve "
+                f"in; add {', '.join(wider)} to clear, or clear nothing"
+            )
         return self
+
+    @property
+    def edits(self) -> list[Stage]:
+        """The stages whose DAG the role may edit in Airflow: trigger, clear, approve."""
+        edited = {*self.trigger, *self.clear, *(["training"] if self.approve else [])}
+        return [s for s in STAGES if s in edited]
+
+    @property
+    def any(self) -> bool:
+        """Whether the role logs in to Airflow at all."""
+        return bool(self.see) or self.admin
 
 
 class MlflowRights(_Strict):
@@ -98,6 +118,10 @@ class User(_Strict):
     #: the environment variable holding the user's API key for ``closedloop serve``
     #: (``serve --roles``: the key opens the endpoints of the role's ``serving``)
     serving_key_env: str | None = None
+    #: an Airflow connection (``closedloop_mlflow``) that ``users sync`` keeps holding
+    #: this user's MLflow login: the account the DAGs' tasks log as when the stack names
+    #: it in ``CLOSEDLOOP_MLFLOW_CONN_ID``
+    airflow_connection: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")
 
     @model_validator(mode="after")
     def _one_source(self) -> User:
