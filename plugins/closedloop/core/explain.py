@@ -309,14 +309,12 @@ def _promotion(history: list[LedgerEntry], version: str, arm: str, at: datetime)
 
 
 def _champion_at(history: list[LedgerEntry], at: datetime) -> str | None:
-    """The version ``champion`` pointed at, at ``at``, by the ledger's champion moves."""
-    champion = None
-    for entry in history:
-        if entry.at > at:
-            break
-        if entry.alias == "champion" and entry.action in ("promote", "rollback"):
-            champion = entry.version
-    return champion
+    """The version ``champion`` pointed at, at ``at``, by the ledger's moves (a move made
+    outside closedloop included, as the ledger recorded it)."""
+    from closedloop.core.alias_watch import expected_aliases
+    from closedloop.core.registry import CHAMPION
+
+    return expected_aliases([entry for entry in history if entry.at <= at])[CHAMPION]
 
 
 def _run_ref(
