@@ -13,6 +13,7 @@ Evidently is imported once (seconds); its reports are computed once per module.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -30,6 +31,7 @@ from closedloop.core.drift import (
     run_drift,
     sample,
 )
+from closedloop.core.drift_report import COLUMN_TYPE, SHARE_TYPE
 from closedloop.core.settings import PACKAGE_USECASES
 from closedloop.core.usecase import UseCase
 from closedloop.usecases.hotel.generator import DriftSpec, generate_day
@@ -293,14 +295,16 @@ def test_html_and_json_are_written(covariate_run, reports) -> None:
     assert html.lstrip().lower().startswith("<html") or "<!doctype html" in html[:200].lower()
     assert "market_segment" in html
     data = json.loads((reports / "covariate" / "drift.json").read_text())
-    counts = [m for m in data["metrics"] if m["config"]["type"].endswith(":DriftedColumnsCount")]
-    assert counts[0]["value"]["share"] == pytest.approx(result.drift_share)
-    failed = {
-        t["metric_config"]["params"]["column"]
-        for t in data["tests"]
-        if t["metric_config"]["params"]["type"].endswith(":ValueDrift") and t["status"] == "FAIL"
-    }
+    _, failed, share, _ = _checked(data)
+    assert share == pytest.approx(result.drift_share)
     assert failed == set(result.drifted_columns)
+    # Evidently's own ValueDrift (the distributions) of exactly the drifted columns
+    shown = {
+        t["metric_config"]["params"]["column"]: t["status"]
+        for t in data["tests"]
+        if t["metric_config"]["params"]["type"].endswith(":ValueDrift")
+    }
+    assert shown == dict.fromkeys(result.drifted_columns, "FAIL")
 
 
 @pytest.mark.parametrize(
@@ -311,7 +315,8 @@ def test_the_verdict_without_a_report_is_the_reports_verdict(covariate, may_refe
     its metrics. Every column's statistic and test outcome must be the report's."""
     cur = with_score(current(MAY, seed=7, covariate=covariate), shift=0.5 * covariate)
     verdict = detect_drift(with_score(may_reference), cur, policy)
-    reported, snapshot = run_drift(with_score(may_reference), cur, policy)
+    always = dataclasses.replace(policy, full_report="always")  # the preset on a calm day too
+    reported, snapshot = run_drift(with_score(may_reference), cur, always)
     assert verdict == reported
     data = snapshot.dict()
     values = {
@@ -331,6 +336,60 @@ def test_the_verdict_without_a_report_is_the_reports_verdict(covariate, may_refe
     assert failed == set(verdict.drifted_columns) | (
         {"score"} if verdict.prediction_drift else set()
     )
+
+
+def _checked(data: dict) -> tuple[dict[str, float], set[str], float, str]:
+    """The check's own metrics in a snapshot's JSON: each column's score, the columns
+    whose test failed, the share and the share test's status."""
+    scores = {
+        m["config"]["column"]: m["value"]
+        for m in data["metrics"]
+        if m["config"]["type"] == COLUMN_TYPE
+    }
+    failed = {
+        t["metric_config"]["params"]["column"]
+        for t in data["tests"]
+        if t["metric_config"]["params"]["type"] == COLUMN_TYPE and t["status"] == "FAIL"
+    }
+    (share,) = [m["value"] for m in data["metrics"] if m["config"]["type"] == SHARE_TYPE]
+    (status,) = [
+        t["status"] for t in data["tests"] if t["metric_config"]["params"]["type"] == SHARE_TYPE
+    ]
+    return scores, failed, share, status
+
+
+@pytest.mark.parametrize(
+    ("covariate", "methods"),
+    [
+        pytest.param(0.0, {}, id="stable"),
+        pytest.param(1.0, {}, id="covariate-drift"),
+        # p-values: a column drifts below the threshold, and the test says so
+        pytest.param(1.0, {"num_method": "ks", "num_threshold": 0.05}, id="p-values"),
+    ],
+)
+def test_every_report_holds_the_checks_own_statistics(covariate, methods, may_reference, policy):
+    """The report is built from the check's statistics: each column's score and test
+    outcome, and the share, are the verdict's. Evidently's preset is added only when
+    the verdict flags something."""
+    policy = dataclasses.replace(policy, **methods)
+    cur = with_score(current(MAY, seed=7, covariate=covariate), shift=0.5 * covariate)
+    result, snapshot = run_drift(with_score(may_reference), cur, policy)
+    data = snapshot.dict()
+    scores, failed, share, status = _checked(data)
+    assert set(scores) == {*policy.columns, "score"}
+    for column in policy.columns:
+        assert scores[column] == pytest.approx(result.column_scores[column], rel=1e-12)
+    assert scores["score"] == pytest.approx(result.prediction_score, rel=1e-12)
+    assert failed == set(result.drifted_columns) | ({"score"} if result.prediction_drift else set())
+    assert share == pytest.approx(result.drift_share)
+    assert status == ("FAIL" if result.dataset_drift else "SUCCESS")
+    shown = {
+        m["config"]["column"]
+        for m in data["metrics"]
+        if m["config"]["type"].endswith(":ValueDrift")
+    }
+    assert bool(failed) == (covariate > 0)  # the cases are what they claim
+    assert shown == failed  # Evidently's own distributions: of what drifted, only
 
 
 def test_result_round_trips_through_json(covariate_run) -> None:
@@ -357,7 +416,26 @@ def test_workspace_gets_one_project_and_every_run(covariate_run, stable_run, tmp
     stored = workspace.get_run(project.id, first)
     assert stored.timestamp == datetime(2024, 5, 14, 6, 0)  # naive UTC, as Evidently keeps it
     (panel,) = workspace.get_dashboard(project.id).panels  # created once, with the project
-    assert panel.values[0].metric.endswith(":DriftedColumnsCount")
+    assert panel.values[0].metric == SHARE_TYPE  # the check's own share: in every report
+    for run in (first, second):
+        types = {
+            r.metric_value_location.metric.params["type"]
+            for r in workspace.get_run(project.id, run).metric_results.values()
+        }
+        assert SHARE_TYPE in types
+    # the dashboard's share panel: one series, a point per run, the check's shares
+    import asyncio
+
+    from evidently.ui.service.base import SeriesFilter
+    from evidently.ui.service.storage.local.base import InMemoryDataStorage
+
+    wanted = SeriesFilter(tags=[], metadata={}, metric=SHARE_TYPE, metric_labels={})
+    storage = InMemoryDataStorage(str(workspace_dir))
+    found = asyncio.run(storage.get_data_series(project.id, [wanted], None, None))
+    (series,) = found.series
+    assert sorted(series.values) == sorted(
+        [covariate_run[0].drift_share, stable_run[0].drift_share]
+    )
     # what `evidently ui --workspace <dir>` loads: every snapshot must parse
     state = LocalState.load(str(workspace_dir), None)
     assert [p.name for p in state.projects.values()] == ["hotel drift"]
@@ -417,3 +495,20 @@ def test_unusable_current_window_is_explained(change, message) -> None:
     policy = DriftPolicy(columns=("x", "cat"))
     with pytest.raises(ValueError, match=message):
         run_drift(_small(200, 0.0, seed=1), change(_small(200, 0.0, seed=2)), policy)
+
+
+def test_a_project_of_an_older_closedloop_gains_the_share_panel(stable_run, tmp_path) -> None:
+    """Projects made before the check's own metrics plotted Evidently's
+    DriftedColumnsCount, which a report without the preset lacks."""
+    from evidently.sdk.models import PanelMetric
+    from evidently.sdk.panels import line_plot_panel
+    from evidently.ui.workspace import Workspace
+
+    workspace = Workspace.create(str(tmp_path))
+    project = workspace.create_project("old drift")
+    old = PanelMetric(metric="DriftedColumnsCount", metric_labels={"value_type": "share"})
+    project.dashboard.add_panel(line_plot_panel(title="old", values=[old]))
+    add_to_workspace(tmp_path, "old drift", stable_run[1])
+    add_to_workspace(tmp_path, "old drift", stable_run[1])
+    metrics = [v.metric for p in workspace.get_dashboard(project.id).panels for v in p.values]
+    assert metrics == ["evidently:metric_v2:DriftedColumnsCount", SHARE_TYPE]  # added once

@@ -34,6 +34,17 @@ class MonitoringPolicy:
     #: their outcome known: a model retrained before any outcome of the new regime is
     #: known learns the old one again (0: retrain on drift at once)
     drift_min_new_labels: int = 0
+    #: when the drift report adds Evidently's full DataDriftPreset (every column's
+    #: distributions) to the check's own statistics: "on_drift" or "always"
+    drift_report: str = "on_drift"
+
+    def __post_init__(self) -> None:
+        from closedloop.core.drift import FULL_REPORT
+
+        if self.drift_report not in FULL_REPORT:
+            raise ValueError(
+                f"drift_report is one of {', '.join(FULL_REPORT)}, got {self.drift_report!r}"
+            )
 
 
 @dataclass(frozen=True)

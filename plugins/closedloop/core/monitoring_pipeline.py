@@ -132,6 +132,7 @@ def check_drift(
         settings.usecase,
         prediction_column="score",
         drift_share_threshold=monitoring.drift_share_threshold,
+        full_report=monitoring.drift_report,
     )
     loaded = load_model(settings)
     if loaded.version != version:  # promoted in between: the task's retry sees one version

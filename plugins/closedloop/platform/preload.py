@@ -55,6 +55,7 @@ MODULES = (
     "closedloop.core.monitoring_pipeline",
     "closedloop.core.monitoring",
     "closedloop.core.drift",
+    "closedloop.core.drift_report",
     "closedloop.core.batch_inference",
 )
 
