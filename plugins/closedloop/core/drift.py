@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 import pandas as pd
 
+from closedloop.core.monitoring import FULL_REPORT
+
 if TYPE_CHECKING:
     from closedloop.core.drift_report import ColumnTest
     from closedloop.core.usecase import UseCase
@@ -36,8 +38,6 @@ if TYPE_CHECKING:
 #: use-case column types a drift check can compare (ids, text and times cannot)
 NUMERICAL_TYPES = ("int", "float")
 CATEGORICAL_TYPES = ("category",)
-#: when the full report is written (``DriftPolicy.full_report``)
-FULL_REPORT = ("on_drift", "always")
 
 
 @dataclass(frozen=True)

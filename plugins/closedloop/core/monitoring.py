@@ -20,6 +20,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
+#: when the drift report adds Evidently's own drift metrics (``DriftPolicy.full_report``)
+FULL_REPORT = ("on_drift", "always")
+
 
 @dataclass(frozen=True)
 class MonitoringPolicy:
@@ -39,8 +42,6 @@ class MonitoringPolicy:
     drift_report: str = "on_drift"
 
     def __post_init__(self) -> None:
-        from closedloop.core.drift import FULL_REPORT
-
         if self.drift_report not in FULL_REPORT:
             raise ValueError(
                 f"drift_report is one of {', '.join(FULL_REPORT)}, got {self.drift_report!r}"
