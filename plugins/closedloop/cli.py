@@ -470,11 +470,19 @@ LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
     "logged as arm=shadow (answers and their latency unchanged; see `closedloop shadow`).",
 )
 @click.option(
+    "--webhook-url",
+    default=None,
+    help="This service's base URL as the MLflow server reaches it: register an MLflow "
+    "webhook that posts every alias move to URL/webhooks/mlflow, signed with "
+    "CLOSEDLOOP_SERVE_WEBHOOK_SECRET, for a swap within ~100 ms; the poll becomes the "
+    "fallback (production profile: MLflow's server delivers webhooks).",
+)
+@click.option(
     "--poll-seconds",
     type=click.FloatRange(0.05),
-    default=5.0,
-    show_default=True,
-    help="How often the registry's aliases are checked for a hot swap.",
+    default=None,
+    help="How often the registry's aliases are checked for a hot swap "
+    "[default: 5; 60 with --webhook-url].",
 )
 @click.option("--max-events", type=click.IntRange(1), default=100, show_default=True)
 @click.option(
@@ -499,7 +507,8 @@ def serve(
     challenger_share: float,
     roles: Path | None,
     shadow: bool,
-    poll_seconds: float,
+    webhook_url: str | None,
+    poll_seconds: float | None,
     max_events: int,
     log_flush_seconds: float,
     workers: int,
@@ -538,7 +547,19 @@ def serve(
                 raise click.UsageError(f"{roles} declares no user with a serving_key_env")
         except (DeclarationError, ValueError) as exc:
             raise click.UsageError(str(exc)) from exc
+    if webhook_url is not None:
+        from closedloop.serving import webhook
+
+        try:
+            secret = webhook.secret_from_environ(os.environ)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from exc
+        hook, done = webhook.register(_settings(), webhook_url.rstrip("/") + webhook.PATH, secret)
+        click.echo(f"MLflow webhook {hook} {done}: alias moves go to {webhook_url}{webhook.PATH}")
+    if poll_seconds is None:
+        poll_seconds = 60.0 if webhook_url is not None else 5.0
     config = ServeConfig(
+        webhook=webhook_url is not None,
         api_key=api_key,
         roles_file=str(roles.resolve()) if roles is not None else None,
         challenger_share=challenger_share,
@@ -552,6 +573,7 @@ def serve(
     if workers == 1:
         uvicorn.run(create_app(_settings(), config), **server)
         return
+    import dataclasses
     import shutil
     import tempfile
 
@@ -562,6 +584,8 @@ def serve(
     # chosen when the workers import it); /metrics adds them up.
     metrics_dir = tempfile.mkdtemp(prefix="closedloop-serve-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ[WORKERS_METRICS_ENV] = metrics_dir
+    if config.webhook:  # one worker receives a webhook; the file wakes the others
+        config = dataclasses.replace(config, wake_file=os.path.join(metrics_dir, "registry-moved"))
     os.environ[CONFIG_ENV] = config.to_environ()
     try:
         uvicorn.run(

@@ -169,3 +169,34 @@ def test_a_rollback_names_who_asked(world, monkeypatch):
     assert (last.version, last.from_version) == (promoted.from_version, promoted.version)
     assert alias_version(client, model, CHAMPION) == promoted.from_version
     assert alias_watch.check_aliases(settings).recorded == []
+
+
+def test_a_woken_follower_looks_at_once_and_wakes_the_other_workers(world, tmp_path):
+    """What an MLflow webhook does in ``serve --webhook-url --workers 2``: the worker that
+    receives it wakes its follower, and the shared file wakes the other worker's; both
+    swap at once, though their polls are ten minutes away."""
+    import time
+
+    from closedloop.serving.follower import ModelFollower
+
+    settings = world
+    client, model = client_for(settings), settings.model_name
+    wake_file = str(tmp_path / "registry-moved")
+    workers = [ModelFollower(settings, poll_seconds=600, wake_file=wake_file) for _ in range(2)]
+    for follower in workers:
+        follower.load_initial()
+        follower.start()
+    try:
+        champion = alias_version(client, model, CHAMPION)
+        other = "1" if champion != "1" else "2"
+        client.set_registered_model_alias(model, CHAMPION, other)
+        time.sleep(1.0)  # no poll is due: nothing moves by itself
+        assert {f.deployment.champion.version for f in workers} == {champion}
+        workers[0].wake()  # the webhook reached the first worker
+        deadline = time.monotonic() + 10
+        while {f.deployment.champion.version for f in workers} != {other}:
+            assert time.monotonic() < deadline, [f.deployment.versions() for f in workers]
+            time.sleep(0.05)
+    finally:
+        for follower in workers:
+            follower.stop()

@@ -52,6 +52,7 @@ def random_credentials() -> dict[str, str]:
         "MLFLOW_TRACKING_USERNAME": f"admin_{secrets.token_hex(3)}",
         "MLFLOW_TRACKING_PASSWORD": secrets.token_urlsafe(24),
         "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_urlsafe(32),
+        "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": Fernet.generate_key().decode(),
         "CLOSEDLOOP_AIRFLOW_ADMIN_PASSWORD": secrets.token_urlsafe(24),
         "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(64),
         "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(32),

@@ -30,7 +30,9 @@ test runs a real CeleryExecutor stack, started for it alone.
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -488,18 +490,22 @@ def test_mlflow_down_during_training_leaves_one_finished_run_and_one_version(
 class Serving:
     """``closedloop serve`` (uvicorn) in a subprocess, on this module's production stores."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(
+        self, home: Path, options: tuple[str, ...] = ("--poll-seconds", "0.5"), env=None
+    ) -> None:
         import httpx
 
         self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
         self.output = home / f"serve-{self.port}.log"
+        options = tuple(o.replace("{url}", self.url) for o in options)
         with self.output.open("wb") as sink:  # a pipe nobody reads would block it
             self.proc = subprocess.Popen(
-                [CLI, "serve", "--port", str(self.port), "--poll-seconds", "0.5",
+                [CLI, "serve", "--port", str(self.port), *options,
                  "--log-flush-seconds", "0.2", "--log-level", "info"],
-                stdout=sink, stderr=subprocess.STDOUT,
+                stdout=sink, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
             )  # fmt: skip
-        self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=30)
+        self.client = httpx.Client(base_url=self.url, timeout=30)
 
     def ready(self) -> dict:
         import httpx
@@ -511,13 +517,13 @@ class Serving:
         except httpx.TransportError:
             return {}
 
-    def metric(self, name: str) -> float:
+    def metric(self, name: str, **labels: str) -> float:
         from prometheus_client.parser import text_string_to_metric_families
 
         text = self.client.get("/metrics").text
         return sum(
             s.value for f in text_string_to_metric_families(text) for s in f.samples
-            if s.name == name
+            if s.name == name and labels.items() <= s.labels.items()
         )  # fmt: skip
 
     def stop(self) -> None:
@@ -616,6 +622,87 @@ def test_serving_answers_with_its_model_while_mlflow_is_down(world, mlflow_serve
         started, datetime.now(UTC) + timedelta(minutes=1), sources=("online",)
     )
     assert sorted(log["prediction_id"]) == sorted(p["prediction_id"] for p in answered)
+
+
+def test_an_mlflow_webhook_swaps_the_model_within_a_second(world, mlflow_server, champion):
+    """``serve --webhook-url``: the MLflow server posts the alias move, signed; the
+    service swaps at once (its poll is 10 minutes away), no request fails meanwhile, and
+    a delivery not signed with the secret, or replayed late, is refused."""
+    import threading
+
+    from closedloop.core.registry import CHAMPION, client_for
+    from closedloop.core.tags import BLESSED
+    from closedloop.serving import webhook
+    from closedloop.serving.schema import as_requests
+
+    last_day = str(FIRST + timedelta(days=HISTORY_DAYS - 1))
+    bookings = pd.read_parquet(offline.partition_path(world.offline_table_dir("events"), last_day))
+    keys = as_requests(bookings.head(5), world.usecase)
+    secret = secrets.token_urlsafe(32)
+    server = Serving(world.home, ("--webhook-url", "{url}", "--poll-seconds", "600"),
+                     env={webhook.SECRET_ENV: secret})  # fmt: skip
+    answers: list[tuple[float, int, set[str]]] = []  # (answered at, status, versions)
+    stop = threading.Event()
+
+    def load() -> None:  # one request after another, as a client would send them
+        import httpx
+
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            while not stop.is_set():
+                response = client.post("/predict", json=keys)
+                versions = {p["model_version"] for p in response.json().get("predictions", [])}
+                answers.append((time.monotonic(), response.status_code, versions))
+
+    try:
+        _wait(lambda: server.ready().get("ready"), 240, "the service did not start")
+        serving = server.ready()["models"][CHAMPION]
+        client = client_for(world)
+        current = client.get_model_version(world.model_name, serving)
+        again = client.create_model_version(
+            world.model_name, current.source, run_id=current.run_id,
+            model_id=current.source.removeprefix("models:/"), tags={BLESSED: "true"},
+        )  # fmt: skip
+        loader = threading.Thread(target=load, daemon=True)
+        loader.start()
+        _wait(lambda: len(answers) > 20, 30, "no answers before the move")
+        moved_at = time.monotonic()
+        client.set_registered_model_alias(world.model_name, CHAMPION, again.version)
+        _wait(lambda: any(again.version in v for _, _, v in answers), 30, "no swap")
+        time.sleep(0.5)
+        stop.set()
+        loader.join(30)
+
+        first_new = min(t for t, _, v in answers if again.version in v)
+        print(f"first answer by v{again.version} {first_new - moved_at:.3f}s after the move")
+        assert first_new - moved_at <= 1.0, f"swapped {first_new - moved_at:.2f}s after the move"
+        assert {status for _, status, _ in answers} == {200}  # none failed during the swap
+        after = [v for t, _, v in answers if t > first_new]
+        assert after and all(v == {again.version} for v in after)  # never back, never mixed
+        # the webhook swapped it, not the poll
+        assert server.metric("closedloop_webhook_deliveries_total", outcome="swap") >= 1
+
+        # deliveries not signed with the secret, or replayed, are refused
+        body = json.dumps({"entity": "model_version_alias", "action": "created",
+                           "data": {"name": world.model_name, "alias": CHAMPION,
+                                    "version": serving}}).encode()  # fmt: skip
+        now = str(int(time.time()))
+
+        def deliver(key: str, stamp: str, delivery: str) -> int:
+            headers = {"X-MLflow-Delivery-Id": delivery, "X-MLflow-Timestamp": stamp,
+                       "X-MLflow-Signature": webhook.signature(key, delivery, stamp, body),
+                       "Content-Type": "application/json"}  # fmt: skip
+            return server.client.post(webhook.PATH, content=body, headers=headers).status_code
+
+        assert deliver(secrets.token_urlsafe(32), now, "forged-1") == 401  # another key
+        assert deliver(secret, str(int(time.time()) - 3600), "old-1") == 401  # an hour old
+        assert server.client.post(webhook.PATH, content=body).status_code == 401  # unsigned
+        assert deliver(secret, now, "genuine-1") == 200
+        assert deliver(secret, now, "genuine-1") == 401  # the same delivery again
+        assert server.metric("closedloop_webhook_deliveries_total", outcome="refused") == 4
+        assert server.ready()["models"] == {CHAMPION: again.version}
+    finally:
+        stop.set()
+        server.stop()
 
 
 # -- PostgreSQL drops every connection in the middle of a DAG run ----------------------

@@ -21,6 +21,7 @@ CREDENTIALS = {
     "MLFLOW_TRACKING_USERNAME": "ops",
     "MLFLOW_TRACKING_PASSWORD": "pw-for-this-test-only",
     "MLFLOW_FLASK_SERVER_SECRET_KEY": "key-for-this-test-only",
+    "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": "fernet-key-for-this-test-only",
 }
 MINIO = {"MLFLOW_S3_ENDPOINT_URL": "http://minio:9000"}
 KEYS = {"AWS_ACCESS_KEY_ID": "id-for-this-test", "AWS_SECRET_ACCESS_KEY": "s3-for-this-test"}

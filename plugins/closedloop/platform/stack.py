@@ -46,6 +46,8 @@ CREDENTIALS = {
     "MLFLOW_TRACKING_USERNAME": "MLflow user of every client; the server's admin",
     "MLFLOW_TRACKING_PASSWORD": "that user's password",
     "MLFLOW_FLASK_SERVER_SECRET_KEY": "signs the MLflow server's sessions and CSRF tokens",
+    "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": "encrypts the webhooks' signing secrets the "
+    "MLflow server stores (a Fernet key)",
     "CLOSEDLOOP_AIRFLOW_ADMIN_PASSWORD": "password of Airflow's `admin` user",
     "AIRFLOW__API__SECRET_KEY": "signs the Airflow UI's login sessions (FAB auth manager)",
     "AIRFLOW__API_AUTH__JWT_SECRET": "signs Airflow's API and task tokens (64+ characters)",
@@ -57,9 +59,15 @@ _MLFLOW_CLIENT = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 #: component -> the credentials it refuses to start without
 COMPONENTS: dict[str, tuple[str, ...]] = {
     "init": (),
-    "mlflow": (*_MLFLOW_CLIENT, "MLFLOW_FLASK_SERVER_SECRET_KEY"),
+    "mlflow": (
+        *_MLFLOW_CLIENT,
+        "MLFLOW_FLASK_SERVER_SECRET_KEY",
+        "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY",
+    ),
     "api-server": (
-        *_AIRFLOW_SECRETS, "CLOSEDLOOP_AIRFLOW_ADMIN_PASSWORD", "AIRFLOW__API__SECRET_KEY"
+        *_AIRFLOW_SECRETS,
+        "CLOSEDLOOP_AIRFLOW_ADMIN_PASSWORD",
+        "AIRFLOW__API__SECRET_KEY",
     ),
     "scheduler": _AIRFLOW_SECRETS,
     "dag-processor": _AIRFLOW_SECRETS,
@@ -318,6 +326,13 @@ def prepare(settings: Settings, component: str, environ=None) -> dict[str, str]:
             MLFLOW_AUTH_ADMIN_USERNAME=environ["MLFLOW_TRACKING_USERNAME"],
             MLFLOW_AUTH_ADMIN_PASSWORD=environ["MLFLOW_TRACKING_PASSWORD"],
             MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
+            # Webhooks (closedloop serve --webhook-url) go to the serving service on the
+            # stack's own network: plain HTTP to a private address. Only MLflow's admins
+            # may create webhooks (its auth app), so no user can aim one elsewhere.
+            MLFLOW_WEBHOOK_ALLOWED_SCHEMES="http,https",
+            MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS="true",
+            # how long the server trusts its list of webhooks (MLflow's default: 60 s)
+            MLFLOW_WEBHOOK_CACHE_TTL="5",
         )
     elif component == "api-server":
         # the admin, created or given the environment's password, before the server starts

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import prometheus_client
 from fastapi import FastAPI, Request, Response
 
+from closedloop.serving import webhook
 from closedloop.serving.handler import KEY_REFUSED, PredictHandler, given_key, key_forbidden
 from closedloop.serving.metrics import multiprocess
 from closedloop.serving.schema import response_model
@@ -70,8 +71,8 @@ def build_api(
         # FastAPI's security classes document a key, they do not check it for every
         # route but two: a small middleware does, in constant time.
         path = request.url.path
-        if path in OPEN_PATHS:
-            return await call_next(request)
+        if path in OPEN_PATHS or (config.webhook and path == webhook.PATH):
+            return await call_next(request)  # the webhook: its signature, checked below
         scope = "metrics" if path == "/metrics" else "explain" if path.startswith(
             "/explain/") else None  # fmt: skip
         refused = handler.access(given_key({k: v for k, v in request.headers.raw}), scope)
@@ -117,6 +118,33 @@ def build_api(
         )
         return Response(payload, status, {k.decode(): v.decode() for k, v in extra},
                         media_type="application/json")  # fmt: skip
+
+    if config.webhook:
+        verifier = webhook.Verifier(webhook.secret_from_environ(os.environ))
+
+        @app.post(
+            webhook.PATH,
+            responses={401: {"description": "not signed with the webhook's secret, "
+                             "too old, or delivered before"}},
+        )  # fmt: skip
+        async def mlflow_webhook(request: Request) -> Response:
+            """MLflow's ``model_version_alias`` events (``closedloop serve --webhook-url``),
+            authenticated by their HMAC signature: an alias of the served model moved,
+            so the model follower looks at the registry now."""
+            body = await request.body()
+            if len(body) > webhook.MAX_BODY_BYTES:
+                m.webhooks.labels("refused").inc()
+                return _json(413, {"detail": f"at most {webhook.MAX_BODY_BYTES} bytes"})
+            try:
+                payload = verifier.verify(request.headers, body)
+            except webhook.Refused as exc:
+                m.webhooks.labels("refused").inc()
+                return _json(401, {"detail": str(exc)})
+            moved = webhook.concerns(payload, settings.model_name)
+            if moved and service.follower is not None:
+                service.follower.wake()
+            m.webhooks.labels("swap" if moved else "other").inc()
+            return _json(200, {"accepted": moved})
 
     @app.get("/health")
     async def health() -> dict[str, str]:

@@ -1,7 +1,9 @@
 """Hot swap: follow the registry's aliases and replace the serving models atomically.
 
 A thread polls the registry every ``poll_seconds`` for the versions behind ``champion``
-(and ``challenger`` in an A/B test). When one moved, it loads the new version, checks that
+(and ``challenger`` in an A/B test), and at once when woken: by an MLflow webhook
+(``closedloop.serving.webhook``), in this worker or, through a shared file, in another.
+When one moved, it loads the new version, checks that
 the service can feed it (its columns are served by the feature service or the request
 schema) and scores a probe event with it — all off the request path — then publishes a
 new :class:`~closedloop.serving.scorer.Deployment` with one reference assignment. A
@@ -43,6 +45,7 @@ class ModelFollower:
         accept: Callable[[LoadedModel], None] | None = None,
         on_event: Callable[[str, str], None] | None = None,
         shadow: bool = False,
+        wake_file: str | None = None,
     ) -> None:
         self.settings = settings
         self.challenger_share = challenger_share
@@ -57,6 +60,11 @@ class ModelFollower:
         self.deployment: Deployment | None = None
         self.status: dict[str, Any] = {"registry_ok": None, "last_error": None, "checked_at": None}
         self._stop = threading.Event()
+        self._wake = threading.Event()
+        #: a file the service's workers share: an MLflow webhook received by any of
+        #: them touches it, and every worker's follower looks at once (serve/webhook.py)
+        self.wake_file = wake_file
+        self._wake_mtime = self._mtime()
         self._thread: threading.Thread | None = None
         #: the aliases' versions the last comparison with the ledger saw, and whether a
         #: move closedloop was making then needs another look
@@ -162,11 +170,43 @@ class ModelFollower:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
 
+    def wake(self) -> None:
+        """Look at the registry now (an MLflow webhook said an alias moved), in this
+        process and, through :attr:`wake_file`, in the service's other workers."""
+        if self.wake_file is not None:
+            from pathlib import Path
+
+            Path(self.wake_file).touch()
+        self._wake.set()
+
+    def _mtime(self) -> int:
+        import os
+
+        try:
+            return os.stat(self.wake_file).st_mtime_ns if self.wake_file else 0
+        except FileNotFoundError:
+            return 0
+
+    #: how often a worker looks at the shared wake file (a stat call)
+    WAKE_FILE_SECONDS = 0.1
+
     def _run(self) -> None:
-        while not self._stop.wait(self.poll_seconds):
+        due = time.monotonic() + self.poll_seconds
+        step = self.WAKE_FILE_SECONDS if self.wake_file else self.poll_seconds
+        while True:
+            woken = self._wake.wait(min(step, max(0.0, due - time.monotonic())))
+            if self._stop.is_set():
+                return
+            self._wake.clear()
+            mtime = self._mtime()
+            touched, self._wake_mtime = mtime != self._wake_mtime, mtime
+            if not (woken or touched or time.monotonic() >= due):
+                continue
+            due = time.monotonic() + self.poll_seconds
             try:
                 self.check()
             except Exception as exc:  # never let the thread die

@@ -66,6 +66,11 @@ class Metrics:
             ["alias"],
             registry=r,
         )
+        self.webhooks = Counter(
+            "closedloop_webhook_deliveries", "MLflow webhook deliveries by outcome "
+            "(swap: an alias of this model moved; other: another model's; refused)",
+            ["outcome"], registry=r,
+        )  # fmt: skip
         self.failures = Counter(
             "closedloop_model_reload_failures", "Failed registry polls or model loads",
             registry=r,

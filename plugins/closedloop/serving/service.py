@@ -38,6 +38,11 @@ class ServeConfig:
     #: (serving/shadow.py); at most this many rows wait, more are dropped and counted
     shadow: bool = False
     shadow_max_pending: int = 10_000
+    #: ``--webhook-url``: answer MLflow's alias webhooks at POST /webhooks/mlflow (signed
+    #: with CLOSEDLOOP_SERVE_WEBHOOK_SECRET; serving/webhook.py); the poll is the fallback
+    webhook: bool = False
+    #: with several workers: the file a webhook received by one touches to wake them all
+    wake_file: str | None = None
 
     def to_environ(self) -> str:
         """The options for worker processes (JSON, without the API key: that stays in
@@ -89,6 +94,7 @@ class Service:
             accept=self._accept,
             on_event=self._event,
             shadow=self.config.shadow,
+            wake_file=self.config.wake_file,
         )
         deployment = self.follower.load_initial()  # no champion: the clearest error first
         self.scorer = OnlineScorer(self.settings, open_store(self.settings))
