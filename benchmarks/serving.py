@@ -319,6 +319,15 @@ def main() -> None:
         # (a) in-process: the limit
         scorer = OnlineScorer(settings, open_store(settings))
         deployment = Deployment(model)
+        # the events as the server scores them: validated by its request model (dates
+        # and times as datetime objects), not the JSON text's strings
+        from pydantic import TypeAdapter
+
+        from closedloop.serving.schema import event_model
+
+        validated = TypeAdapter(list[event_model(settings.usecase)]).validate_python(keys)
+        requests = keys
+        keys = [event.model_dump() for event in validated]
         for k in keys:  # warm, as the server's warm-up phase warms it
             scorer.score(deployment, [k])
         # the features each event has, for the server that is given them
@@ -329,7 +338,7 @@ def main() -> None:
 
         # (b) closedloop serve, with each number of worker processes asked for: all
         # started and warmed first, then measured in interleaved rounds with the limit
-        bodies = [json.dumps(k).encode() for k in keys]
+        bodies = [json.dumps(k).encode() for k in requests]
         servers: dict[str, int] = {}
         for workers in args.workers:
             port = _free_port()

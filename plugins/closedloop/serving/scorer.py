@@ -151,16 +151,9 @@ class OnlineScorer:
     def derived(self, columns: dict[str, list[Any]]) -> dict[str, list[Any]]:
         """The declared row-level features of the request's events, computed as the
         feature pipeline computes them (dates and timestamps in UTC, as in batches)."""
-        from closedloop.core.derive import derive
+        from closedloop.core.derive import derive_columns
 
-        if not self.usecase.features.derived:
-            return {}
-        frame = pd.DataFrame(columns)
-        for name in self.times:
-            frame[name] = pd.to_datetime(frame[name], utc=True).astype("datetime64[us, UTC]")
-        for name, derivation in self.usecase.features.derived.items():
-            frame[name] = derive(frame, derivation)
-        return {name: frame[name].tolist() for name in self.usecase.features.derived}
+        return derive_columns(columns, self.usecase.features.derived, self.times)
 
     def score(self, deployment: Deployment, events: list[dict[str, Any]]) -> list[Any]:
         """Per event a prediction dict (with its log record under ``"_record"``) or an
