@@ -548,10 +548,20 @@ def champion(world, mlflow_server):
     return alias_version(client, world.model_name, CHAMPION)
 
 
+def _registered_again(client, model: str, version: str):
+    """``version``'s logged model registered once more, blessed: a new version to swap to."""
+    from closedloop.core.tags import BLESSED
+
+    current = client.get_model_version(model, version)
+    return client.create_model_version(
+        model, current.source, run_id=current.run_id,
+        model_id=current.source.removeprefix("models:/"), tags={BLESSED: "true"},
+    )  # fmt: skip
+
+
 def test_serving_answers_with_its_model_while_mlflow_is_down(world, mlflow_server, champion):
     from closedloop.core.prediction_log import PredictionLog
     from closedloop.core.registry import CHAMPION, client_for
-    from closedloop.core.tags import BLESSED
     from closedloop.serving.schema import as_requests
 
     last_day = str(FIRST + timedelta(days=HISTORY_DAYS - 1))
@@ -603,11 +613,7 @@ def test_serving_answers_with_its_model_while_mlflow_is_down(world, mlflow_serve
         # model registered again) and the service swaps to it.
         assert drop_connections(world, ("mlflow", "mlflow_auth"))["mlflow"] > 0
         client = client_for(world)
-        current = client.get_model_version(world.model_name, champion)
-        again = client.create_model_version(
-            world.model_name, current.source, run_id=current.run_id,
-            model_id=current.source.removeprefix("models:/"), tags={BLESSED: "true"},
-        )  # fmt: skip
+        again = _registered_again(client, world.model_name, champion)
         client.set_registered_model_alias(world.model_name, CHAMPION, again.version)
         _wait(lambda: server.ready()["models"] == {CHAMPION: again.version}, 60, "no hot swap")
         assert predict(again.version) == before
@@ -631,7 +637,6 @@ def test_an_mlflow_webhook_swaps_the_model_within_a_second(world, mlflow_server,
     import threading
 
     from closedloop.core.registry import CHAMPION, client_for
-    from closedloop.core.tags import BLESSED
     from closedloop.serving import webhook
     from closedloop.serving.schema import as_requests
 
@@ -657,11 +662,7 @@ def test_an_mlflow_webhook_swaps_the_model_within_a_second(world, mlflow_server,
         _wait(lambda: server.ready().get("ready"), 240, "the service did not start")
         serving = server.ready()["models"][CHAMPION]
         client = client_for(world)
-        current = client.get_model_version(world.model_name, serving)
-        again = client.create_model_version(
-            world.model_name, current.source, run_id=current.run_id,
-            model_id=current.source.removeprefix("models:/"), tags={BLESSED: "true"},
-        )  # fmt: skip
+        again = _registered_again(client, world.model_name, serving)
         loader = threading.Thread(target=load, daemon=True)
         loader.start()
         _wait(lambda: len(answers) > 20, 30, "no answers before the move")

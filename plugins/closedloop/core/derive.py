@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from closedloop.core.usecase import KNOWN_AT_COLUMN
+from closedloop.core.usecase import KNOWN_AT_COLUMN, expression_names
 
 if TYPE_CHECKING:
     from closedloop.core.usecase import Derivation, UseCase
@@ -67,23 +67,42 @@ def derive(frame: pd.DataFrame, derivation: Derivation) -> pd.Series:
 
 
 def _evaluate(node: ast.AST, frame: pd.DataFrame) -> Any:
+    return _walk(node, frame.__getitem__, _divide_series)
+
+
+def _divide_series(left: Any, right: Any) -> Any:
+    """Division on a frame's columns: floats, and a missing value where ``right`` is 0."""
+    index = next(v.index for v in (left, right) if isinstance(v, pd.Series))
+    left = left.astype("float64") if isinstance(left, pd.Series) else float(left)
+    right = right.astype("float64") if isinstance(right, pd.Series) else float(right)
+    if isinstance(right, pd.Series):
+        right = right.where(right != 0)
+    elif right == 0:
+        return pd.Series(np.nan, index=index)
+    return left / right
+
+
+def _divide_arrays(left: Any, right: Any) -> Any:
+    """:func:`_divide_series` on numpy arrays of present values (NaN for missing)."""
+    left, right = np.asarray(left, dtype="float64"), np.asarray(right, dtype="float64")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(right != 0, left / np.where(right != 0, right, 1.0), np.nan)
+
+
+def _walk(node: ast.AST, column: Any, divide: Any) -> Any:
+    """An arithmetic expression's value: ``column(name)`` gives a column, ``divide`` a
+    quotient; ``+ - *`` keep integers integral."""
     if isinstance(node, ast.Name):
-        return frame[node.id]
+        return column(node.id)
     if isinstance(node, ast.Constant):
         return node.value
     if isinstance(node, ast.UnaryOp):
-        operand = _evaluate(node.operand, frame)
+        operand = _walk(node.operand, column, divide)
         return -operand if isinstance(node.op, ast.USub) else operand
     if isinstance(node, ast.BinOp):
-        left, right = _evaluate(node.left, frame), _evaluate(node.right, frame)
+        left, right = _walk(node.left, column, divide), _walk(node.right, column, divide)
         if isinstance(node.op, ast.Div):
-            left = left.astype("float64") if isinstance(left, pd.Series) else float(left)
-            right = right.astype("float64") if isinstance(right, pd.Series) else float(right)
-            if isinstance(right, pd.Series):
-                right = right.where(right != 0)
-            elif right == 0:
-                return pd.Series(np.nan, index=frame.index)
-            return left / right
+            return divide(left, right)
         return _BINARY[type(node.op)](left, right)
     raise ValueError(f"unsupported expression node {type(node).__name__}")  # checked on read
 
@@ -110,7 +129,7 @@ def derive_values(
 
     for derivation in derivations.values():
         needed = (
-            expression_columns(derivation.expr)
+            expression_names(derivation.expr)
             if derivation.expr is not None
             else [derivation.of or derivation.bucket]
         )
@@ -123,7 +142,8 @@ def derive_values(
     out: dict[str, list[Any]] = {}
     for name, derivation in derivations.items():
         if derivation.expr is not None:
-            value = _evaluate_arrays(ast.parse(derivation.expr, mode="eval").body, columns)
+            tree = ast.parse(derivation.expr, mode="eval")
+            value = _walk(tree.body, lambda name: np.asarray(columns[name]), _divide_arrays)
             n = len(next(iter(columns.values()))) if columns else 0
             out[name] = (np.full(n, value) if np.isscalar(value) else value).tolist()
         elif derivation.date_part is not None:
@@ -142,31 +162,6 @@ def derive_values(
             out[name] = np.searchsorted(np.asarray(derivation.edges), values,
                                         side="right").astype("int64").tolist()  # fmt: skip
     return out
-
-
-def expression_columns(expr: str) -> list[str]:
-    return [n.id for n in ast.walk(ast.parse(expr, mode="eval")) if isinstance(n, ast.Name)]
-
-
-def _evaluate_arrays(node: ast.AST, columns: dict[str, list[Any]]) -> Any:
-    """:func:`_evaluate` on numpy arrays of present values (integers stay integral)."""
-    if isinstance(node, ast.Name):
-        return np.asarray(columns[node.id])
-    if isinstance(node, ast.Constant):
-        return node.value
-    if isinstance(node, ast.UnaryOp):
-        operand = _evaluate_arrays(node.operand, columns)
-        return -operand if isinstance(node.op, ast.USub) else operand
-    if isinstance(node, ast.BinOp):
-        left = _evaluate_arrays(node.left, columns)
-        right = _evaluate_arrays(node.right, columns)
-        if isinstance(node.op, ast.Div):
-            left = np.asarray(left, dtype="float64")
-            right = np.asarray(right, dtype="float64")
-            with np.errstate(divide="ignore", invalid="ignore"):
-                return np.where(right != 0, left / np.where(right != 0, right, 1.0), np.nan)
-        return _BINARY[type(node.op)](left, right)
-    raise ValueError(f"unsupported expression node {type(node).__name__}")
 
 
 def derive_columns(

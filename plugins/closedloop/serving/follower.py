@@ -17,8 +17,10 @@ current deployment keeps serving; the failure is kept in :attr:`ModelFollower.st
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from closedloop.core.registry import CHALLENGER, CHAMPION
@@ -178,14 +180,10 @@ class ModelFollower:
         """Look at the registry now (an MLflow webhook said an alias moved), in this
         process and, through :attr:`wake_file`, in the service's other workers."""
         if self.wake_file is not None:
-            from pathlib import Path
-
             Path(self.wake_file).touch()
         self._wake.set()
 
     def _mtime(self) -> int:
-        import os
-
         try:
             return os.stat(self.wake_file).st_mtime_ns if self.wake_file else 0
         except FileNotFoundError:
