@@ -162,3 +162,39 @@ def test_backfill_writes_exactly_what_the_dag_writes(home, features_dag, tmp_pat
             dag_frame = pd.read_parquet(offline.partition_path(home.offline_table_dir(table), key))
             bulk = pd.read_parquet(offline.partition_path(other.offline_table_dir(table), key))
             pd.testing.assert_frame_equal(dag_frame, bulk)
+
+
+def test_a_view_being_materialized_still_serves_its_last_values(home, features_dag):
+    """Feast marks the views a materialization writes MATERIALIZING in the registry until
+    it ends, and by default refuses them to every reader meanwhile: a retrain's training
+    set built during the next day's materialization failed. Here another process's
+    materialization is in progress (the state set as Feast's ``materialize`` sets it);
+    a training-set read and an online lookup still get the values from before it."""
+    from feast.feature_view import FeatureViewState
+
+    write_batches(home.landing_dir, D1, 2, rows_per_day=150)
+    for i in range(2):
+        assert run_day(features_dag, D1 + timedelta(days=i)).succeeded
+    history = offline.read_partitions(home.offline_table_dir("customer_aggregates"))
+    latest = history.sort_values("event_ts").groupby("customer_id").tail(1)
+    customers = sorted(latest["customer_id"])[:20]
+    entity_df = pd.DataFrame(
+        {"customer_id": customers, "event_timestamp": pd.Timestamp("2026-01-03", tz="UTC")}
+    )
+    refs = ["customer_aggregates:cust_bookings"]
+    before_offline = historical_features(open_store(home), entity_df, refs)["cust_bookings"]
+    lookup = {"features": refs, "entity_rows": [{"customer_id": c} for c in customers]}
+    before_online = open_store(home).get_online_features(**lookup).to_dict()["cust_bookings"]
+
+    materializing = open_store(home)
+    for name in ("customer_aggregates", "event_features"):
+        view = materializing.get_feature_view(name)
+        view.state = FeatureViewState.MATERIALIZING
+        materializing.registry.apply_feature_view(view, materializing.project, commit=True)
+
+    reader = open_store(home)  # a task or server starting meanwhile
+    assert reader.get_feature_view("customer_aggregates").state == FeatureViewState.MATERIALIZING
+    during = historical_features(reader, entity_df, refs)["cust_bookings"]
+    assert during.tolist() == before_offline.tolist()
+    assert before_online == latest.set_index("customer_id").loc[customers, "cust_bookings"].tolist()
+    assert reader.get_online_features(**lookup).to_dict()["cust_bookings"] == before_online

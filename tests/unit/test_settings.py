@@ -12,7 +12,8 @@ from closedloop.core.settings import PACKAGE_USECASES, load_settings
 
 def test_embedded_profile_keeps_everything_under_home(tmp_path: Path):
     s = load_settings(home=tmp_path)
-    assert s.feast_registry == str(tmp_path / "feast" / "registry.db")
+    assert s.feast_registry["path"] == str(tmp_path / "feast" / "registry.db")
+    assert s.feast_registry["serve_features_while_materializing"] is True
     assert s.feast_online_store == {"type": "sqlite", "path": str(tmp_path / "feast" / "online.db")}
     assert s.mlflow_tracking_uri == f"sqlite:///{tmp_path}/mlflow/mlflow.db"
     assert s.airflow_sql_alchemy_conn.startswith(f"sqlite:///{tmp_path}/")

@@ -21,6 +21,19 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+
+class _DeliberateSetting(logging.Filter):
+    """Feast advises against ``serve_features_while_materializing`` with a file registry
+    or a threaded cache at every ``RepoConfig``; both profiles set it on purpose (see
+    ``Settings.feast_registry``; tests/integration/test_feature_pipeline.py shows it
+    takes effect with the file registry)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("`serve_features_while_materializing` is enabled")
+
+
+logging.getLogger("feast.repo_config").addFilter(_DeliberateSetting())
+
 #: passes over an interval while the online store's server keeps restarting under it
 MATERIALIZE_PASSES = 3
 

@@ -316,11 +316,17 @@ class Settings(BaseSettings):
         raise ValueError("profile 'production' needs CLOSEDLOOP_STORES__REDIS_URL")
 
     @property
-    def feast_registry(self) -> str | dict[str, Any]:
+    def feast_registry(self) -> dict[str, Any]:
+        # A materialization sets its views MATERIALIZING in the registry until it ends;
+        # Feast then refuses them to every reader, offline too: a retrain whose training
+        # set was built during the next day's materialization failed (and waited for
+        # its retry), and so would online lookups and a view left so by a killed run.
+        # The values read meanwhile are the last materialized ones, as without the state.
+        serve = {"serve_features_while_materializing": True}
         if self.profile == "embedded":
-            return str(self.feast_dir / "registry.db")
+            return {"registry_type": "file", "path": str(self.feast_dir / "registry.db")} | serve
         url = _driver(self.database("feast"), "psycopg")
-        return {
+        return serve | {
             "registry_type": "sql",
             "path": url,
             "cache_ttl_seconds": 60,
