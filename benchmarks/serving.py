@@ -62,6 +62,7 @@ TAIL_GOAL_MS, P99_GOAL_MS = 0.5, 5.0
 VENV_BIN = Path(sys.executable).parent
 SHADOW_GOAL = 1.1  # p99 with --shadow / without, sequential
 SHADOW_NAME = "closedloop serve x1 --shadow (event in)"
+FLOOR_NAME = "HTTP floor (uvicorn, fixed answer)"
 
 
 def _free_port() -> int:
@@ -177,6 +178,17 @@ class _Run:
             "p99_ms": float(np.percentile(ms, 99)),
             "req_s": len(ms) / self.elapsed,
         }
+
+
+async def _answer(port: int, body: bytes) -> bytes:
+    """The server's answer to ``body`` (the floor answers with it)."""
+    conn = _Connection(port)
+    await conn.open()
+    status, answer = await conn.post("/predict", body)
+    conn.close()
+    if status != 200:
+        raise RuntimeError(f"/predict answered {status}: {answer[:200]!r}")
+    return answer
 
 
 def _wait(port: int, path: str, proc: subprocess.Popen, timeout: float = 180) -> None:
@@ -376,16 +388,28 @@ def main() -> None:
             procs.append(proc)
             _wait(port, "/ready", proc)
             servers[f"closedloop serve x1 ({name})"] = port
-        for port in servers.values():
+        # HTTP's floor, in the same rounds: uvicorn answering with one of the server's
+        # own answers, doing nothing else (benchmarks/_http_floor.py)
+        answer = _run(_answer(next(iter(servers.values())), bodies[0]))
+        floor_port = _free_port()
+        proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("_http_floor.py")), str(floor_port),
+             answer.decode()],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        procs.append(proc)
+        _wait(floor_port, "/", proc)
+        for port in [*servers.values(), floor_port]:
             _run(_load(port, "/predict", bodies, min(3.0, args.seconds), args.connections))
 
-        sequential = {name: _Run() for name in [limit_name, *servers]}
+        sequential = {name: _Run() for name in [limit_name, FLOOR_NAME, *servers]}
         scoring = {name: [0.0, 0] for name in servers}  # the servers' own lookup + predict
         piece = args.seconds / args.rounds
         for _ in range(args.rounds):
             sequential[limit_name].add(
                 _in_process(lambda b: scorer.score(deployment, b), keys, piece)
             )
+            sequential[FLOOR_NAME].add(_run(_load(floor_port, "/predict", bodies, piece, 1)))
             for name, port in servers.items():
                 before = _scoring_time(port)
                 sequential[name].add(_run(_load(port, "/predict", bodies, piece, 1)))
@@ -393,6 +417,7 @@ def main() -> None:
                 scoring[name][0] += after[0] - before[0]
                 scoring[name][1] += after[1] - before[1]
         results[limit_name] = {"sequential": sequential[limit_name].summary()}
+        results[FLOOR_NAME] = {"sequential": sequential[FLOOR_NAME].summary()}
         for name, port in servers.items():
             results[name] = {
                 "sequential": sequential[name].summary(),
@@ -456,6 +481,7 @@ def main() -> None:
                 f"{r['req_s']:8.0f} {r['errors']:7d}"
             )
     limit = results[limit_name]["sequential"]
+    floor = results[FLOOR_NAME]["sequential"]
     limit_mean = 1000 * float(np.mean(sequential[limit_name].latencies))
     theirs = results["mlflow models serve (features in)"]
     for workers in args.workers:
@@ -463,6 +489,7 @@ def main() -> None:
         ours = results[name]
         total, count = scoring[name]
         print(f"\n{workers} worker(s): " + _tail(ours["sequential"], limit))
+        print(f"{workers} worker(s): " + _floor(ours["sequential"], limit, floor))
         print(
             f"{workers} worker(s): lookup + predict, mean: {1000 * total / max(count, 1):.2f} ms "
             f"inside the server (its /metrics), {limit_mean:.2f} ms in-process; a request "
@@ -488,6 +515,18 @@ def main() -> None:
             f"{off['concurrent']['p99_ms']:.2f} ms, {on['concurrent']['req_s']:.0f} vs "
             f"{off['concurrent']['req_s']:.0f} req/s"
         )
+
+
+def _floor(server: dict, limit: dict, floor: dict) -> str:
+    """Where the server's time over the limit goes: HTTP's floor (measured in the same
+    rounds), and the rest, the server's own (validation, batcher, log, metrics, threads)."""
+    over = {q: server[q] - limit[q] for q in ("p50_ms", "p99_ms")}
+    return (
+        f"over in-process p50/p99 +{over['p50_ms']:.2f}/+{over['p99_ms']:.2f} ms, of which "
+        f"HTTP's floor (same rounds) {floor['p50_ms']:.2f}/{floor['p99_ms']:.2f} ms; the "
+        f"server's own {over['p50_ms'] - floor['p50_ms']:+.2f}/"
+        f"{over['p99_ms'] - floor['p99_ms']:+.2f} ms"
+    )
 
 
 def _tail(server: dict, limit: dict) -> str:
