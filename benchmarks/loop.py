@@ -11,8 +11,8 @@ flags) and the same history, loaded by the same bulk backfill (not timed). Then:
   scheduler with LocalExecutor, DAG processor; started first and timed separately), the
   monitoring DAG triggering the retraining.
 
-Prints both wall times, the ratio (goal: Airflow <= 1.5x plain) and whether both runs
-reached the same decisions (the retrain day, the promoted version).
+Prints both wall times, the ratio (goal: Airflow <= 1.2x plain, issue 20; it was 1.5x)
+and whether both runs reached the same decisions (the retrain day, the promoted version).
 
     .venv/bin/python benchmarks/loop.py               # the demo's scenario
     .venv/bin/python benchmarks/loop.py --drift-days 4 --stable-days 2   # quicker
@@ -26,6 +26,8 @@ import tempfile
 import time
 from datetime import timedelta
 from typing import Any
+
+GOAL = 1.2  # Airflow / plain, start-up excluded
 
 
 def _prepare(scenario: Any) -> Any:
@@ -149,8 +151,8 @@ def main() -> None:
     )
     ratio = airflow_s / plain_s
     print(
-        f"ratio Airflow / plain = {ratio:.2f}x (goal <= 1.5x: "
-        f"{'PASS' if ratio <= 1.5 else 'MISS'}); with start-up "
+        f"ratio Airflow / plain = {ratio:.2f}x (goal <= {GOAL}x: "
+        f"{'PASS' if ratio <= GOAL else 'MISS'}); with start-up "
         f"{(airflow_s + startup) / plain_s:.2f}x; per watched day "
         f"{airflow_s / days:.1f}s vs {plain_s / days:.1f}s"
     )
