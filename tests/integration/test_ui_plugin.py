@@ -235,3 +235,25 @@ def test_the_use_case_page_explains_a_prediction_by_its_id(world):
     assert links.airflow_dag_run(settings, training, RUN_ID) in page
     status, _, body = get(airflow, form + "no-such-id", token=token)
     assert status == 404 and "no-such-id" in body
+
+
+def test_runs_triggered_without_an_id_within_a_second_are_distinct(world):
+    """``LocalAirflow.trigger`` backdates ``run_after`` so the scheduler finds the run due
+    at once; Airflow names a run triggered without an id after its ``run_after``, so
+    runs triggered within the same second must still get distinct ids (whole seconds
+    collided: a 409 'Unique constraint violation' in CI). The DAG stays paused; the runs
+    are deleted after."""
+    from datetime import timedelta
+
+    settings, airflow = world["settings"], world["airflow"]
+    dag_id = settings.usecase.dag_ids["features"]
+    airflow.set_paused(dag_id, True)
+    first = AS_OF + timedelta(days=3650)
+    runs = [airflow.trigger(dag_id, first + timedelta(days=i)) for i in range(3)]
+    try:
+        assert len(set(runs)) == 3, runs
+        listed = {r["dag_run_id"] for r in airflow.runs(dag_id)}
+        assert set(runs) <= listed
+    finally:
+        for run in runs:
+            airflow._request("DELETE", f"/api/v2/dags/{dag_id}/dagRuns/{run}", ok=(204, 404))
