@@ -19,7 +19,10 @@ over the rounds. The machine's speed drifts by tens of percent over minutes (it 
 its host); measured one after the other, the limit and the server would be compared at
 different speeds. Each server also reports how long its own lookup + predict took (the
 ``closedloop_predict_latency_seconds`` histogram of its ``/metrics``), which splits its
-latency into the work the limit does and what HTTP adds. Then ``--connections``
+latency into the work the limit does and what HTTP adds; an **HTTP floor** (uvicorn as
+the server runs it, answering a fixed body: ``_http_floor.py``) runs in the same rounds,
+and the share of slow answers on the client is set against the share of slow handler
+times in the server's own histogram. Then ``--connections``
 concurrent keep-alive connections per server (req/s, p50/p99), ``--seconds`` each. The
 load generator is a minimal asyncio HTTP/1.1 client written here, on uvloop: a general
 client (httpx) spends about a millisecond of CPU per request on these two shared
@@ -237,16 +240,18 @@ def _run(coro):
     return uvloop.run(coro)
 
 
-def _scoring_time(port: int) -> tuple[float, int]:
-    """The server's own lookup + predict so far: sum (s) and count of its
-    ``closedloop_predict_latency_seconds`` histogram (all workers' under ``--workers``)."""
+def _scoring_time(port: int) -> tuple[float, int, dict[float, float]]:
+    """The server's own figures so far (all workers' under ``--workers``): sum (s) and
+    count of its lookup + predict (``closedloop_predict_latency_seconds``), and the
+    cumulative buckets of its ``/predict`` handler's time
+    (``closedloop_request_latency_seconds``: validation, batcher, scoring, log record)."""
     import urllib.request
 
     from prometheus_client.parser import text_string_to_metric_families
 
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
         text = answer.read().decode()
-    total, count = 0.0, 0
+    total, count, buckets = 0.0, 0, {}
     for family in text_string_to_metric_families(text):
         if family.name == "closedloop_predict_latency_seconds":
             for sample in family.samples:
@@ -254,7 +259,24 @@ def _scoring_time(port: int) -> tuple[float, int]:
                     total += sample.value
                 elif sample.name.endswith("_count"):
                     count += int(sample.value)
-    return total, count
+        elif family.name == "closedloop_request_latency_seconds":
+            for sample in family.samples:
+                if sample.name.endswith("_bucket") and sample.labels["endpoint"] == "/predict":
+                    le = float(sample.labels["le"])
+                    buckets[le] = buckets.get(le, 0.0) + sample.value
+    return total, count, buckets
+
+
+def _tail_inside(latencies: list[float], handler: dict[float, float]) -> str:
+    """Where the slow answers are: the share of the client's latencies over each bucket
+    bound against the share of the server's handler times over it (same requests)."""
+    total = handler.get(float("inf"), 0.0)
+    shares = []
+    for le in (0.0015, 0.002, 0.003, 0.005):
+        client = float(np.mean(np.asarray(latencies) > le)) if latencies else 0.0
+        inside = 1 - handler.get(le, total) / total if total else 0.0
+        shares.append(f"> {le * 1000:g} ms: {100 * client:.2f} % / {100 * inside:.2f} %")
+    return "share of answers (client / the server's handler): " + "; ".join(shares)
 
 
 def _in_process(score, keys: list[dict], seconds: float) -> _Run:
@@ -404,6 +426,7 @@ def main() -> None:
 
         sequential = {name: _Run() for name in [limit_name, FLOOR_NAME, *servers]}
         scoring = {name: [0.0, 0] for name in servers}  # the servers' own lookup + predict
+        handler: dict[str, dict[float, float]] = {name: {} for name in servers}
         piece = args.seconds / args.rounds
         for _ in range(args.rounds):
             sequential[limit_name].add(
@@ -416,6 +439,8 @@ def main() -> None:
                 after = _scoring_time(port)
                 scoring[name][0] += after[0] - before[0]
                 scoring[name][1] += after[1] - before[1]
+                for le, n in after[2].items():
+                    handler[name][le] = handler[name].get(le, 0.0) + n - before[2].get(le, 0.0)
         results[limit_name] = {"sequential": sequential[limit_name].summary()}
         results[FLOOR_NAME] = {"sequential": sequential[FLOOR_NAME].summary()}
         for name, port in servers.items():
@@ -490,6 +515,7 @@ def main() -> None:
         total, count = scoring[name]
         print(f"\n{workers} worker(s): " + _tail(ours["sequential"], limit))
         print(f"{workers} worker(s): " + _floor(ours["sequential"], limit, floor))
+        print(f"{workers} worker(s): " + _tail_inside(sequential[name].latencies, handler[name]))
         print(
             f"{workers} worker(s): lookup + predict, mean: {1000 * total / max(count, 1):.2f} ms "
             f"inside the server (its /metrics), {limit_mean:.2f} ms in-process; a request "
@@ -502,8 +528,10 @@ def main() -> None:
         )
     for variant in args.variant:
         name = variant.partition("=")[0]
-        ours = results[f"closedloop serve x1 ({name})"]
+        key = f"closedloop serve x1 ({name})"
+        ours = results[key]
         print(f"\n{name}: " + _tail(ours["sequential"], limit))
+        print(f"{name}: " + _tail_inside(sequential[key].latencies, handler[key]))
     if args.shadow:
         on, off = results[SHADOW_NAME], results["closedloop serve x1 (event in)"]
         ratio = on["sequential"]["p99_ms"] / off["sequential"]["p99_ms"]
