@@ -9,7 +9,7 @@ export DO_NOT_TRACK := 1
 export CLOSEDLOOP_HOME ?= $(CURDIR)/.closedloop
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: demo demo-flights up test audit lint env clean distclean bench browser
+.PHONY: demo demo-flights up test audit lint env clean distclean bench browser java
 
 # The environment: exactly the versions in requirements.lock, with compiled bytecode
 # (the stack's imports are 2-3x slower without .pyc files).
@@ -38,7 +38,7 @@ demo-flights: env
 up: env
 	$(BIN)/closedloop up --usecase hotel_bookings
 
-test: env browser
+test: env browser java
 	$(BIN)/ruff check plugins dags feature_repo tests benchmarks
 	$(BIN)/python -m pytest tests --durations=15
 
@@ -58,6 +58,21 @@ browser:
 	  "set CHROMIUM=/path/to/chromium" >&2; exit 1; }; \
 	$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium; \
 	test -x /usr/bin/chromium || { echo "make browser: apt-get installed no /usr/bin/chromium" >&2; exit 1; }
+
+# The Java that the spark compute setting's tests run Spark on (pyspark's local mode):
+# 17 or 21 on PATH or at JAVA_HOME, else Debian's openjdk-17-jre-headless is installed
+# when we are root (or may sudo); otherwise a clear failure.
+java:
+	@java="$${JAVA_HOME:+$$JAVA_HOME/bin/}java"; \
+	if command -v "$$java" >/dev/null && "$$java" -version 2>&1 | grep -Eq 'version "(17|21)[."]'; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO=sudo; else \
+	  echo "make java: Spark needs Java 17 or 21 and installing it needs root:" \
+	    "run 'apt-get install -y openjdk-17-jre-headless' as root (or set JAVA_HOME)" >&2; \
+	  exit 1; fi; \
+	command -v apt-get >/dev/null || { echo "make java: no apt-get to install Java 17;" \
+	  "set JAVA_HOME to a JDK 17 or 21" >&2; exit 1; }; \
+	$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q openjdk-17-jre-headless; \
+	java -version
 
 # Known vulnerabilities of the pinned dependencies (PyPI's advisory data). A finding fails:
 # bump the pin, or ignore it with --ignore-vuln ID and the reason in docs/production.md.

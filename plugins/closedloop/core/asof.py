@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -76,8 +76,6 @@ def feature_views(
     it is the match — unless the table holds another row of the same id stamped at the
     very same instant, where Feast's own choice between the two is arbitrary.
     """
-    from feast import FileSource
-
     usecase = settings.usecase
     entity_dir = settings.offline_table_dir(usecase.event_table).resolve()
     wanted: dict[str, list[str]] = {}
@@ -89,11 +87,7 @@ def feature_views(
     for name, features in wanted.items():
         fv = declared[name]
         source = fv.batch_source
-        if (
-            not isinstance(source, FileSource)
-            or source.field_mapping
-            or source.created_timestamp_column
-        ):
+        if not _parquet_folder(source) or source.field_mapping or source.created_timestamp_column:
             raise ValueError(
                 f"feature view {name!r}: the batch join reads plain Parquet file sources "
                 "(no field mapping, no created timestamp)"
@@ -102,7 +96,7 @@ def feature_views(
         missing = [k for k in keys if k not in usecase.entity_keys]
         if missing:
             raise ValueError(f"feature view {name!r} joins on {missing}, not entity columns")
-        folder = Path(source.path)
+        folder = Path(_parquet_folder(source))
         if not folder.is_absolute():  # Feast resolves a relative path in the repository
             folder = Path(settings.feature_repo) / folder
         plans.append(
@@ -119,6 +113,18 @@ def feature_views(
             )
         )
     return plans
+
+
+def _parquet_folder(source: Any) -> str | None:
+    """The Parquet folder a view's source reads: a file source's, or a Spark source's of
+    Parquet files (``compute: spark`` declares the same folders to Spark)."""
+    from feast import FileSource
+
+    if isinstance(source, FileSource):
+        return source.path
+    if type(source).__name__ == "SparkSource" and source.file_format == "parquet":
+        return source.path or None
+    return None
 
 
 _FEATURE_TS = "__closedloop_feature_ts"

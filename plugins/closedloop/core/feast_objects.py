@@ -3,8 +3,9 @@
 One Feast project per use case (named after it), holding:
 
 * an entity per declared entity, plus ``event`` keyed by the event id;
-* a file source per offline table: ``events`` (stamped at the event time) and
-  ``<entity>_aggregates`` (stamped at the end of the interval they were computed for);
+* a source per offline table: ``events`` (stamped at the event time) and
+  ``<entity>_aggregates`` (stamped at the end of the interval they were computed for),
+  a file source or, with ``compute: spark``, a Spark source of the same Parquet folder;
 * the feature views ``event_features`` (the event's passed-through and derived
   features) and ``<entity>_aggregates`` (the declared aggregates);
 * the feature service ``<model>_v<version>`` with every model feature.
@@ -94,7 +95,16 @@ def feast_objects(usecase: UseCase, settings: Settings) -> dict[str, Any]:
         )
     objects.update(entities)
 
-    event_source = FileSource(
+    def table_source(**kwargs: Any) -> Any:
+        if settings.compute == "spark":
+            from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import (
+                SparkSource,
+            )
+
+            return SparkSource(file_format="parquet", **kwargs)
+        return FileSource(**kwargs)
+
+    event_source = table_source(
         name=f"{EVENT_TABLE}_source",
         path=str(settings.offline_table_dir(EVENT_TABLE)),
         timestamp_field=usecase.batch.timestamp_column,
@@ -114,7 +124,7 @@ def feast_objects(usecase: UseCase, settings: Settings) -> dict[str, Any]:
     ]
     objects[event_source.name] = event_source
     for entity, table in usecase.aggregate_tables.items():
-        source = FileSource(
+        source = table_source(
             name=f"{table}_source",
             path=str(settings.offline_table_dir(table)),
             timestamp_field=AGGREGATE_TS,

@@ -43,18 +43,30 @@ ONLINE_WRITE_BATCH = 10_000
 
 
 def repo_config(settings: Settings) -> Any:
+    """Feast's configuration for ``settings``: the profile's registry and online store;
+    the file offline store and the local engine, or with ``compute: spark`` Feast's Spark
+    offline store and Spark compute engine (:mod:`closedloop.core.spark`)."""
     from feast.repo_config import RepoConfig
 
     settings.feast_dir.mkdir(parents=True, exist_ok=True)
+    compute: dict[str, Any] = {"offline_store": {"type": "file"}}
+    if settings.compute == "spark":
+        from closedloop.core import spark
+
+        spark.prepare_environment(settings)
+        compute = {
+            "offline_store": spark.offline_store_config(settings),
+            "batch_engine": spark.engine_config(settings),
+        }
     return RepoConfig(
         project=settings.usecase.name,
         provider="local",
         registry=settings.feast_registry,
         online_store=settings.feast_online_store,
-        offline_store={"type": "file"},
         entity_key_serialization_version=3,
         materialization_config={"online_write_batch_size": ONLINE_WRITE_BATCH},
         repo_path=settings.feature_repo,
+        **compute,
     )
 
 

@@ -148,6 +148,37 @@ class AlertSettings(BaseModel):
     smtp_to: list[str] = Field(default_factory=list, description="recipients of the e-mails")
 
 
+class SparkSettings(BaseModel):
+    """Where the data path runs when ``compute`` is ``spark`` (docs/scaling.md): Feast's
+    Spark offline store and compute engine, and closedloop's own Spark jobs."""
+
+    master: str = Field(
+        default="local[2]",
+        description="spark.master: local[N] on this machine; spark://host:7077 for a "
+        "standalone cluster, k8s://https://host:443 for Kubernetes",
+    )
+    conf: dict[str, str] = Field(
+        default_factory=dict,
+        description="more Spark properties, over closedloop's (spark.executor.memory, "
+        "spark.hadoop.fs.s3a.*, ...); env: a JSON object",
+    )
+    staging_location: str | None = Field(
+        default=None,
+        description="where Feast's Spark store stages what it exports (a path the "
+        "cluster reads); default <home>/spark/staging",
+    )
+    java_home: Path | None = Field(
+        default=None,
+        description="the JDK (17 or 21) Spark runs on; default $JAVA_HOME, else the `java` on PATH",
+    )
+    online_write_partitions: int = Field(
+        default=0,
+        ge=0,
+        description="partitions of a view's rows while they are written to the online "
+        "store (Feast's engine `partitions`); 0 keeps Spark's",
+    )
+
+
 #: production: component database -> the StoreSettings field that may name it explicitly
 #: (the MLflow server's user store has none: it is always derived)
 DATABASE_FIELDS: dict[str, str | None] = {
@@ -192,6 +223,13 @@ class Settings(BaseSettings):
     )
     stores: StoreSettings = StoreSettings()
     alerts: AlertSettings = AlertSettings()
+    compute: Literal["local", "spark"] = Field(
+        default="local",
+        description="where the data path runs: `local` (pandas and Feast's file store in "
+        "the task's process) or `spark` (Feast's Spark offline store and compute engine; "
+        "`spark.*`)",
+    )
+    spark: SparkSettings = SparkSettings()
     mlflow_conn_id: str | None = Field(
         default=None,
         description="an Airflow connection (closedloop_mlflow) the DAGs' operators take the "
@@ -280,6 +318,10 @@ class Settings(BaseSettings):
     @property
     def feast_dir(self) -> Path:
         return self.home / "feast"
+
+    @property
+    def spark_staging_location(self) -> str:
+        return self.spark.staging_location or str(self.home / "spark" / "staging")
 
     @property
     def mlflow_dir(self) -> Path:
