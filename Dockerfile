@@ -12,10 +12,18 @@ ENV VIRTUAL_ENV=/opt/venv \
 
 WORKDIR /opt/closedloop
 
+# Java for compute: spark (pyspark's driver in the Airflow worker, and the compose stack's
+# Spark master and workers, which run this image). Not pinned: bookworm's security
+# updates replace the version, and a pinned one would stop building.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends openjdk-17-jre-headless \
+    && rm -rf /var/lib/apt/lists/*
+
 # The exact versions that were tested together, with bytecode (imports are 2-3x slower
 # without it). The lock changes less often than the code: its own layer. It includes the
 # `s3` extra (boto3), with which the MLflow server writes artifacts to an object store
-# (compose's `s3` profile).
+# (compose's `s3` profile), and the `spark` extra (pyspark, for compute: spark).
 COPY requirements.lock ./
 RUN python -m venv /opt/venv \
     && pip install uv==0.13.8 \

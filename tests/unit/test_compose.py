@@ -15,7 +15,13 @@ import pytest
 import yaml
 
 from closedloop.cli import main as cli
-from closedloop.core.settings import PROJECT_ROOT, Settings, StoreSettings, load_settings
+from closedloop.core.settings import (
+    PROJECT_ROOT,
+    Settings,
+    SparkSettings,
+    StoreSettings,
+    load_settings,
+)
 from closedloop.platform.stack import COMPONENTS, CREDENTIALS
 
 COMPOSE = PROJECT_ROOT / "compose" / "docker-compose.yml"
@@ -31,6 +37,17 @@ OBJECT_STORE_KEYS = {
     "AWS_SECRET_ACCESS_KEY": "S3_SECRET_ACCESS_KEY",
     "MINIO_ROOT_USER": "S3_ACCESS_KEY_ID",
     "MINIO_ROOT_PASSWORD": "S3_SECRET_ACCESS_KEY",
+}
+#: the Spark cluster's shared secret (optional: only with the `spark` profile), by the
+#: name each service reads it under -> the compose variable it comes from
+SPARK_SECRET_KEYS = {
+    "SPARK_AUTHENTICATE_SECRET": "SPARK_AUTHENTICATE_SECRET",
+    "CLOSEDLOOP_SPARK__AUTHENTICATE_SECRET": "SPARK_AUTHENTICATE_SECRET",
+}
+#: the Spark cluster set-up .env.example documents
+SPARK_SETUP = {
+    "CLOSEDLOOP_COMPUTE": "spark",
+    "CLOSEDLOOP_SPARK__MASTER": "spark://spark-master:7077",
 }
 #: the MinIO set-up .env.example documents
 S3_SETUP = {
@@ -103,8 +120,9 @@ def test_credentials_come_only_from_the_environment(services):
     optional object store's key is ``${VAR:-}``, empty unless set, never a value."""
     for name, service in services.items():
         for key, value in (service.get("environment") or {}).items():
-            if key in OBJECT_STORE_KEYS:
-                assert value == f"${{{OBJECT_STORE_KEYS[key]}:-}}", (name, key, value)
+            optional = OBJECT_STORE_KEYS | SPARK_SECRET_KEYS
+            if key in optional:
+                assert value == f"${{{optional[key]}:-}}", (name, key, value)
                 continue
             secret = key in CREDENTIALS or "PASSWORD" in key or "SECRET" in key
             if secret:
@@ -136,8 +154,22 @@ def test_settings_of_the_services_point_at_the_services(services, tmp_path):
         if key.startswith("CLOSEDLOOP_")
     }
     fields = set(Settings.model_fields)
-    stores = {k.removeprefix("CLOSEDLOOP_STORES__").lower() for k in settings_env if "__" in k}
+    stores = {
+        k.removeprefix("CLOSEDLOOP_STORES__").lower()
+        for k in settings_env
+        if k.startswith("CLOSEDLOOP_STORES__")
+    }
     assert stores <= set(StoreSettings.model_fields), stores - set(StoreSettings.model_fields)
+    spark = {
+        k.removeprefix("CLOSEDLOOP_SPARK__").lower()
+        for k in settings_env
+        if k.startswith("CLOSEDLOOP_SPARK__")
+    }
+    assert spark <= set(SparkSettings.model_fields), spark - set(SparkSettings.model_fields)
+    assert {k for k in settings_env if "__" in k} == {
+        *(f"CLOSEDLOOP_STORES__{k.upper()}" for k in stores),
+        *(f"CLOSEDLOOP_SPARK__{k.upper()}" for k in spark),
+    }
     top = {k.removeprefix("CLOSEDLOOP_").lower() for k in settings_env if "__" not in k}
     assert top - {"airflow_admin_password"} <= fields
     nested: dict = {}
@@ -285,9 +317,11 @@ def test_the_documented_s3_setup_starts_mlflow_on_minio(services, tmp_path, monk
 
 
 def _fake(bin_dir: Path, name: str) -> None:
-    """A stand-in for one of the MinIO image's programs that prints how it was called."""
+    """A stand-in for one of an image's programs that prints how it was called (and
+    the variables the services export for them)."""
     path = bin_dir / name
-    path.write_text(f'#!/bin/sh\necho "{name} $* MC_HOST_store=$MC_HOST_store"\n')
+    shown = "SPARK_DAEMON_JAVA_OPTS" if name == "spark-class" else "MC_HOST_store"
+    path.write_text(f'#!/bin/sh\necho "{name} $* {shown}=${shown}"\n')
     path.chmod(0o755)
 
 
@@ -295,7 +329,7 @@ def _run_service_command(service: dict, environment: dict, tmp_path: Path):
     """The service's entrypoint + command under a real ``sh``, its programs faked."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
-    for name in ("minio", "mc"):
+    for name in ("minio", "mc", "spark-class"):
         _fake(bin_dir, name)
     script = service["command"][0].replace("$$", "$")
     assert service["entrypoint"] == ["/bin/sh", "-c"]
@@ -355,3 +389,68 @@ def test_minio_init_creates_the_destinations_bucket(services, tmp_path, destinat
             f"store/{bucket}",
             f"MC_HOST_store=http://ops:{'p' * 12}@minio:9000",
         ]
+
+
+def test_the_spark_profile_runs_a_master_and_workers_of_the_closedloop_image(services):
+    spark = {name for name, service in services.items() if "spark" in service.get("profiles", [])}
+    assert spark == {"spark-master", "spark-worker"}
+    worker_home = services["airflow-worker"]["volumes"]
+    for name in spark:
+        service = services[name]
+        # the executors' Python is the image's: Feast, the model's libraries, closedloop
+        assert service["image"] == services["airflow-worker"]["image"]
+        assert service["build"] == services["airflow-worker"]["build"]
+        # the offline tables at the same path as where the driver names them
+        assert service["volumes"] == worker_home
+        assert "ports" not in service
+    master = services["spark-master"]["command"][0]
+    assert "--host spark-master --port 7077" in master
+    worker = services["spark-worker"]["command"][0]
+    assert worker.endswith(SPARK_SETUP["CLOSEDLOOP_SPARK__MASTER"])
+    assert services["spark-worker"]["depends_on"]["spark-master"]["condition"] == "service_healthy"
+    text = ENV_EXAMPLE.read_text()
+    assert all(f"{key}={value}" in text for key, value in SPARK_SETUP.items())
+
+
+@pytest.mark.parametrize("name", ["spark-master", "spark-worker"])
+def test_the_spark_cluster_refuses_to_start_without_its_secret(services, tmp_path, name):
+    """An unauthenticated Spark master runs what any client on the network sends it."""
+    done = _run_service_command(services[name], {"SPARK_AUTHENTICATE_SECRET": ""}, tmp_path)
+    assert done.returncode != 0 and "spark-class" not in done.stdout
+    assert "SPARK_AUTHENTICATE_SECRET" in done.stderr
+    secret = "s" * 32
+    started = _run_service_command(services[name], {"SPARK_AUTHENTICATE_SECRET": secret}, tmp_path)
+    assert started.returncode == 0, started.stderr
+    assert started.stdout.startswith("spark-class org.apache.spark.deploy.")
+    options = f"-Dspark.authenticate=true -Dspark.authenticate.secret={secret}"
+    assert f"SPARK_DAEMON_JAVA_OPTS={options}" in started.stdout
+
+
+def test_the_documented_spark_setup_makes_the_worker_a_driver_of_the_cluster(services):
+    from closedloop.core.spark import spark_conf
+
+    env = {key: value or f"x{key.lower()}" for key, value in _example().items()}
+    env.update(SPARK_SETUP, SPARK_AUTHENTICATE_SECRET="s" * 32)
+    worker_env = {
+        key: _interpolate(str(value), env)
+        for key, value in services["airflow-worker"]["environment"].items()
+        if key.startswith("CLOSEDLOOP_SPARK__") or key == "CLOSEDLOOP_COMPUTE"
+    }
+    settings = load_settings(
+        compute=worker_env["CLOSEDLOOP_COMPUTE"],
+        spark={
+            "master": worker_env["CLOSEDLOOP_SPARK__MASTER"],
+            "authenticate_secret": worker_env["CLOSEDLOOP_SPARK__AUTHENTICATE_SECRET"],
+        },
+    )
+    conf = spark_conf(settings)
+    assert conf["spark.master"] == "spark://spark-master:7077"
+    assert conf["spark.authenticate"] == "true"
+    assert conf["spark.authenticate.secret"] == "s" * 32
+    assert "spark.driver.host" not in conf  # the executors reach the worker by its name
+    # without the spark profile's secret, the worker's settings hold none
+    env.update(SPARK_AUTHENTICATE_SECRET="")
+    empty = _interpolate(
+        services["airflow-worker"]["environment"]["CLOSEDLOOP_SPARK__AUTHENTICATE_SECRET"], env
+    )
+    assert load_settings(spark={"authenticate_secret": empty}).spark.authenticate_secret is None

@@ -171,12 +171,23 @@ class SparkSettings(BaseModel):
         default=None,
         description="the JDK (17 or 21) Spark runs on; default $JAVA_HOME, else the `java` on PATH",
     )
+    authenticate_secret: SecretStr | None = Field(
+        default=None,
+        description="the shared secret of a cluster run with spark.authenticate (the "
+        "compose stack's Spark master and workers); from the environment only",
+    )
     online_write_partitions: int = Field(
         default=0,
         ge=0,
         description="partitions of a view's rows while they are written to the online "
         "store (Feast's engine `partitions`); 0 keeps Spark's",
     )
+
+    @field_validator("authenticate_secret")
+    @classmethod
+    def _unset_when_empty(cls, value: SecretStr | None) -> SecretStr | None:
+        """An empty variable (compose's ``${VAR:-}``) means no secret."""
+        return value if value is not None and value.get_secret_value() else None
 
 
 #: production: component database -> the StoreSettings field that may name it explicitly

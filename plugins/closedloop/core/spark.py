@@ -65,6 +65,12 @@ def spark_conf(settings: Settings) -> dict[str, str]:
             # more in task start-up than it saves on two cores
             "spark.sql.shuffle.partitions": str(_local_cores(master) * 2),
         }
+    secret = settings.spark.authenticate_secret
+    if secret is not None:
+        conf |= {
+            "spark.authenticate": "true",
+            "spark.authenticate.secret": secret.get_secret_value(),
+        }
     return conf | dict(settings.spark.conf)
 
 
