@@ -58,6 +58,19 @@ def test_the_spark_home_ran_on_feasts_spark_store_and_engine(homes):
     assert open_store(homes["local"]).config.offline_store.type == "file"
 
 
+def test_the_session_feast_ran_on_has_closedloops_properties(homes):
+    """The DAG's tasks ran in this process (``dag.test``): its Spark session is the one
+    built from ``closedloop.core.spark.spark_conf``, not Spark's defaults."""
+    from pyspark.sql import SparkSession
+
+    from closedloop.core.spark import spark_conf
+
+    conf = SparkSession.getActiveSession().sparkContext.getConf()
+    for key, value in spark_conf(homes["spark"]).items():
+        if key != "spark.app.name":
+            assert conf.get(key) == value, key
+
+
 def test_the_offline_rows_are_the_same(homes):
     tables = sorted(p.name for p in homes["local"].offline_dir.iterdir())
     assert len(tables) == 3

@@ -121,6 +121,7 @@ def materialize_interval(store: FeatureStore, start: datetime, end: datetime) ->
     is raised.
     """
     start, end = start.astimezone(UTC), end.astimezone(UTC)
+    spark_started(store)
     from closedloop.core import failpoints
     from closedloop.core.errors import OnlineStoreRestartedError
 
@@ -145,6 +146,22 @@ def materialize_interval(store: FeatureStore, start: datetime, end: datetime) ->
         f"the online store's server restarted during each of {MATERIALIZE_PASSES} passes "
         f"over [{start}, {end}]"
     )
+
+
+def spark_started(store: FeatureStore) -> None:
+    """With Feast's Spark offline store, start the process's Spark session from the
+    store's ``spark_conf`` (a no-op when one is active or the store is another). Feast
+    0.67's Spark engine builds a missing session from its whole configuration instead of
+    its ``spark_conf``: a materialization that came first ran on Spark's defaults
+    (``local[*]``, the JVM's time zone)."""
+    config = store.config.offline_store
+    if getattr(config, "type", None) != "spark":
+        return
+    from feast.infra.offline_stores.contrib.spark_offline_store.spark import (
+        get_spark_session_or_start_new_with_repoconfig,
+    )
+
+    get_spark_session_or_start_new_with_repoconfig(config)
 
 
 def online_store_server(store: FeatureStore) -> str | None:
@@ -202,6 +219,7 @@ def historical_features(store: FeatureStore, entity_df: Any, features: Any) -> A
     rows, tagged; every entity row then takes the features of its pair, and what Feast
     dropped comes back as nulls for that view only.
     """
+    spark_started(store)
     frame = entity_df.reset_index(drop=True)
     ts = _entity_timestamp(frame)
     by_view: dict[str, list[str]] = {}
