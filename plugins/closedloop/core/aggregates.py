@@ -9,8 +9,9 @@ an :class:`~closedloop.core.aggregation_state.AggregationState` by one interval:
 the interval's buckets to the running window sums, subtracts those leaving a window, and
 emits a row for every entity whose values changed; its cost follows the interval, not the
 windows or the history. A rerun of an interval from its predecessor's state leaves what
-one clean run leaves. Written on numpy: Feast 0.67's aggregations recompute from the
-whole source on every materialization and know no label that arrives after its event.
+one clean run leaves. Written on numpy: Feast 0.67's engines aggregate only the rows of
+the range they materialize (no history before it, one tumbling window size) and know no
+label that arrives after its event.
 
 One module of this size: sums, extremes and distinct pairs share the bucket arithmetic.
 """
