@@ -8,7 +8,10 @@ inputs a training set gets from Feast), joined by :mod:`closedloop.core.asof`,
 memory stays flat in the rows. It writes ``<home>/predictions/<use case>/<day>.parquet``
 and the prediction log's partition of the day, both replaced whole on a rerun; an
 interval without events removes what an earlier run wrote. Why the join is not Feast's
-and what it costs: docs/design.md and docs/benchmarks.md.
+and what it costs: docs/design.md and docs/benchmarks.md. With ``compute: spark`` Spark
+reads, joins and scores the chunks (:mod:`closedloop.core.batch_spark`) with this
+module's model call (:class:`ChunkPredictor`) and output tables (:func:`output_tables`),
+and they are written here: the same files, byte for byte.
 
 One module of this size: the chunk pipeline (read, score, write) and its outputs' schemas.
 """
@@ -70,7 +73,9 @@ def score_interval(
     rows), ``positive_rate`` (share decided positive; ``None`` without rows) and
     ``seconds`` spent per stage (read: decoding the entity rows, in a thread of its own;
     join: the other views' features and the model's input frame; predict; write: the
-    time spent waiting for the background writes; total: the wall time).
+    time spent waiting for the background writes; total: the wall time). With
+    ``compute: spark`` the stages are :func:`~closedloop.core.batch_spark.scored_chunks`'s
+    and ``spark`` says how the work was spread (its Python workers, the model loads).
     """
     from closedloop.core.feature_store import feature_refs, open_store
 
@@ -103,50 +108,35 @@ def score_interval(
     )
     seconds = dict.fromkeys(("read", "join", "predict", "write"), 0.0)
     rows = chunks = positives = 0
+    spread: dict[str, int] = {}
     if paths:
         store = open_store(settings)
         refs = feature_refs(store, usecase.feature_service)
-        pred_schema, log_schema = _schemas(settings, store, refs, loaded, pq.read_schema(paths[0]))
+        schemas = _schemas(settings, store, refs, loaded, pq.read_schema(paths[0]))
         t0 = time.perf_counter()
         views = feature_views(settings, store, refs)
-        own = [f for v in views if v.own for f in v.features]
-        indexes = [AsOfIndex(v, start, end) for v in views if not v.own]
-        seconds["join"] += time.perf_counter() - t0
-        scorer = _ChunkScorer(settings, indexes, loaded, pred_schema, log_schema)
-        tables = _entity_tables(paths, settings, start, end, chunk_rows, own, seconds=seconds)
-        with (
-            offline.PartitionWriter(predictions_dir(settings), key, pred_schema) as pred_out,
-            predictions.batch_writer(key, log_schema) as log_out,
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-write") as writer,
+        if settings.compute == "spark":
+            from closedloop.core.batch_spark import scored_chunks
+
+            seconds = dict.fromkeys(("spark", "collect", "predict", "write"), 0.0)
+            results = scored_chunks(
+                settings, start, end, paths, views, loaded, schemas, chunk_rows,
+                seconds=seconds, spread=spread,
+            )  # fmt: skip
+            rows, chunks, positives = write_outputs(settings, key, schemas, results, seconds)
+        else:
+            own = [f for v in views if v.own for f in v.features]
+            indexes = [AsOfIndex(v, start, end) for v in views if not v.own]
+            seconds["join"] += time.perf_counter() - t0
+            scorer = _ChunkScorer(settings, indexes, loaded, *schemas)
+            tables = _entity_tables(paths, settings, start, end, chunk_rows, own, seconds=seconds)
             # One BLAS/OpenMP thread for the model: the other core decodes and writes.
             # A chunk's matrix-vector product is too small to gain from a second BLAS
             # thread, whose busy wait after every call took 1.7 s of CPU from the
             # writer per 1M rows (wall 3.4-3.9 s -> 2.7-3.0 s, benchmarks/batch_inference.py).
-            threadpool_limits(limits=1),
-        ):
-            # Three stages at once: the next chunk is decoded (a thread), this one is
-            # joined and scored (here), the previous one is written (a thread; Arrow's
-            # Parquet writer releases the GIL too). One write in flight, in chunk order;
-            # an error anywhere leaves the block, which discards both temporary files.
-            pending: Future[None] | None = None
-            for table in prefetched(tables, name="batch-read"):
-                scored, records, stage = scorer(table)
-                t0 = time.perf_counter()
-                if pending is not None:
-                    pending.result()
-                pending = writer.submit(_write, pred_out, log_out, scored, records)
-                seconds["write"] += time.perf_counter() - t0
-                seconds["join"] += stage["join"]
-                seconds["predict"] += stage["predict"]
-                rows += scored.num_rows
-                chunks += 1
-                positives += stage["positives"]
-                log.debug("chunk %d: %d rows (%d so far)", chunks, scored.num_rows, rows)
-            t0 = time.perf_counter()
-            if pending is not None:
-                pending.result()
-            seconds["write"] += time.perf_counter() - t0
-            failpoints.hold("batch.outputs_staged")
+            with threadpool_limits(limits=1):
+                results = (scorer(table) for table in prefetched(tables, name="batch-read"))
+                rows, chunks, positives = write_outputs(settings, key, schemas, results, seconds)
     if rows == 0:  # nothing to say about the interval: no stale outputs either
         for target in targets:
             target.unlink(missing_ok=True)
@@ -159,7 +149,51 @@ def score_interval(
         "log_uri": str(targets[1]) if rows else None,
         "positive_rate": positives / rows if rows else None,
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
-    }
+    } | ({"spark": spread} if settings.compute == "spark" else {})
+
+
+def write_outputs(
+    settings: Settings,
+    key: str,
+    schemas: tuple[pa.Schema, pa.Schema],
+    results: Iterator[tuple[pa.Table, pa.Table, dict[str, float]]],
+    seconds: dict[str, float],
+) -> tuple[int, int, int]:
+    """Write the (predictions, records, stage) chunks of ``results`` to the partitions
+    ``key`` of both outputs, in order; returns (rows, chunks, positives).
+
+    The next chunk is made (``results``) while the previous one is written (a thread;
+    Arrow's Parquet writer releases the GIL too). One write in flight, in chunk order;
+    an error anywhere leaves the block, which discards both temporary files. Each
+    stage's seconds but ``positives`` are added to ``seconds``.
+    """
+    predictions = PredictionLog(settings.prediction_log_dir)
+    rows = chunks = positives = 0
+    with (
+        offline.PartitionWriter(predictions_dir(settings), key, schemas[0]) as pred_out,
+        predictions.batch_writer(key, schemas[1]) as log_out,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-write") as writer,
+    ):
+        pending: Future[None] | None = None
+        for scored, records, stage in results:
+            t0 = time.perf_counter()
+            if pending is not None:
+                pending.result()
+            pending = writer.submit(_write, pred_out, log_out, scored, records)
+            seconds["write"] += time.perf_counter() - t0
+            for name, value in stage.items():
+                if name != "positives":
+                    seconds[name] += value
+            rows += scored.num_rows
+            chunks += 1
+            positives += int(stage["positives"])
+            log.debug("chunk %d: %d rows (%d so far)", chunks, scored.num_rows, rows)
+        t0 = time.perf_counter()
+        if pending is not None:
+            pending.result()
+        seconds["write"] += time.perf_counter() - t0
+        failpoints.hold("batch.outputs_staged")
+    return rows, chunks, positives
 
 
 def _prediction_ids(loaded: LoadedModel, keys: pd.Series) -> pd.Series:
@@ -168,14 +202,12 @@ def _prediction_ids(loaded: LoadedModel, keys: pd.Series) -> pd.Series:
 
 
 class _ChunkScorer:
-    """Scores one chunk of entity rows, Arrow in and Arrow out.
+    """Joins and scores one chunk of entity rows, Arrow in and Arrow out.
 
-    The model reads the chunk's Arrow columns through :class:`FastPipeline` once its
-    answer on the first chunk equals the pipeline's (else a frame, as a user would call
-    it); the entity keys, the event time and the own views' features pass from the
-    entity table to both outputs as the Arrow columns they were read as, and the
-    prediction ids are made by Arrow: turning a million string keys into Python objects
-    and back cost more than the model did (``benchmarks/batch_inference.py``).
+    The entity keys, the event time and the own views' features pass from the entity
+    table to both outputs as the Arrow columns they were read as (see
+    :func:`output_tables`); the other views' features come from their
+    :class:`AsOfIndex`, with the declared defaults.
     """
 
     def __init__(
@@ -186,26 +218,17 @@ class _ChunkScorer:
         pred_schema: pa.Schema,
         log_schema: pa.Schema,
     ) -> None:
-        batch = settings.usecase.batch
-        self.ts = batch.timestamp_column
-        self.keys = settings.usecase.entity_keys
-        self.id_column = batch.id_column
+        self.ts = settings.usecase.batch.timestamp_column
+        self.id_column = settings.usecase.batch.id_column
         self.indexes = indexes
         self.loaded = loaded
         self.pred_schema, self.log_schema = pred_schema, log_schema
         joined = {f for index in indexes for f in index.view.features}
         self.defaults = {k: v for k, v in settings.usecase.defaults.items() if k in joined}
-        self.id_prefix = prediction_id(loaded.name, loaded.version, SOURCE, "")
-        try:
-            self.fast: FastPipeline | None = FastPipeline(loaded.model)
-        except TypeError as exc:
-            log.info("%s v%s scores through its pipeline: %s", loaded.name, loaded.version, exc)
-            self.fast = None
-        self._checked = self.fast is None
+        self.predict = ChunkPredictor(loaded)
 
     def __call__(self, table: pa.Table) -> tuple[pa.Table, pa.Table, dict[str, float]]:
         t0 = time.perf_counter()
-        n = table.num_rows
         when = _epoch_ns_arrow(table.column(self.ts))
         joined: dict[str, np.ndarray] = {}
         for index in self.indexes:
@@ -219,35 +242,40 @@ class _ChunkScorer:
             c: joined[c] if c in joined else table.column(c) for c in self.loaded.feature_names
         }
         t1 = time.perf_counter()
+        score = self.predict(inputs)
+        t2 = time.perf_counter()
+        scored, records, positives = output_tables(
+            self.loaded, table, joined, score, self.ts, self.id_column,
+            self.pred_schema, self.log_schema,
+        )  # fmt: skip
+        return scored, records, {"join": t1 - t0, "predict": t2 - t1, "positives": positives}
+
+
+class ChunkPredictor:
+    """The model's probability of the positive class for a chunk's input columns (name
+    -> Arrow or numpy column), as float64.
+
+    The model reads the columns through :class:`FastPipeline` once its answer on the
+    first chunk equals the pipeline's (else a frame, as a user would call it): turning
+    a million values into a frame cost more than the model did
+    (``benchmarks/batch_inference.py``).
+    """
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        self.loaded = loaded
+        try:
+            self.fast: FastPipeline | None = FastPipeline(loaded.model)
+        except TypeError as exc:
+            log.info("%s v%s scores through its pipeline: %s", loaded.name, loaded.version, exc)
+            self.fast = None
+        self._checked = self.fast is None
+
+    def __call__(self, inputs: dict[str, Any]) -> np.ndarray:
         if not self._checked:
             self._check(inputs)
         if self.fast is not None:
-            score = self.fast.predict_proba_columns(inputs)[:, 1]
-        else:
-            score = self.loaded.model.predict_proba(_frame(inputs))[:, 1].astype(np.float64)
-        t2 = time.perf_counter()
-        decision = (score >= self.loaded.threshold).astype(np.int64)
-        columns: dict[str, Any] = {
-            EVENT_TIMESTAMP: table.column(self.ts),
-            "score": score,
-            "decision": decision,
-            "model_name": _constant(self.loaded.name, n),
-            "model_version": _constant(self.loaded.version, n),
-            "prediction_id": pc.binary_join_element_wise(
-                self.id_prefix, pc.cast(table.column(self.id_column), pa.string()), ""
-            ),
-            "source": _constant(SOURCE, n),
-            "predicted_at": table.column(self.ts),
-            "arm": _constant(self.loaded.alias, n),
-        }
-        for name in table.column_names:
-            columns.setdefault(name, table.column(name))
-        for name, values in joined.items():
-            columns[name] = pa.array(values, from_pandas=True)
-        scored = _table(columns, self.pred_schema)
-        records = _table(columns, self.log_schema)
-        stage = {"join": t1 - t0, "predict": t2 - t1, "positives": int(decision.sum())}
-        return scored, records, stage
+            return self.fast.predict_proba_columns(inputs)[:, 1]
+        return self.loaded.model.predict_proba(_frame(inputs))[:, 1].astype(np.float64)
 
     def _check(self, inputs: dict[str, Any], rows: int = 5000) -> None:
         """Use :class:`FastPipeline` only if it gives the pipeline's own probabilities,
@@ -262,6 +290,49 @@ class _ChunkScorer:
             )  # fmt: skip
             self.fast = None
         self._checked = True
+
+
+def output_tables(
+    loaded: LoadedModel,
+    table: pa.Table,
+    joined: dict[str, Any],
+    score: np.ndarray,
+    ts: str,
+    id_column: str,
+    pred_schema: pa.Schema,
+    log_schema: pa.Schema,
+) -> tuple[pa.Table, pa.Table, int]:
+    """A scored chunk's predictions and log records, and how many were decided positive.
+
+    ``table``: the entity rows (keys, ``ts``, the own views' features); ``joined``: the
+    other views' features (numpy columns, NaN or None where missing, or Arrow columns,
+    null where missing); ``score``: the model's probabilities. The prediction ids are
+    made by Arrow: turning a million string keys into Python objects and back cost more
+    than the model did.
+    """
+    n = table.num_rows
+    decision = (score >= loaded.threshold).astype(np.int64)
+    columns: dict[str, Any] = {
+        EVENT_TIMESTAMP: table.column(ts),
+        "score": score,
+        "decision": decision,
+        "model_name": _constant(loaded.name, n),
+        "model_version": _constant(loaded.version, n),
+        "prediction_id": pc.binary_join_element_wise(
+            prediction_id(loaded.name, loaded.version, SOURCE, ""),
+            pc.cast(table.column(id_column), pa.string()),
+            "",
+        ),
+        "source": _constant(SOURCE, n),
+        "predicted_at": table.column(ts),
+        "arm": _constant(loaded.alias, n),
+    }
+    for name in table.column_names:
+        columns.setdefault(name, table.column(name))
+    for name, values in joined.items():
+        arrow = isinstance(values, (pa.Array, pa.ChunkedArray))
+        columns[name] = values if arrow else pa.array(values, from_pandas=True)
+    return _table(columns, pred_schema), _table(columns, log_schema), int(decision.sum())
 
 
 def _frame(inputs: dict[str, Any]) -> pd.DataFrame:
@@ -300,14 +371,37 @@ def _constant(value: str, n: int) -> pa.Array:
 
 def _table(columns: dict[str, Any], schema: pa.Schema) -> pa.Table:
     """The columns of ``schema``, cast to its types (an int feature that needed a null
-    in this chunk arrives as float; a missing value left after the defaults stays null)."""
+    in this chunk arrives as float; a missing value left after the defaults stays null),
+    a dictionary column in its canonical form (:func:`_first_appearance`)."""
     arrays = []
     for field in schema:
         values = columns[field.name]
         if not isinstance(values, (pa.Array, pa.ChunkedArray)):
             values = pa.array(values)
-        arrays.append(pc.cast(values, field.type))
+        values = pc.cast(values, field.type)
+        if pa.types.is_dictionary(field.type):
+            values = _first_appearance(values)
+        arrays.append(values)
     return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _first_appearance(values: pa.Array | pa.ChunkedArray) -> pa.DictionaryArray:
+    """A dictionary column as one array whose dictionary holds the values used, in the
+    order they first appear. Parquet stores a dictionary column's dictionary as it is
+    given: read from a file, a chunk's dictionary is the source row group's (values of
+    rows outside the interval included), and another reader of the same rows (Spark:
+    ``closedloop.core.batch_spark``) would write other bytes."""
+    array = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    if len(array.dictionary) == 1 and not array.null_count:
+        return array  # a constant (see _constant)
+    used = pc.unique(array.indices.drop_null()).to_numpy(zero_copy_only=False)
+    if np.array_equal(used, np.arange(len(array.dictionary))):
+        return array
+    lookup = np.zeros(len(array.dictionary), dtype=np.int32)
+    lookup[used] = np.arange(len(used), dtype=np.int32)
+    return pa.DictionaryArray.from_arrays(
+        pc.take(pa.array(lookup), array.indices), array.dictionary.take(pa.array(used))
+    )
 
 
 def _epoch_ns_arrow(moments: pa.ChunkedArray) -> np.ndarray:
