@@ -29,6 +29,11 @@ started per size with random credentials. Airflow is not involved: its per-task 
 
     .venv/bin/python benchmarks/scale.py                      # 10k, 100k, 1M; both profiles
     .venv/bin/python benchmarks/scale.py --sizes 10000 --profiles embedded
+    .venv/bin/python benchmarks/scale.py --sizes 1000000 --profiles production,spark
+
+Profile ``spark``: the production profile's servers with ``compute: spark`` (Feast's Spark
+offline store and engine, ``local[2]``); each stage also reports the peak RSS of its
+Spark JVM and of the JVM's Python workers, which are not in the stage process's own.
 """
 
 from __future__ import annotations
@@ -63,6 +68,27 @@ def _hwm_mib(status: Path = Path("/proc/self/status")) -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) // 1024
     return -1
+
+
+def _spark_hwm_mib() -> dict[str, int] | None:
+    """Peak RSS of this process's Spark JVM (pyspark's driver, with local executors in
+    it) and of its Python workers (``pyspark.daemon`` and its forks), or None without
+    Spark. Read before the stage ends: the JVM exits with its Python process."""
+    import psutil
+
+    jvm = None
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if "org.apache.spark.deploy.SparkSubmit" in child.cmdline():
+                jvm = child
+    if jvm is None:
+        return None
+    workers = 0
+    with contextlib.suppress(psutil.Error):
+        for p in jvm.children(recursive=True):
+            with contextlib.suppress(OSError):
+                workers += _hwm_mib(Path(f"/proc/{p.pid}/status"))
+    return {"jvm": _hwm_mib(Path(f"/proc/{jvm.pid}/status")), "python_workers": workers}
 
 
 def _du_mib(path: Path) -> float:
@@ -153,6 +179,7 @@ def features(args: argparse.Namespace) -> dict:
         "peak_set_by": steps.peak_set_by(),
         "engineer_calls": steps.calls.get("engineer", []),
         "offline_mib": _du_mib(settings.offline_dir),
+        "spark_peak_mib": _spark_hwm_mib(),
         "sqlite_online_mib": online.stat().st_size / 2**20 if online.exists() else None,
     }
 
@@ -202,6 +229,7 @@ def training(args: argparse.Namespace) -> dict:
         # the training set
         "artifacts_mib": _du_mib(Path(settings.mlflow_artifacts_destination)),
         "snapshot_mib": _du_mib(settings.training_dir),
+        "spark_peak_mib": _spark_hwm_mib(),
     }
 
 
@@ -361,11 +389,13 @@ def run_one(profile: str, size: int, args: argparse.Namespace) -> dict:
     try:
         with contextlib.ExitStack() as stack:
             server_peak = None
-            if profile == "production":
+            if profile in ("production", "spark"):
                 db, server_peak = stack.enter_context(_production(home, env))
+            if profile == "spark":
+                env["CLOSEDLOOP_COMPUTE"] = "spark"
             result["generate"] = _child("generate", env, args, size)
             result["features"] = _child("features", env, args, size)
-            if profile == "production":
+            if profile in ("production", "spark"):
                 result["features"]["redis"] = _redis_usage(db)
             result["training"] = _child("training", env, args, size)
             if server_peak is not None:
@@ -376,12 +406,17 @@ def run_one(profile: str, size: int, args: argparse.Namespace) -> dict:
     return result
 
 
+def _jvm(stage: dict) -> str:
+    spark = stage.get("spark_peak_mib")
+    return f"{spark['jvm']:,}+{spark['python_workers']:,}" if spark else "-"
+
+
 def _print_row(r: dict) -> None:
     f, t = r["features"], r["training"]
     print(
-        f"{r['profile']:<10} {f['rows']:>9,} | {f['wall']:>8.1f} {f['peak_mib']:>7,} | "
-        f"{t['training_rows']:>8,} {t['wall']:>8.1f} {t['peak_mib']:>7,} | "
-        f"{r['load_before']:>15} {r['load_after']:>15}",
+        f"{r['profile']:<10} {f['rows']:>9,} | {f['wall']:>8.1f} {f['peak_mib']:>7,} "
+        f"{_jvm(f):>11} | {t['training_rows']:>8,} {t['wall']:>8.1f} {t['peak_mib']:>7,} "
+        f"{_jvm(t):>11} | {r['load_before']:>15} {r['load_after']:>15}",
         flush=True,
     )
 
@@ -422,8 +457,9 @@ def _print_steps(r: dict) -> None:
 
 
 HEADER = (
-    f"{'profile':<10} {'bookings':>9} | {'feat. s':>8} {'MiB':>7} | "
-    f"{'train rows':>8} {'train s':>8} {'MiB':>7} | {'load before':>15} {'load after':>15}"
+    f"{'profile':<10} {'bookings':>9} | {'feat. s':>8} {'MiB':>7} {'Spark MiB':>11} | "
+    f"{'train rows':>8} {'train s':>8} {'MiB':>7} {'Spark MiB':>11} | "
+    f"{'load before':>15} {'load after':>15}"
 )
 
 
@@ -463,7 +499,8 @@ def main() -> None:
     print()
     print("feature pipeline = backfill (validate, clean, engineer, offline, apply, materialize);")
     print("training = run_in_process (Feast join, GX, model search, MLflow, register, gate);")
-    print("seconds after imports; MiB = peak RSS (VmHWM) of the stage's process")
+    print("seconds after imports; MiB = peak RSS (VmHWM) of the stage's process;")
+    print("Spark MiB = peak RSS of its Spark JVM + its Python workers (compute: spark)")
     print(HEADER)
     for r in results:
         _print_row(r)

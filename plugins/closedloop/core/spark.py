@@ -26,12 +26,6 @@ if TYPE_CHECKING:
 #: the Java versions Spark 4 runs on
 JAVA_VERSIONS = (17, 21)
 
-# Feast warns at every call of its Spark store and source that they are experimental;
-# the compute setting chooses them knowingly (docs/scaling.md).
-warnings.filterwarnings(
-    "ignore", message=r"The spark (offline store|data source API) is an experimental feature"
-)
-
 
 # py4j logs every connection it opens and closes at INFO, the last one while the
 # interpreter shuts down, when the log's stream may already be closed.
@@ -106,6 +100,14 @@ def prepare_environment(settings: Settings) -> None:
             f"compute: spark needs Java {' or '.join(map(str, JAVA_VERSIONS))}, {java} is "
             f"Java {version}; set spark.java_home (CLOSEDLOOP_SPARK__JAVA_HOME)"
         )
+    # Feast warns at every call of its Spark store and source that they are experimental
+    # (the compute setting chooses them knowingly); its store's module puts its own
+    # RuntimeWarning filter first when imported, so this one goes in after that.
+    import feast.infra.offline_stores.contrib.spark_offline_store.spark  # noqa: F401
+
+    warnings.filterwarnings(
+        "ignore", message=r"The spark (offline store|data source API) is an experimental feature"
+    )
     os.environ["JAVA_HOME"] = str(java.resolve().parents[1])
     os.environ["PYSPARK_PYTHON"] = sys.executable
     if settings.spark.master.startswith("local"):
