@@ -85,6 +85,7 @@ def apply_definitions(store: FeatureStore, settings: Settings) -> dict[str, list
     from closedloop.core.feast_objects import repo_contents
 
     repo = repo_contents(settings.usecase, settings)
+    _drop_sources_of_another_kind(store, repo.data_sources)
     to_apply, to_delete, _, _ = extract_objects_for_apply_delete(
         store.project, store.registry, repo
     )
@@ -95,6 +96,21 @@ def apply_definitions(store: FeatureStore, settings: Settings) -> dict[str, list
         "feature_views": sorted(fv.name for fv in repo.feature_views),
         "feature_services": sorted(fs.name for fs in repo.feature_services),
     }
+
+
+def _drop_sources_of_another_kind(store: FeatureStore, sources: list[Any]) -> list[str]:
+    """Delete the registered data sources that ``sources`` redeclare as another kind (a
+    file source that ``compute: spark`` declares as a Spark source, or back), so that
+    they are applied anew. Feast 0.67's SQL registry reads the stored source with the
+    new one's class to compare them, which fails on another kind: switching the compute
+    of a production registry failed at ``feast_apply``."""
+    stored = {s.name: type(s) for s in store.list_data_sources()}
+    changed = [s.name for s in sources if stored.get(s.name, type(s)) is not type(s)]
+    for name in changed:
+        store.registry.delete_data_source(name, store.project)
+    if changed:
+        log.info("re-registering %s as %s", changed, type(sources[0]).__name__)
+    return changed
 
 
 def materialize_interval(store: FeatureStore, start: datetime, end: datetime) -> list[str]:
