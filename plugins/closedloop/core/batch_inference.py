@@ -196,11 +196,6 @@ def write_outputs(
     return rows, chunks, positives
 
 
-def _prediction_ids(loaded: LoadedModel, keys: pd.Series) -> pd.Series:
-    """``prediction_log.prediction_id`` of every key, vectorised."""
-    return prediction_id(loaded.name, loaded.version, SOURCE, "") + keys.astype(str)
-
-
 class _ChunkScorer:
     """Joins and scores one chunk of entity rows, Arrow in and Arrow out.
 
