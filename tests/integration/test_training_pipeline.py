@@ -333,3 +333,44 @@ def test_lineage_of_the_champion_is_visible_through_the_mlflow_rest_api(story, m
     assert datasets[0]["dataset"]["digest"] == tags["closedloop.data_digest"][:36]
     metrics = {m["key"] for m in run["data"]["metrics"]}
     assert {"roc_auc", "pr_auc", "f1", "brier"} <= metrics
+
+    params = {p["key"]: p["value"] for p in run["data"]["params"]}
+    # uncapped (the use case sets no sample sizes): the search and refit saw every row
+    assert params["sample.refit_fraction"] == params["sample.search_fraction"] == "1.0"
+    assert "search_rows" not in json.loads(tags["closedloop.config"])
+
+
+def test_a_capped_search_and_refit_record_their_sample_sizes_in_mlflow(story, world):
+    """The sample sizes are settings of the training config; the MLflow run records
+    them with the rows there were and the fractions used. The registry is not touched."""
+    from closedloop.core.training_pipeline import (
+        build_training_set,
+        lineage_for,
+        train,
+        training_config,
+        training_window,
+        validate_training,
+    )
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CLOSEDLOOP_HOME", str(world.home))
+        versions_before = client_for(world).search_model_versions(f"name='{MODEL}'")
+        start, end = training_window(world, BEFORE_DRIFT)
+        built = build_training_set(world, start, end, "capped/1")
+        gx = validate_training(world, built, run_name="capped_1")
+        lineage = lineage_for(world, built, gx, dag_id="test", dag_run_id="capped/1", reason="test")
+        config = training_config(world, trials=2, search_rows=800, refit_rows=2000)
+        trained = train(world, built, lineage, config)
+        run = client_for(world).get_run(trained.run_id)
+        versions_after = client_for(world).search_model_versions(f"name='{MODEL}'")
+    params = run.data.params
+    available = int(params["sample.rows_available"])
+    assert available > 2000
+    assert (params["sample.refit_rows"], params["sample.search_rows"]) == ("2000", "800")
+    assert float(params["sample.refit_fraction"]) == pytest.approx(2000 / available)
+    assert float(params["sample.search_fraction"]) == pytest.approx(800 / available)
+    assert (params["search_rows"], params["refit_rows"]) == ("800", "2000")
+    recorded = json.loads(run.data.tags["closedloop.config"])
+    assert (recorded["search_rows"], recorded["refit_rows"]) == (800, 2000)
+    assert trained.holdout_rows == run.data.metrics["rows"]  # the holdout is scored whole
+    assert len(versions_after) == len(versions_before)

@@ -18,6 +18,7 @@ from closedloop.core.modeling import (
     choose_threshold,
     evaluate,
     model_inputs,
+    sampled_parts,
     split_by_time,
     train_and_evaluate,
 )
@@ -270,3 +271,75 @@ def test_config_digest_is_stable_and_tracks_params():
     assert base.to_params()["families"] == ["hist_gradient_boosting", "logistic_regression"]
     with pytest.raises(ValueError, match="families"):
         TrainingConfig(families=("random_forest",))
+
+
+def test_search_and_refit_take_seeded_samples_of_the_stated_sizes(split):
+    available = len(split.train) + len(split.validation)
+    config = _config(search_rows=400, refit_rows=1000)
+    train, validation, refit, counts = sampled_parts(split, config, LABEL)
+    assert counts == {
+        "rows_available": available,
+        "refit_rows": 1000,
+        "refit_fraction": 1000 / available,
+        "search_rows": 400,
+        "search_fraction": 400 / available,
+    }
+    assert (len(train) + len(validation), len(refit)) == (400, 1000)
+    ids = {name: part["booking_id"] for name, part in vars(split).items() if name != "cutoffs"}
+    # each searched row stays in its part; the search's rows are some of the refit's
+    assert train["booking_id"].isin(ids["train"]).all()
+    assert validation["booking_id"].isin(ids["validation"]).all()
+    assert set(train["booking_id"]) | set(validation["booking_id"]) <= set(refit["booking_id"])
+    assert not refit["booking_id"].isin(ids["holdout"]).any()
+    # in the set's order, and the same rows for the same seed only
+    both = pd.concat([ids["train"], ids["validation"]], ignore_index=True).tolist()
+    positions = [both.index(i) for i in refit["booking_id"]]
+    assert positions == sorted(positions)
+    again = sampled_parts(split, config, LABEL)[2]
+    other = sampled_parts(split, _config(search_rows=400, refit_rows=1000, seed=7), LABEL)[2]
+    assert refit["booking_id"].tolist() == again["booking_id"].tolist()
+    assert refit["booking_id"].tolist() != other["booking_id"].tolist()
+
+
+def test_a_capped_search_and_refit_fit_on_their_samples_and_score_the_whole_holdout(split):
+    config = _config(trials=2, families=("logistic_regression",), refit_rows=1000, search_rows=400)
+    outcome = train_and_evaluate(split, config, label=LABEL, exclude=EXCLUDE)
+    assert outcome.holdout_metrics["rows"] == len(split.holdout)
+    assert outcome.sampling["refit_rows"] == 1000 and outcome.sampling["search_rows"] == 400
+    _, _, refit, _ = sampled_parts(split, config, LABEL)
+    X, y = model_inputs(refit, label=LABEL, exclude=EXCLUDE)
+    same = build_model(outcome.family, outcome.params, X, config.seed).fit(X, y)
+    X_holdout, _ = model_inputs(split.holdout, label=LABEL, exclude=EXCLUDE)
+    np.testing.assert_array_equal(
+        outcome.model.predict_proba(X_holdout), same.predict_proba(X_holdout)
+    )
+    uncapped = train_and_evaluate(
+        split, _config(trials=2, families=("logistic_regression",)), label=LABEL, exclude=EXCLUDE
+    )
+    assert uncapped.sampling["refit_fraction"] == uncapped.sampling["search_fraction"] == 1.0
+    assert uncapped.holdout_metrics != outcome.holdout_metrics
+
+
+def test_uncapped_training_is_what_it_was_before_the_caps_existed(split):
+    train, validation, refit, _ = sampled_parts(split, _config(), LABEL)
+    assert train is split.train and validation is split.validation
+    assert len(refit) == len(split.train) + len(split.validation)
+    # a cap at or above the rows there are changes nothing but the config's digest
+    big = _config(search_rows=10**9, refit_rows=10**9)
+    assert sampled_parts(split, big, LABEL)[0] is split.train
+    assert "search_rows" not in _config().to_params()
+    assert big.digest() != _config().digest()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("search_rows", 50, "search_rows must be >= 100"),
+        ("refit_rows", 0, "refit_rows must be >= 100"),
+        ("refit_rows", "many", "refit_rows must be a whole number of rows"),
+        ("search_rows", True, "search_rows must be a whole number of rows"),
+    ],
+)
+def test_sample_caps_are_checked(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        TrainingConfig(**{field: value})

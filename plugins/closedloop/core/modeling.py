@@ -239,6 +239,54 @@ class TrainingOutcome:
     holdout_metrics: dict[str, float]
     validation_metrics: dict[str, float]
     feature_names: list[str]
+    #: rows of train + validation there were, and how many the search and the refit used
+    sampling: dict[str, int | float]
+
+
+def sample_positions(n: int, cap: int | None, seed: tuple[int, ...]) -> np.ndarray:
+    """Sorted positions of a seeded sample of ``cap`` of ``n`` rows; all ``n`` when
+    ``cap`` is None or not smaller."""
+    if cap is None or cap >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=cap, replace=False))
+
+
+def sampled_parts(
+    split: Split, config: TrainingConfig, label: str
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, int | float]]:
+    """The search's train and validation rows, the refit's rows, and their counts.
+
+    The refit takes a seeded sample of ``refit_rows`` of train + validation; the search
+    a seeded sample of ``search_rows`` of those, each row staying in its part. Without
+    caps: train, validation, and both together, as they are.
+    """
+    n_train, n_val = len(split.train), len(split.validation)
+    both = pd.concat([split.train, split.validation], ignore_index=True)
+    refit = sample_positions(n_train + n_val, config.refit_rows, (config.seed, 1))
+    search = refit[sample_positions(len(refit), config.search_rows, (config.seed, 2))]
+    counts = {
+        "rows_available": n_train + n_val,
+        "refit_rows": len(refit),
+        "refit_fraction": len(refit) / (n_train + n_val),
+        "search_rows": len(search),
+        "search_fraction": len(search) / (n_train + n_val),
+    }
+    if len(search) == n_train + n_val:
+        return split.train, split.validation, both, counts
+    train, validation = both.iloc[search[search < n_train]], both.iloc[search[search >= n_train]]
+    for name, part in (("train", train), ("validation", validation)):
+        if part[label].nunique() < 2:
+            raise ValueError(
+                f"the search sample's {name} rows ({len(part)} of search_rows="
+                f"{config.search_rows}) hold one label class; raise search_rows"
+            )
+    refit_rows = both if len(refit) == n_train + n_val else both.iloc[refit]
+    return (
+        train.reset_index(drop=True),
+        validation.reset_index(drop=True),
+        refit_rows.reset_index(drop=True),
+        counts,
+    )
 
 
 def train_and_evaluate(
@@ -251,14 +299,18 @@ def train_and_evaluate(
 ) -> TrainingOutcome:
     """Seeded random search on validation ROC AUC, refit on train+validation, holdout score.
 
+    With ``search_rows`` / ``refit_rows`` the search and the refit use seeded samples
+    (:func:`sampled_parts`); the holdout is always scored whole.
+
     Trial ``i`` uses ``config.families[i % len(families)]``; parameters are drawn in trial
     order from ``default_rng(config.seed)``; the best trial wins, ties to the earlier one.
     """
     inputs = partial(model_inputs, label=label, exclude=exclude, drop_features=config.drop_features)
     score = partial(evaluate, label=label, segments=config.segments, exclude=exclude)
     score = partial(score, min_segment_rows=config.min_segment_rows)
-    X_train, y_train = inputs(split.train)
-    y_val = split.validation[label].astype("int64").to_numpy()
+    search_train, search_validation, refit, sampling = sampled_parts(split, config, label)
+    X_train, y_train = inputs(search_train)
+    y_val = search_validation[label].astype("int64").to_numpy()
     rng = np.random.default_rng(config.seed)
     trials: list[Trial] = []
     best: Trial | None = None
@@ -266,8 +318,8 @@ def train_and_evaluate(
         family = config.families[number % len(config.families)]
         params = sample_params(family, rng)
         model = build_model(family, params, X_train, config.seed).fit(X_train, y_train)
-        threshold = choose_threshold(y_val, model.predict_proba(split.validation)[:, 1])
-        metrics = score(model, split.validation, threshold=threshold)
+        threshold = choose_threshold(y_val, model.predict_proba(search_validation)[:, 1])
+        metrics = score(model, search_validation, threshold=threshold)
         trial = Trial(number, family, params, metrics, threshold)
         trials.append(trial)
         if on_trial is not None:
@@ -277,7 +329,7 @@ def train_and_evaluate(
     assert best is not None  # config.trials >= 1
     # The refit has seen the validation rows, so its threshold is the one the best trial's
     # model chose on validation data it had not been trained on.
-    X_all, y_all = inputs(pd.concat([split.train, split.validation], ignore_index=True))
+    X_all, y_all = inputs(refit)
     final = build_model(best.family, best.params, X_all, config.seed).fit(X_all, y_all)
     return TrainingOutcome(
         model=final,
@@ -288,4 +340,5 @@ def train_and_evaluate(
         holdout_metrics=score(final, split.holdout, threshold=best.threshold),
         validation_metrics=best.validation_metrics,
         feature_names=list(X_all.columns),
+        sampling=sampling,
     )

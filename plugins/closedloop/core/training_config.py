@@ -15,6 +15,8 @@ from typing import Any
 MODELING_VERSION = 1
 FAMILIES = ("hist_gradient_boosting", "logistic_regression")
 PRIMARY_METRIC = "roc_auc"
+#: the smallest sample a search or refit may be capped to
+MIN_SAMPLE_ROWS = 100
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,13 @@ class TrainingConfig:
     drop_features: tuple[str, ...] = ()  # e.g. to train a deliberately weaker model
     segments: tuple[str, ...] = ()  # columns whose values get their own metrics
     min_segment_rows: int = 100  # smaller segments are not judged
+    #: at most this many train + validation rows for the model search (a seeded sample
+    #: of the refit rows); None: all of them
+    search_rows: int | None = None
+    #: at most this many train + validation rows for the winner's refit (a seeded
+    #: sample, in the set's order); None: all of them. Size it to what the training
+    #: worker holds.
+    refit_rows: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("families", "drop_features", "segments"):  # YAML gives lists
@@ -38,10 +47,19 @@ class TrainingConfig:
             raise ValueError(f"families must be a non-empty subset of {FAMILIES}: {unknown}")
         if min(self.trials, self.validation_days, self.holdout_days, self.min_segment_rows) < 1:
             raise ValueError("trials, validation_days, holdout_days, min_segment_rows must be >= 1")
+        for name in ("search_rows", "refit_rows"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"{name} must be a whole number of rows or null: {value!r}")
+            if value is not None and value < MIN_SAMPLE_ROWS:
+                raise ValueError(f"{name} must be >= {MIN_SAMPLE_ROWS} (or null): {value}")
 
     def to_params(self) -> dict[str, Any]:
         """Flat, JSON-able settings (MLflow params, cache keys)."""
         params = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        for name in ("search_rows", "refit_rows"):  # unset: the digests of before they existed
+            if params[name] is None:
+                del params[name]
         return {"modeling_version": MODELING_VERSION, **params}
 
     def digest(self) -> str:

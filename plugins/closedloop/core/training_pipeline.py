@@ -284,6 +284,8 @@ def train(
                 "family": outcome.family,
                 "threshold": outcome.threshold,
                 **{f"model.{k}": v for k, v in outcome.params.items()},
+                # how much of train + validation the search and the refit saw
+                **{f"sample.{k}": v for k, v in outcome.sampling.items()},
             }
         )
         model_uri = _log_model(outcome, split.holdout, exclude)
