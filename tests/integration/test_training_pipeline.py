@@ -342,10 +342,14 @@ def test_lineage_of_the_champion_is_visible_through_the_mlflow_rest_api(story, m
 
 def test_a_capped_search_and_refit_record_their_sample_sizes_in_mlflow(story, world):
     """The sample sizes are settings of the training config; the MLflow run records
-    them with the rows there were and the fractions used. The registry is not touched."""
+    them with the rows there were and the fractions used. The snapshot is read in
+    chunks (``closedloop.core.training_set``); the gate scores the champion on the
+    candidate's whole holdout. Runs last: it may move the aliases."""
     from closedloop.core.training_pipeline import (
         build_training_set,
+        gate,
         lineage_for,
+        register,
         train,
         training_config,
         training_window,
@@ -363,6 +367,10 @@ def test_a_capped_search_and_refit_record_their_sample_sizes_in_mlflow(story, wo
         trained = train(world, built, lineage, config)
         run = client_for(world).get_run(trained.run_id)
         versions_after = client_for(world).search_model_versions(f"name='{MODEL}'")
+        version = register(world, trained, "capped/1")
+        outcome = gate(
+            world, built, trained, version, dag_id="test", run_id="capped/1", config=config
+        )
     params = run.data.params
     available = int(params["sample.rows_available"])
     assert available > 2000
@@ -373,4 +381,8 @@ def test_a_capped_search_and_refit_record_their_sample_sizes_in_mlflow(story, wo
     recorded = json.loads(run.data.tags["closedloop.config"])
     assert (recorded["search_rows"], recorded["refit_rows"]) == (800, 2000)
     assert trained.holdout_rows == run.data.metrics["rows"]  # the holdout is scored whole
-    assert len(versions_after) == len(versions_before)
+    assert len(versions_after) == len(versions_before)  # train alone registers nothing
+    (dataset,) = run.inputs.dataset_inputs
+    assert (dataset.dataset.name, dataset.dataset.digest) == ("training_set", built.digest[:36])
+    champion = outcome.decision.champion
+    assert champion is not None and champion["rows"] == trained.holdout_rows

@@ -276,8 +276,9 @@ def test_config_digest_is_stable_and_tracks_params():
 def test_search_and_refit_take_seeded_samples_of_the_stated_sizes(split):
     available = len(split.train) + len(split.validation)
     config = _config(search_rows=400, refit_rows=1000)
-    train, validation, refit, counts = sampled_parts(split, config, LABEL)
-    assert counts == {
+    parts = sampled_parts(split, config, LABEL)
+    train, validation, refit = parts.search_train, parts.search_validation, parts.refit
+    assert parts.sampling == {
         "rows_available": available,
         "refit_rows": 1000,
         "refit_fraction": 1000 / available,
@@ -295,8 +296,8 @@ def test_search_and_refit_take_seeded_samples_of_the_stated_sizes(split):
     both = pd.concat([ids["train"], ids["validation"]], ignore_index=True).tolist()
     positions = [both.index(i) for i in refit["booking_id"]]
     assert positions == sorted(positions)
-    again = sampled_parts(split, config, LABEL)[2]
-    other = sampled_parts(split, _config(search_rows=400, refit_rows=1000, seed=7), LABEL)[2]
+    again = sampled_parts(split, config, LABEL).refit
+    other = sampled_parts(split, _config(search_rows=400, refit_rows=1000, seed=7), LABEL).refit
     assert refit["booking_id"].tolist() == again["booking_id"].tolist()
     assert refit["booking_id"].tolist() != other["booking_id"].tolist()
 
@@ -306,8 +307,7 @@ def test_a_capped_search_and_refit_fit_on_their_samples_and_score_the_whole_hold
     outcome = train_and_evaluate(split, config, label=LABEL, exclude=EXCLUDE)
     assert outcome.holdout_metrics["rows"] == len(split.holdout)
     assert outcome.sampling["refit_rows"] == 1000 and outcome.sampling["search_rows"] == 400
-    _, _, refit, _ = sampled_parts(split, config, LABEL)
-    X, y = model_inputs(refit, label=LABEL, exclude=EXCLUDE)
+    X, y = model_inputs(sampled_parts(split, config, LABEL).refit, label=LABEL, exclude=EXCLUDE)
     same = build_model(outcome.family, outcome.params, X, config.seed).fit(X, y)
     X_holdout, _ = model_inputs(split.holdout, label=LABEL, exclude=EXCLUDE)
     np.testing.assert_array_equal(
@@ -321,12 +321,12 @@ def test_a_capped_search_and_refit_fit_on_their_samples_and_score_the_whole_hold
 
 
 def test_uncapped_training_is_what_it_was_before_the_caps_existed(split):
-    train, validation, refit, _ = sampled_parts(split, _config(), LABEL)
-    assert train is split.train and validation is split.validation
-    assert len(refit) == len(split.train) + len(split.validation)
+    parts = sampled_parts(split, _config(), LABEL)
+    assert parts.search_train is split.train and parts.search_validation is split.validation
+    assert len(parts.refit) == len(split.train) + len(split.validation)
     # a cap at or above the rows there are changes nothing but the config's digest
     big = _config(search_rows=10**9, refit_rows=10**9)
-    assert sampled_parts(split, big, LABEL)[0] is split.train
+    assert sampled_parts(split, big, LABEL).search_train is split.train
     assert "search_rows" not in _config().to_params()
     assert big.digest() != _config().digest()
 

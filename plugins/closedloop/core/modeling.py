@@ -25,7 +25,7 @@ from closedloop.core.training_config import (  # re-exported: the modeling API
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Callable, Iterable, Mapping, Sequence
 
     from sklearn.pipeline import Pipeline
 
@@ -58,9 +58,8 @@ def split_by_time(
     """
     if df.empty:
         raise ValueError("no rows to split")
-    end = pd.Timestamp(df[known_at].max()).floor("D") + pd.Timedelta(days=1)
-    holdout_start = end - pd.Timedelta(days=holdout_days)
-    validation_start = holdout_start - pd.Timedelta(days=validation_days)
+    bounds = time_bounds(df[known_at].max(), validation_days, holdout_days)
+    validation_start, holdout_start = bounds["validation_start"], bounds["holdout_start"]
     ordered = df.sort_values([c for c in order_by if c in df], kind="mergesort")
     when = ordered[known_at]
     parts = {
@@ -68,15 +67,29 @@ def split_by_time(
         "validation": ordered[(when >= validation_start) & (when < holdout_start)],
         "holdout": ordered[when >= holdout_start],
     }
-    bounds = {"validation_start": validation_start, "holdout_start": holdout_start, "end": end}
     cutoffs = {k: v.isoformat() for k, v in bounds.items()}
     for name, part in parts.items():
-        if part[label].nunique() < 2:
-            raise ValueError(
-                f"{name} split has {len(part)} rows and {part[label].nunique()} label class(es) "
-                f"by {known_at} (cutoffs {cutoffs}); it needs rows of both classes"
-            )
+        check_classes(name, part[label].nunique(), len(part), known_at, cutoffs)
     return Split(**{k: v.reset_index(drop=True) for k, v in parts.items()}, cutoffs=cutoffs)
+
+
+def time_bounds(
+    latest_known_at: Any, validation_days: int, holdout_days: int
+) -> dict[str, pd.Timestamp]:
+    """The split's bounds: the end of the latest known-at's day, the holdout's
+    ``holdout_days`` before it and validation's ``validation_days`` before those."""
+    end = pd.Timestamp(latest_known_at).floor("D") + pd.Timedelta(days=1)
+    holdout_start = end - pd.Timedelta(days=holdout_days)
+    validation_start = holdout_start - pd.Timedelta(days=validation_days)
+    return {"validation_start": validation_start, "holdout_start": holdout_start, "end": end}
+
+
+def check_classes(name: str, classes: int, rows: int, known_at: str, cutoffs: Any) -> None:
+    if classes < 2:
+        raise ValueError(
+            f"{name} split has {rows} rows and {classes} label class(es) "
+            f"by {known_at} (cutoffs {cutoffs}); it needs rows of both classes"
+        )
 
 
 def model_inputs(
@@ -186,10 +199,45 @@ def evaluate(
     ``roc_auc``/``pr_auc`` are left out where a frame or segment has one class only;
     ``positive_rate`` is the share predicted positive, ``label_rate`` the actual share.
     """
+    return evaluate_chunks(
+        model,
+        [frame],
+        label=label,
+        threshold=threshold,
+        segments=segments,
+        min_segment_rows=min_segment_rows,
+        exclude=exclude,
+    )
+
+
+def evaluate_chunks(
+    model: Any,
+    chunks: Iterable[pd.DataFrame],
+    *,
+    label: str,
+    threshold: float,
+    segments: Sequence[str],
+    min_segment_rows: int,
+    exclude: Sequence[str],
+) -> dict[str, float]:
+    """:func:`evaluate` over the rows of ``chunks`` taken together, one chunk in memory
+    at a time (it keeps each row's label, score and segment values only)."""
     from sklearn import metrics as skm
 
-    X, y = model_inputs(frame, label=label, exclude=exclude)
-    proba = model.predict_proba(X)[:, 1]
+    labels, scores = [], []
+    values: dict[str, list[np.ndarray]] = {segment: [] for segment in segments}
+    for frame in chunks:
+        X, y = model_inputs(frame, label=label, exclude=exclude)
+        labels.append(y.to_numpy())
+        scores.append(model.predict_proba(X)[:, 1])
+        for segment in segments:
+            if segment not in frame.columns:
+                raise ValueError(f"segment column {segment!r} is not in the frame")
+            values[segment].append(frame[segment].to_numpy())
+    if not labels:
+        raise ValueError("no rows to evaluate")
+    y = pd.Series(np.concatenate(labels))
+    proba = np.concatenate(scores)
     pred = (proba >= threshold).astype(np.int64)
     out = {
         "rows": float(len(y)),
@@ -204,11 +252,9 @@ def evaluate(
         out["roc_auc"] = float(skm.roc_auc_score(y, proba))
         out["pr_auc"] = float(skm.average_precision_score(y, proba))
     for segment in segments:
-        if segment not in frame.columns:
-            raise ValueError(f"segment column {segment!r} is not in the frame")
-        values = frame[segment].to_numpy()
-        for value in sorted(pd.unique(values), key=str):
-            mask = values == value
+        column = np.concatenate(values[segment])
+        for value in sorted(pd.unique(column), key=str):
+            mask = column == value
             if mask.sum() >= min_segment_rows and y[mask].nunique() == 2:
                 auc = skm.roc_auc_score(y[mask], proba[mask])
                 out[segment_key("roc_auc", segment, value)] = float(auc)
@@ -251,41 +297,71 @@ def sample_positions(n: int, cap: int | None, seed: tuple[int, ...]) -> np.ndarr
     return np.sort(np.random.default_rng(seed).choice(n, size=cap, replace=False))
 
 
-def sampled_parts(
-    split: Split, config: TrainingConfig, label: str
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, int | float]]:
-    """The search's train and validation rows, the refit's rows, and their counts.
+@dataclass(frozen=True)
+class Parts:
+    """What training uses of a split: the search's train and validation rows, the
+    refit's rows, and the holdout, which ``holdout()`` yields anew in chunks each call."""
 
-    The refit takes a seeded sample of ``refit_rows`` of train + validation; the search
-    a seeded sample of ``search_rows`` of those, each row staying in its part. Without
-    caps: train, validation, and both together, as they are.
-    """
-    n_train, n_val = len(split.train), len(split.validation)
-    both = pd.concat([split.train, split.validation], ignore_index=True)
-    refit = sample_positions(n_train + n_val, config.refit_rows, (config.seed, 1))
+    search_train: pd.DataFrame
+    search_validation: pd.DataFrame
+    refit: pd.DataFrame
+    holdout: Callable[[], Iterable[pd.DataFrame]]
+    holdout_rows: int
+    cutoffs: dict[str, str]
+    #: rows of train + validation there were, and how many the search and the refit used
+    sampling: dict[str, int | float]
+
+
+def sample_plan(
+    n_train: int, n_validation: int, config: TrainingConfig
+) -> tuple[np.ndarray, np.ndarray, dict[str, int | float]]:
+    """Positions in train + validation (train first) of the refit's and the search's
+    rows, and their counts: the refit a seeded sample of ``refit_rows`` of them, the
+    search a seeded sample of ``search_rows`` of the refit's."""
+    available = n_train + n_validation
+    refit = sample_positions(available, config.refit_rows, (config.seed, 1))
     search = refit[sample_positions(len(refit), config.search_rows, (config.seed, 2))]
     counts = {
-        "rows_available": n_train + n_val,
+        "rows_available": available,
         "refit_rows": len(refit),
-        "refit_fraction": len(refit) / (n_train + n_val),
+        "refit_fraction": len(refit) / available,
         "search_rows": len(search),
-        "search_fraction": len(search) / (n_train + n_val),
+        "search_fraction": len(search) / available,
     }
+    return refit, search, counts
+
+
+def check_search_sample(name: str, classes: int, rows: int, config: TrainingConfig) -> None:
+    if classes < 2:
+        raise ValueError(
+            f"the search sample's {name} rows ({rows} of search_rows={config.search_rows}) "
+            "hold one label class; raise search_rows"
+        )
+
+
+def sampled_parts(split: Split, config: TrainingConfig, label: str) -> Parts:
+    """:class:`Parts` of an in-memory split (see :func:`sample_plan`). Without caps:
+    train, validation, and both together, as they are."""
+    n_train, n_val = len(split.train), len(split.validation)
+    both = pd.concat([split.train, split.validation], ignore_index=True)
+    refit, search, counts = sample_plan(n_train, n_val, config)
+    parts = partial(
+        Parts,
+        holdout=lambda: [split.holdout],
+        holdout_rows=len(split.holdout),
+        cutoffs=split.cutoffs,
+        sampling=counts,
+    )
     if len(search) == n_train + n_val:
-        return split.train, split.validation, both, counts
+        return parts(split.train, split.validation, both)
     train, validation = both.iloc[search[search < n_train]], both.iloc[search[search >= n_train]]
     for name, part in (("train", train), ("validation", validation)):
-        if part[label].nunique() < 2:
-            raise ValueError(
-                f"the search sample's {name} rows ({len(part)} of search_rows="
-                f"{config.search_rows}) hold one label class; raise search_rows"
-            )
+        check_search_sample(name, part[label].nunique(), len(part), config)
     refit_rows = both if len(refit) == n_train + n_val else both.iloc[refit]
-    return (
+    return parts(
         train.reset_index(drop=True),
         validation.reset_index(drop=True),
         refit_rows.reset_index(drop=True),
-        counts,
     )
 
 
@@ -305,10 +381,28 @@ def train_and_evaluate(
     Trial ``i`` uses ``config.families[i % len(families)]``; parameters are drawn in trial
     order from ``default_rng(config.seed)``; the best trial wins, ties to the earlier one.
     """
+    return train_on_parts(
+        sampled_parts(split, config, label), config, label=label, exclude=exclude, on_trial=on_trial
+    )
+
+
+def train_on_parts(
+    parts: Parts,
+    config: TrainingConfig,
+    *,
+    label: str,
+    exclude: Sequence[str],
+    on_trial: Callable[[Trial], None] | None = None,
+) -> TrainingOutcome:
+    """:func:`train_and_evaluate` on :class:`Parts`: the holdout scored chunk by chunk."""
     inputs = partial(model_inputs, label=label, exclude=exclude, drop_features=config.drop_features)
     score = partial(evaluate, label=label, segments=config.segments, exclude=exclude)
     score = partial(score, min_segment_rows=config.min_segment_rows)
-    search_train, search_validation, refit, sampling = sampled_parts(split, config, label)
+    search_train, search_validation, refit = (
+        parts.search_train,
+        parts.search_validation,
+        parts.refit,
+    )
     X_train, y_train = inputs(search_train)
     y_val = search_validation[label].astype("int64").to_numpy()
     rng = np.random.default_rng(config.seed)
@@ -337,8 +431,16 @@ def train_and_evaluate(
         params=best.params,
         threshold=best.threshold,
         trials=trials,
-        holdout_metrics=score(final, split.holdout, threshold=best.threshold),
+        holdout_metrics=evaluate_chunks(
+            final,
+            parts.holdout(),
+            label=label,
+            threshold=best.threshold,
+            segments=config.segments,
+            min_segment_rows=config.min_segment_rows,
+            exclude=exclude,
+        ),
         validation_metrics=best.validation_metrics,
         feature_names=list(X_all.columns),
-        sampling=sampling,
+        sampling=parts.sampling,
     )

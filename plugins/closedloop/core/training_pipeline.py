@@ -22,7 +22,7 @@ from closedloop.core.lineage import RunLineage, frame_digest, git_commit
 from closedloop.core.payloads import GateOutcome, TrainedModel, TrainingSetRef
 
 if TYPE_CHECKING:
-    from closedloop.core.modeling import TrainingConfig
+    from closedloop.core.modeling import Parts, TrainingConfig
     from closedloop.core.settings import Settings
 
 #: Columns of a training set that are not model inputs.
@@ -137,6 +137,31 @@ def split_training_set(settings: Settings, frame: pd.DataFrame, config: Training
     )
 
 
+def training_parts(
+    settings: Settings, uri: str, config: TrainingConfig, *, samples: bool = True
+) -> Parts:
+    """What training and the gate use of the snapshot at ``uri``: read whole, or, with
+    sample caps, only the sampled rows and the holdout in chunks (memory flat in the
+    snapshot's rows; the same rows either way). ``samples=False``: the holdout is all
+    the caller needs (the search's and refit's frames may then be empty)."""
+    from closedloop.core.modeling import sampled_parts
+    from closedloop.core.training_set import streamed_parts
+
+    usecase = settings.usecase
+    label = usecase.label.column
+    if config.search_rows is None and config.refit_rows is None:
+        split = split_training_set(settings, pd.read_parquet(uri), config)
+        return sampled_parts(split, config, label)
+    return streamed_parts(
+        uri,
+        config,
+        known_at=usecase.known_at_column,
+        label=label,
+        order_by=(EVENT_TIMESTAMP, usecase.batch.id_column),
+        samples=samples,
+    )
+
+
 def excluded_columns(settings: Settings) -> list[str]:
     """Columns of a training set that are not model inputs: the id and entity keys
     (unless declared as features), the event time, the label and its known-at time."""
@@ -220,7 +245,7 @@ def train(
     (killed mid-run) as KILLED and trains anew."""
     import mlflow
 
-    from closedloop.core.modeling import train_and_evaluate
+    from closedloop.core.modeling import train_on_parts
     from closedloop.core.registry import use_mlflow
 
     use_mlflow(settings)
@@ -233,8 +258,7 @@ def train(
     _end_abandoned_runs(settings, experiment_id, lineage.dag_run_id)
 
     usecase = settings.usecase
-    frame = pd.read_parquet(built.uri)
-    split = split_training_set(settings, frame, config)
+    parts = training_parts(settings, built.uri, config)
     exclude = excluded_columns(settings)
     tags = {
         **lineage.tags(),
@@ -249,17 +273,10 @@ def train(
                 **config.to_params(),
                 "window_start": built.window_start,
                 "window_end": built.window_end,
-                **split.cutoffs,
+                **parts.cutoffs,
             }
         )
-        dataset = mlflow.data.from_pandas(
-            frame,
-            source=built.uri,
-            name="training_set",
-            targets=usecase.label.column,
-            digest=built.digest[:36],
-        )
-        mlflow.log_input(dataset, context="training")
+        mlflow.log_input(_dataset(built, parts, usecase.label.column), context="training")
 
         def log_trial(trial: Any) -> None:
             # in the parent's experiment: without it MLflow puts a nested run in the
@@ -274,8 +291,8 @@ def train(
                     {f"validation.{k}": v for k, v in trial.validation_metrics.items()}
                 )
 
-        outcome = train_and_evaluate(
-            split, config, label=usecase.label.column, exclude=exclude, on_trial=log_trial
+        outcome = train_on_parts(
+            parts, config, label=usecase.label.column, exclude=exclude, on_trial=log_trial
         )
         mlflow.log_metrics(outcome.holdout_metrics)
         mlflow.log_metrics({f"validation.{k}": v for k, v in outcome.validation_metrics.items()})
@@ -288,14 +305,14 @@ def train(
                 **{f"sample.{k}": v for k, v in outcome.sampling.items()},
             }
         )
-        model_uri = _log_model(outcome, split.holdout, exclude)
+        model_uri = _log_model(outcome, next(iter(parts.holdout())), exclude)
         failpoints.hold("train.model_logged")
         summary = {
             "model_uri": model_uri,
             "threshold": outcome.threshold,
             "family": outcome.family,
             "metrics": outcome.holdout_metrics,
-            "holdout_rows": len(split.holdout),
+            "holdout_rows": parts.holdout_rows,
         }
         mlflow.set_tags(
             {
@@ -305,6 +322,31 @@ def train(
             }
         )
     return _summary(run.info.run_id, summary)
+
+
+def _dataset(built: TrainingSetRef, parts: Parts, label: str) -> Any:
+    """The MLflow dataset of the training set: from the frame when it was read whole;
+    else its source, digest and schema only (MLflow profiles a frame it is given, and
+    the sampled rows are not the training set)."""
+    import mlflow
+
+    if parts.sampling["refit_rows"] == parts.sampling["rows_available"] and (
+        parts.sampling["search_rows"] == parts.sampling["rows_available"]
+    ):
+        frame = pd.concat([parts.refit, *parts.holdout()], ignore_index=True)
+        return mlflow.data.from_pandas(
+            frame, source=built.uri, name="training_set", targets=label, digest=built.digest[:36]
+        )
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.models import infer_signature
+
+    return MetaDataset(
+        resolve_dataset_source(built.uri),
+        name="training_set",
+        digest=built.digest[:36],
+        schema=infer_signature(parts.refit.head(100)).inputs,
+    )
 
 
 def _summary(run_id: str, summary: dict[str, Any]) -> TrainedModel:
@@ -365,7 +407,7 @@ def gate(
     from closedloop.core.alias_watch import check_aliases
     from closedloop.core.gate import GatePolicy, decide
     from closedloop.core.ledger import PromotionLedger
-    from closedloop.core.modeling import evaluate
+    from closedloop.core.modeling import evaluate_chunks
     from closedloop.core.registry import (
         CHAMPION,
         PREVIOUS,
@@ -378,8 +420,6 @@ def gate(
     client = client_for(settings)
     check_aliases(settings, client=client)  # a move made by hand since the last run, first
     config = config or training_config(settings)
-    frame = pd.read_parquet(built.uri)
-    split = split_training_set(settings, frame, config)
     champion_version = alias_version(client, settings.model_name, CHAMPION)
     if champion_version == version:
         # A retry of a gate that had promoted this version before it was killed: judge it
@@ -393,9 +433,10 @@ def gate(
         from closedloop.core.registry import load_version
 
         champion = load_version(settings, champion_version)
-        champion_metrics = evaluate(
+        holdout = training_parts(settings, built.uri, config, samples=False).holdout
+        champion_metrics = evaluate_chunks(
             champion,
-            split.holdout,
+            holdout(),
             label=usecase.label.column,
             threshold=threshold,
             segments=config.segments,
@@ -486,7 +527,7 @@ def lineage_for(
 def reproduce(settings: Settings, mlflow_run_id: str) -> dict[str, Any]:
     """Rebuild a run's training set from its recorded window and feature service, check
     the data digest, retrain with its recorded parameters and compare holdout metrics."""
-    from closedloop.core.modeling import train_and_evaluate
+    from closedloop.core.modeling import train_on_parts
     from closedloop.core.registry import client_for
 
     run = client_for(settings).get_run(mlflow_run_id)
@@ -509,11 +550,11 @@ def reproduce(settings: Settings, mlflow_run_id: str) -> dict[str, Any]:
             f"the commit it records ({tags.get(tag.GIT_COMMIT)}) to reproduce it"
         )
     config = training_config(settings, **recorded_config)
-    frame = pd.read_parquet(built.uri)
-    usecase = settings.usecase
-    split = split_training_set(settings, frame, config)
-    outcome = train_and_evaluate(
-        split, config, label=usecase.label.column, exclude=excluded_columns(settings)
+    outcome = train_on_parts(
+        training_parts(settings, built.uri, config),
+        config,
+        label=settings.usecase.label.column,
+        exclude=excluded_columns(settings),
     )
     recorded = json.loads(tags[tag.SUMMARY])["metrics"]
     return {
