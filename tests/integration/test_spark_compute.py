@@ -1,7 +1,7 @@
 """The same features DAG on the same landed days, with ``compute: local`` and with
 ``compute: spark`` (Feast's Spark offline store and Spark compute engine, pyspark in
 local mode on the machine's Java 17): the same offline rows, the same online values and
-the same training set, digest for digest.
+the same training set (built by Spark in the Spark home), digest for digest.
 
 Each compute has its own home; the DAG file and the landed batches are the same.
 """
@@ -26,6 +26,11 @@ pytestmark = pytest.mark.integration
 D1 = date(2026, 1, 1)
 DAYS = 5
 COMPUTES = ("local", "spark")
+#: the training window: the landed days
+WINDOW = (
+    datetime.combine(D1, time.min, UTC),
+    datetime.combine(D1 + timedelta(days=DAYS), time.min, UTC),
+)
 
 
 @pytest.fixture(scope="module")
@@ -101,10 +106,35 @@ def test_the_online_values_are_the_same(homes):
     assert looked_up > 100
 
 
-def test_the_training_set_is_the_same(homes):
-    end = datetime.combine(D1 + timedelta(days=DAYS), time.min, UTC)
-    start = datetime.combine(D1, time.min, UTC)
-    built = {c: build_training_set(homes[c], start, end, run_key=f"same-{c}") for c in COMPUTES}
+@pytest.fixture(scope="module")
+def built(homes):
+    """compute -> the training set of the window, built in each home."""
+    return {c: build_training_set(homes[c], *WINDOW, run_key=f"same-{c}") for c in COMPUTES}
+
+
+def test_the_training_set_is_the_same(built):
+    """Built by Spark and streamed into the snapshot: the local path's digest, and a file
+    every reader gets the local frame from."""
     assert built["local"].rows > 50
     assert built["spark"].rows == built["local"].rows
     assert built["spark"].digest == built["local"].digest
+    assert built["spark"].positive_rate == built["local"].positive_rate
+    local, spark = (pd.read_parquet(built[c].uri) for c in COMPUTES)
+    pd.testing.assert_frame_equal(local, spark, check_exact=True)
+    assert not (Path(built["spark"].uri).parent / ".spark-staging").exists()
+
+
+def test_a_rebuild_on_spark_replaces_what_an_earlier_attempt_left(homes, built):
+    """A retry of the run after an attempt killed with Spark's output half staged (a
+    part file that would come first): the same rows, digest and file."""
+    first = Path(built["spark"].uri)
+    left = first.parent / ".spark-staging" / "training_set" / "part-00000-left.snappy.parquet"
+    left.parent.mkdir(parents=True)
+    pd.read_parquet(first).head(3).to_parquet(left, index=False)
+    content = first.read_bytes()
+
+    again = build_training_set(homes["spark"], *WINDOW, run_key="same-spark")
+
+    assert again == built["spark"]
+    assert first.read_bytes() == content
+    assert not left.parent.parent.exists()

@@ -54,3 +54,53 @@ def test_frame_digest_sees_values_order_and_dtypes():
     assert lineage.frame_digest(df.iloc[::-1]) != base
     assert lineage.frame_digest(df.assign(a=[1, 2, 4])) != base
     assert lineage.frame_digest(df.astype({"a": "float64"})) != base
+
+
+def _mixed_frame() -> pd.DataFrame:
+    """Six rows whose dtypes depend on the whole column: an int column with nulls
+    (float64), a categorical, strings with a None, tz-aware timestamps with a NaT."""
+    return pd.DataFrame(
+        {
+            "n": pd.Series([1, 2, None, 4, 5, None]),
+            "kind": pd.Categorical(["a", "b", "a", None, "c", "b"]),
+            "name": ["x", None, "z", "x", "y", "w"],
+            "at": pd.to_datetime(
+                ["2026-01-01", "2026-01-02", None, "2026-01-04", "2026-01-05", "2026-01-06"]
+            ).tz_localize("UTC"),
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    "cuts",
+    [
+        pytest.param([6], id="whole"),
+        pytest.param([2, 4, 6], id="first-chunk-without-nulls"),
+        pytest.param([1, 1, 5, 6], id="with-an-empty-chunk"),
+    ],
+)
+def test_a_digest_fed_chunk_by_chunk_is_the_whole_frames(cuts):
+    frame = _mixed_frame()
+    assert frame["n"].dtype == "float64"
+    digest = lineage.FrameDigest(frame.dtypes)
+    for a, b in zip([0, *cuts], cuts, strict=False):
+        digest.update(frame.iloc[a:b])
+    assert digest.hexdigest() == lineage.frame_digest(frame)
+
+
+def test_a_streamed_digest_sees_every_chunk_and_refuses_a_chunk_of_other_dtypes():
+    frame = _mixed_frame()
+    whole = lineage.frame_digest(frame)
+    partial = lineage.FrameDigest(frame.dtypes)
+    partial.update(frame.iloc[:4])
+    assert partial.hexdigest() != whole
+    changed = lineage.FrameDigest(frame.dtypes)
+    changed.update(frame.iloc[:3])
+    changed.update(frame.iloc[3:].assign(name="v"))
+    assert changed.hexdigest() != whole
+    # a chunk read on its own: no nulls in it, so its ints come as int64
+    alone = lineage.FrameDigest(frame.dtypes)
+    with pytest.raises(ValueError, match="n"):
+        alone.update(frame.iloc[:2].astype({"n": "int64"}))
+    with pytest.raises(ValueError, match="their order"):
+        alone.update(frame.iloc[:2][["kind", "n", "name", "at"]])

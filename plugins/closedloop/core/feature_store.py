@@ -238,13 +238,9 @@ def historical_features(store: FeatureStore, entity_df: Any, features: Any) -> A
     spark_started(store)
     frame = entity_df.reset_index(drop=True)
     ts = _entity_timestamp(frame)
-    by_view: dict[str, list[str]] = {}
-    for ref in feature_refs(store, features):
-        by_view.setdefault(ref.split(":", 1)[0], []).append(ref)
     out = frame
-    for view_name, refs in by_view.items():
-        view = store.get_feature_view(view_name)
-        keys = [view.projection.join_key_map.get(c.name, c.name) for c in view.entity_columns]
+    for view_name, refs in refs_by_view(feature_refs(store, features)).items():
+        keys = join_keys(store.get_feature_view(view_name))
         pairs = frame[[*keys, ts]].drop_duplicates(ignore_index=True)
         tagged = pairs.assign(**{_ROW_ID: range(len(pairs))})
         got = store.get_historical_features(entity_df=tagged, features=refs).to_df()
@@ -256,6 +252,20 @@ def historical_features(store: FeatureStore, entity_df: Any, features: Any) -> A
             found.drop(columns=_ROW_ID), on=[*keys, ts], how="left", validate="many_to_one"
         )
     return out
+
+
+def refs_by_view(refs: list[str]) -> dict[str, list[str]]:
+    """``view:feature`` references by view, the views and each one's features in the
+    order of ``refs``."""
+    by_view: dict[str, list[str]] = {}
+    for ref in refs:
+        by_view.setdefault(ref.split(":", 1)[0], []).append(ref)
+    return by_view
+
+
+def join_keys(view: Any) -> list[str]:
+    """The entity rows' columns a feature view is joined on (its projection's names)."""
+    return [view.projection.join_key_map.get(c.name, c.name) for c in view.entity_columns]
 
 
 def _entity_timestamp(entity_df: Any) -> str:

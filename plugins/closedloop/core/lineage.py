@@ -10,12 +10,14 @@ import hashlib
 import os
 import subprocess
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from closedloop.core import tags as tag
 from closedloop.core.settings import PROJECT_ROOT
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     import pandas as pd
 
 
@@ -42,12 +44,33 @@ def git_commit() -> str:
 
 def frame_digest(df: pd.DataFrame) -> str:
     """A content digest of a frame: column names, dtypes and every value, in order."""
-    import pandas as pd
+    digest = FrameDigest(df.dtypes)
+    digest.update(df)
+    return digest.hexdigest()
 
-    h = hashlib.sha256()
-    h.update(repr([(c, str(t)) for c, t in df.dtypes.items()]).encode())
-    h.update(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes())
-    return h.hexdigest()
+
+class FrameDigest:
+    """:func:`frame_digest` of a frame given chunk by chunk, in order, for a frame too
+    large to hold: the same value as the whole frame's. A row's hash depends on its row
+    only, but on the column's dtype too, so every chunk must have the whole frame's
+    dtypes (``dtypes``; a chunk of an int column holding none of its nulls must still be
+    float64): :meth:`update` raises ``ValueError`` for a chunk that has others."""
+
+    def __init__(self, dtypes: Mapping[str, Any]) -> None:
+        self._dtypes = [(c, str(t)) for c, t in dtypes.items()]
+        self._hash = hashlib.sha256(repr(self._dtypes).encode())
+
+    def update(self, chunk: pd.DataFrame) -> None:
+        import pandas as pd
+
+        dtypes = [(c, str(t)) for c, t in chunk.dtypes.items()]
+        if dtypes != self._dtypes:
+            differ = sorted(set(dtypes) ^ set(self._dtypes)) or "their order"
+            raise ValueError(f"a chunk's columns or dtypes are not the frame's: {differ}")
+        self._hash.update(pd.util.hash_pandas_object(chunk, index=False).to_numpy().tobytes())
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -38,8 +38,9 @@ class SparkUnavailableError(RuntimeError):
 
 def spark_conf(settings: Settings) -> dict[str, str]:
     """The Spark properties of ``settings``: the master, UTC session time (the offline
-    tables' timestamps are UTC instants), no UI or console progress bars in task logs,
-    loopback addresses for a local master; ``spark.conf`` overrides them."""
+    tables' timestamps are UTC instants) and Parquet timestamps, no UI or console
+    progress bars in task logs, loopback addresses for a local master; ``spark.conf``
+    overrides them."""
     master = settings.spark.master
     conf = {
         "spark.master": master,
@@ -47,6 +48,9 @@ def spark_conf(settings: Settings) -> dict[str, str]:
         "spark.sql.session.timeZone": "UTC",
         "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "false",
+        # Parquet that Spark writes holds UTC microseconds, the offline tables' type,
+        # which Arrow reads as such (not the legacy INT96, read as naive nanoseconds)
+        "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
         # the Python the executors run: the one with closedloop, Feast and the model's
         # libraries (on a cluster, set it to the image's interpreter in spark.conf)
         "spark.pyspark.python": sys.executable,

@@ -74,33 +74,53 @@ def build_training_set(
     settings: Settings, start: datetime, end: datetime, run_key: str
 ) -> TrainingSetRef:
     """Join the window's labelled events with the model's features, point in time
-    correct (Feast), apply the declared defaults and snapshot the result."""
+    correct (Feast), apply the declared defaults and snapshot the result.
+
+    With ``compute: spark``, Spark builds the set and the task streams it into the
+    snapshot (:mod:`closedloop.core.training_set_spark`): the same file and digest."""
     from closedloop.core.feature_store import feature_refs, historical_features, open_store
 
     usecase = settings.usecase
-    entities = labelled_entities(settings, start, end)
-    if entities.empty:
-        raise ValueError(
-            f"no events of {usecase.event_table!r} with a known {usecase.label.column!r} in "
-            f"the window [{start}, {end})"
-        )
-    store = open_store(settings)
-    refs = feature_refs(store, usecase.feature_service)
-    frame = historical_features(store, entities, refs)
-    frame = frame.fillna({k: v for k, v in usecase.defaults.items() if k in frame})
     path = settings.training_dir / _safe(run_key) / "training_set.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_parquet(path, index=False)
+    if settings.compute == "spark":
+        from closedloop.core.training_set_spark import write_training_set
+
+        store = open_store(settings)
+        refs = feature_refs(store, usecase.feature_service)
+        written = write_training_set(settings, store, refs, start, end, path)
+        if written is None:
+            raise _no_labelled_events(settings, start, end)
+        digest, rows, positive_rate = written
+    else:
+        entities = labelled_entities(settings, start, end)
+        if entities.empty:
+            raise _no_labelled_events(settings, start, end)
+        store = open_store(settings)
+        refs = feature_refs(store, usecase.feature_service)
+        frame = historical_features(store, entities, refs)
+        frame = frame.fillna({k: v for k, v in usecase.defaults.items() if k in frame})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_parquet(path, index=False)
+        digest, rows = frame_digest(frame), len(frame)
+        positive_rate = float(frame[usecase.label.column].mean())
     return TrainingSetRef(
         uri=str(path),
-        digest=frame_digest(frame),
-        rows=len(frame),
-        positive_rate=float(frame[usecase.label.column].mean()),
+        digest=digest,
+        rows=rows,
+        positive_rate=positive_rate,
         window_start=start.isoformat(),
         window_end=end.isoformat(),
         feature_service=usecase.feature_service,
         feature_views=sorted({r.split(":")[0] for r in refs}),
         features=[r.split(":")[1] for r in refs],
+    )
+
+
+def _no_labelled_events(settings: Settings, start: datetime, end: datetime) -> ValueError:
+    usecase = settings.usecase
+    return ValueError(
+        f"no events of {usecase.event_table!r} with a known {usecase.label.column!r} in "
+        f"the window [{start}, {end})"
     )
 
 
