@@ -30,6 +30,11 @@ started per size with random credentials. Airflow is not involved: its per-task 
     .venv/bin/python benchmarks/scale.py                      # 10k, 100k, 1M; both profiles
     .venv/bin/python benchmarks/scale.py --sizes 10000 --profiles embedded
     .venv/bin/python benchmarks/scale.py --sizes 1000000 --profiles production,spark
+    .venv/bin/python benchmarks/scale.py --sizes 1000000,10000000 --profiles spark \
+        --search-rows 200000 --refit-rows 1000000
+
+A stage that fails (a process killed for memory, say) ends that profile's size and the
+run goes on; the summary names the largest size each profile finished.
 
 Profile ``spark``: the production profile's servers with ``compute: spark`` (Feast's Spark
 offline store and engine, ``local[2]``); each stage also reports the peak RSS of its
@@ -199,6 +204,9 @@ def training(args: argparse.Namespace) -> dict:
     end = datetime.combine(FIRST + timedelta(days=args.days), datetime.min.time(), UTC)
     start, end = training_pipeline.training_window(settings, end)
     overrides = {"trials": args.trials} if args.trials else {}
+    for cap in ("search_rows", "refit_rows"):  # training at scale: seeded samples
+        if getattr(args, cap):
+            overrides[cap] = getattr(args, cap)
     # A new MLflow store creates its schema on first use (~5-20 s for SQLite): once per
     # deployment, not per run, so it is paid here, outside the clock.
     t0 = time.perf_counter()
@@ -239,6 +247,7 @@ STAGES = {"generate": generate, "features": features, "training": training}
 def _child(stage: str, env: dict[str, str], args: argparse.Namespace, size: int) -> dict:
     argv = [sys.executable, __file__, "--stage", stage, "--size", str(size)]
     argv += ["--days", str(args.days), "--trials", str(args.trials or 0)]
+    argv += ["--search-rows", str(args.search_rows), "--refit-rows", str(args.refit_rows)]
     failure = f"stage {stage} failed ({env['CLOSEDLOOP_PROFILE']}, {size:,})"
     result, result["process_wall"] = run_json(argv, env, failure)
     return result
@@ -304,6 +313,8 @@ def _tree_hwm_mib(pid: int) -> int:
 def _production(home: Path, env: dict[str, str]):
     """Fresh databases, a Redis database and an MLflow server; all removed afterwards.
     Yields the Redis database number and a callable giving the server's peak RSS."""
+    from cryptography.fernet import Fernet
+
     from closedloop.core.settings import load_settings
     from closedloop.platform.local_airflow import free_port
     from closedloop.platform.stack import (
@@ -323,6 +334,7 @@ def _production(home: Path, env: dict[str, str]):
         MLFLOW_TRACKING_USERNAME=f"bench_{secrets.token_hex(3)}",
         MLFLOW_TRACKING_PASSWORD=secrets.token_urlsafe(24),
         MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_urlsafe(32),
+        MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY=Fernet.generate_key().decode(),
     )
     saved = dict(os.environ)
     os.environ.update(env)
@@ -412,6 +424,9 @@ def _jvm(stage: dict) -> str:
 
 
 def _print_row(r: dict) -> None:
+    if "failed" in r:
+        print(f"{r['profile']:<10} {r['size']:>9,} | did not finish: {r['failed']}", flush=True)
+        return
     f, t = r["features"], r["training"]
     print(
         f"{r['profile']:<10} {f['rows']:>9,} | {f['wall']:>8.1f} {f['peak_mib']:>7,} "
@@ -469,6 +484,10 @@ def main() -> None:
     parser.add_argument("--profiles", default="embedded,production")
     parser.add_argument("--days", type=int, default=20)
     parser.add_argument("--trials", type=int, default=0, help="0: the use case's own")
+    parser.add_argument(
+        "--search-rows", type=int, default=0, help="cap the model search's rows (0: all)"
+    )
+    parser.add_argument("--refit-rows", type=int, default=0, help="cap the refit's rows (0: all)")
     parser.add_argument("--json", type=Path, help="also write every figure here")
     parser.add_argument("--stage", choices=sorted(STAGES), help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
@@ -491,9 +510,13 @@ def main() -> None:
     print(HEADER, flush=True)
     for size in sizes:
         for profile in profiles:
-            results.append(run_one(profile, size, args))
+            try:
+                results.append(run_one(profile, size, args))
+            except SystemExit as failed:  # a stage that fails (e.g. out of memory) ends its size
+                results.append({"profile": profile, "size": size, "failed": str(failed)})
             _print_row(results[-1])
-            _print_steps(results[-1])
+            if "failed" not in results[-1]:
+                _print_steps(results[-1])
             if args.json:
                 args.json.write_text(json.dumps(results, indent=1, default=str))
     print()
@@ -504,6 +527,9 @@ def main() -> None:
     print(HEADER)
     for r in results:
         _print_row(r)
+    for profile in profiles:
+        done = [r["size"] for r in results if r["profile"] == profile and "failed" not in r]
+        print(f"{profile}: largest size finished {max(done):,}" if done else f"{profile}: none")
 
 
 if __name__ == "__main__":
