@@ -8,7 +8,9 @@ One story on one stack: the history is loaded in this process while the stack st
 ``hotel_bookings_features`` runs DAY and its Spark driver is killed (``kill -9``) between
 two feature views of the materialization, and Airflow's retry leaves Redis complete with
 nothing doubled; ``hotel_bookings_training`` trains as of DAY's end on Spark, and the run
-is reproduced with ``compute: local``: the same training-set digest and the same metrics.
+is reproduced with ``compute: local``: the same training-set digest and the same metrics;
+``hotel_bookings_batch_inference`` scores DAY with that champion on Spark, twice (a clear
+of its run), and writes the very files ``compute: local`` writes for DAY.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ DAY = FIRST + timedelta(days=HISTORY_DAYS)
 START = datetime.combine(DAY, datetime.min.time(), UTC)
 END = START + timedelta(days=1)
 FEATURES, TRAINING = "hotel_bookings_features", "hotel_bookings_training"
+BATCH = "hotel_bookings_batch_inference"
 ONLINE_VIEWS = ("event_features", "customer_aggregates", "hotel_aggregates")
 #: a failed task is retried 2 s later, and a task without heartbeat failed after 20 s
 FAST_RETRY = {
@@ -198,35 +201,130 @@ def test_after_the_retry_redis_is_complete_and_nothing_is_doubled(
     assert len(keys) == expected == len(set(keys))
 
 
-def test_training_on_spark_reproduces_on_local_compute(stack, killed_mid_materialization, tmp_path):
-    """The training DAG builds its training set on Spark in the worker; rebuilt and
-    retrained in this process with ``compute: local``, the digest and metrics agree."""
-    from closedloop.core import tags
-    from closedloop.core.feature_store import apply_definitions, open_store
-    from closedloop.core.registry import client_for, experiment_name
-    from closedloop.core.training_pipeline import reproduce
+def xcom(stack, dag_id: str, run_id: str, task_id: str):
+    """What the task returned (its ``return_value`` XCom)."""
+    path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries"
+    return stack._request("GET", f"{path}/return_value")["value"]
 
+
+def on_local_compute(settings, folder: Path, **update):
+    """``settings`` with ``compute: local`` (and ``update``): it reads the same offline
+    tables through Feast's file store, whose file sources live in a registry of their own
+    in ``folder`` (the stack's holds Spark sources)."""
+    from closedloop.core.feature_store import apply_definitions, open_store
+
+    stores = settings.stores.model_copy(
+        update={"feast_registry": f"sqlite:///{folder / 'local-registry.db'}"}
+    )
+    local = settings.model_copy(update={"compute": "local", "stores": stores, **update})
+    apply_definitions(open_store(local), local)
+    return local
+
+
+@pytest.fixture(scope="module")
+def trained_on_spark(stack, killed_mid_materialization):
+    """The training DAG's run as of DAY's end, on Spark; its version made champion."""
     stack.set_paused(TRAINING, False)
     run_id = stack.trigger(
         TRAINING, END, {"reason": "manual", "as_of": END.isoformat()}, run_id=f"spark-{DAY}"
     )
     state = stack.wait(TRAINING, run_id, timeout=600)
     assert state == "success", failure_report(stack, TRAINING, run_id)
+    gate = xcom(stack, TRAINING, run_id, "gate")
+    assert gate["action"] == "promoted", gate
+    return {"run_id": run_id, "version": str(xcom(stack, TRAINING, run_id, "register"))}
+
+
+def test_training_on_spark_reproduces_on_local_compute(stack, trained_on_spark, tmp_path):
+    """The training DAG builds its training set on Spark in the worker; rebuilt and
+    retrained in this process with ``compute: local``, the digest and metrics agree."""
+    from closedloop.core import tags
+    from closedloop.core.registry import client_for, experiment_name
+    from closedloop.core.training_pipeline import reproduce
+
     settings = stack.settings
     client = client_for(settings)
     experiment = client.get_experiment_by_name(experiment_name(settings))
     runs = client.search_runs(
         [experiment.experiment_id],
-        filter_string=f"tags.`{tags.DAG_RUN_ID}` = '{TRAINING}/{run_id}'",
+        filter_string=f"tags.`{tags.DAG_RUN_ID}` = '{TRAINING}/{trained_on_spark['run_id']}'",
     )
     [trained] = [r for r in runs if tags.DATA_DIGEST in r.data.tags]
-    # compute: local reads the same offline tables through Feast's file store, whose
-    # file sources live in a registry of their own (the stack's holds Spark sources)
-    stores = settings.stores.model_copy(
-        update={"feast_registry": f"sqlite:///{tmp_path / 'local-registry.db'}"}
-    )
-    local = settings.model_copy(update={"compute": "local", "stores": stores})
-    apply_definitions(open_store(local), local)
-    again = reproduce(local, trained.info.run_id)
+    again = reproduce(on_local_compute(settings, tmp_path), trained.info.run_id)
     assert again["data_digest"] == trained.data.tags[tags.DATA_DIGEST]
     assert again["identical"], again
+
+
+def scored_files(settings) -> dict[str, bytes]:
+    """Every file of the predictions table and the prediction log, by path: their bytes."""
+    from closedloop.core.batch_inference import predictions_dir
+
+    folders = {"predictions": predictions_dir(settings), "log": settings.prediction_log_dir}
+    return {
+        f"{name}/{path.relative_to(folder)}": path.read_bytes()
+        for name, folder in folders.items()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def scored_on_spark(stack, trained_on_spark):
+    """DAY scored by the batch DAG on Spark, then again (Airflow's clear of the run: the
+    same interval, the task once more): each time what the task returned and the files
+    of both outputs' folders."""
+    run_id = stack.trigger(BATCH, END, run_id=f"spark-{DAY}")
+
+    def finished():
+        state = stack.wait(BATCH, run_id, timeout=600)
+        assert state == "success", failure_report(stack, BATCH, run_id)
+        return xcom(stack, BATCH, run_id, "score"), scored_files(stack.settings)
+
+    first = finished()
+    stack._request(
+        "POST",
+        f"/api/v2/dags/{BATCH}/clearTaskInstances",
+        {"dry_run": False, "dag_run_id": run_id, "only_failed": False},
+    )
+    assert stack.run(BATCH, run_id)["state"] != "success"
+    rerun = finished()
+    ti = stack._request("GET", f"/api/v2/dags/{BATCH}/dagRuns/{run_id}/taskInstances/score")
+    assert ti["try_number"] == 2, ti
+    return first, rerun
+
+
+def test_batch_inference_on_spark_writes_what_local_compute_writes(
+    stack, trained_on_spark, scored_on_spark, tmp_path
+):
+    """The batch DAG scores DAY with the champion on Spark in the worker; scored in this
+    process with ``compute: local`` from the same offline tables and registry into
+    another home, both outputs are the same bytes."""
+    from closedloop.core.batch_inference import score_interval
+
+    (out, files), _ = scored_on_spark
+    # Spark's Python workers scored the chunks, having loaded the champion.
+    assert out["spark"]["chunks"] == out["chunks"] >= 1, out
+    assert out["spark"]["workers"] >= 1 and out["spark"]["model_loads"] >= 1, out
+    assert out["model_version"] == trained_on_spark["version"], out
+    assert out["rows"] > ROWS_PER_DAY / 2, out
+    # batch inference writes under its home: another one, whose offline tables are the
+    # stack's (a link), and a registry of file sources (on_local_compute)
+    home = tmp_path / "home"
+    (home / "offline").mkdir(parents=True)
+    (home / "offline" / stack.settings.usecase.name).symlink_to(stack.settings.offline_dir)
+    local = on_local_compute(stack.settings, tmp_path, home=home)
+    mine = score_interval(local, START, END)
+    assert "spark" not in mine
+    assert (mine["rows"], mine["chunks"]) == (out["rows"], out["chunks"])
+    assert mine["model_version"] == out["model_version"]  # still the champion
+    assert list(files) == [
+        f"predictions/{DAY}.parquet",
+        f"log/source=batch/{DAY}/batch.parquet",
+    ]
+    assert scored_files(local) == files
+
+
+def test_batch_inference_rerun_on_spark_leaves_the_same_files(scored_on_spark):
+    (first, files), (rerun, files_again) = scored_on_spark
+    assert "spark" in rerun and rerun["rows"] == first["rows"]
+    assert files_again == files
