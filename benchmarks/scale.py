@@ -248,7 +248,8 @@ def _child(stage: str, env: dict[str, str], args: argparse.Namespace, size: int)
     argv = [sys.executable, __file__, "--stage", stage, "--size", str(size)]
     argv += ["--days", str(args.days), "--trials", str(args.trials or 0)]
     argv += ["--search-rows", str(args.search_rows), "--refit-rows", str(args.refit_rows)]
-    failure = f"stage {stage} failed ({env['CLOSEDLOOP_PROFILE']}, {size:,})"
+    profile = "spark" if env.get("CLOSEDLOOP_COMPUTE") == "spark" else env["CLOSEDLOOP_PROFILE"]
+    failure = f"stage {stage} failed ({profile}, {size:,})"
     result, result["process_wall"] = run_json(argv, env, failure)
     return result
 

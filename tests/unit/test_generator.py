@@ -215,3 +215,13 @@ def test_rewriting_a_day_is_byte_identical(tmp_path: Path) -> None:
     second = write_batches(tmp_path, START, 1, rows_per_day=60)[0].read_bytes()
     assert first
     assert first == second
+
+
+def test_booking_ids_stay_five_digits_and_widen_only_past_99999_a_day() -> None:
+    day = date(2026, 3, 2)
+    small = generate_day(day, rows_per_day=150)["booking_id"]
+    assert small.str.fullmatch(r"BK-20260302-\d{5}").all()
+    big = generate_day(day, rows_per_day=120_000)["booking_id"]
+    assert len(big) > 100_000
+    assert big.str.fullmatch(r"BK-20260302-\d{6}").all()
+    assert big.is_unique and big.is_monotonic_increasing  # the id order is the row order

@@ -156,12 +156,16 @@ def _cancel_logit(df: pd.DataFrame, propensity: np.ndarray, concept: float) -> n
     return logit
 
 
+#: the largest daily volume asked for (benchmarks/scale.py's 10M: 500,000 a day)
+MAX_ROWS_PER_DAY = 1_000_000
+
+
 def generate_day(
     day: date, *, seed: int = 7, rows_per_day: int = 400, drift: DriftSpec | None = None
 ) -> pd.DataFrame:
     """The bookings made on ``day``, one row per booking, in the use case's column order."""
-    if not 1 <= rows_per_day <= 50_000:
-        raise ValueError(f"rows_per_day must lie in [1, 50000], got {rows_per_day}")
+    if not 1 <= rows_per_day <= MAX_ROWS_PER_DAY:
+        raise ValueError(f"rows_per_day must lie in [1, {MAX_ROWS_PER_DAY}], got {rows_per_day}")
     weight = drift.weight(day) if drift else 0.0
     covariate = drift.covariate * weight if drift else 0.0
     concept = drift.concept * weight if drift else 0.0
@@ -193,7 +197,8 @@ def generate_day(
            * np.exp(0.15 * z[:, 1]) * (1.0 + 0.25 * covariate))  # fmt: skip
     frame = pd.DataFrame(
         {
-            "booking_id": [f"BK-{day:%Y%m%d}-{i:05d}" for i in range(n)],
+            # five digits up to 99,999 a day (the ids of smaller days never change)
+            "booking_id": [f"BK-{day:%Y%m%d}-{i:0{max(5, len(str(n - 1)))}d}" for i in range(n)],
             "customer_id": people.ids[cust],
             "hotel": HOTELS[hotel],
             "booking_ts": midnight + pd.to_timedelta(seconds, unit="s"),
