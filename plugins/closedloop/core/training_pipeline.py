@@ -125,18 +125,30 @@ def _no_labelled_events(settings: Settings, start: datetime, end: datetime) -> V
 
 
 def validate_training(settings: Settings, built: TrainingSetRef, run_name: str) -> dict[str, Any]:
-    """The GX gate of the training set; raises ``DataValidationError`` when it fails."""
-    from closedloop.core.errors import DataValidationError
-    from closedloop.core.validation import TrainingSetPolicy, validate_training_set
+    """The GX gate of the training set; raises ``DataValidationError`` when it fails.
 
-    result = validate_training_set(
-        pd.read_parquet(built.uri),
-        settings.usecase,
-        features=built.features,
-        policy=TrainingSetPolicy(**settings.usecase.model.training_set),
-        gx_dir=settings.gx_dir,
-        run_name=run_name,
+    With ``compute: spark``, GX's Spark engine runs the suite on the snapshot in the
+    process's Spark session: the task holds none of its rows."""
+    from closedloop.core.errors import DataValidationError
+    from closedloop.core.validation import (
+        TrainingSetPolicy,
+        validate_training_set,
+        validate_training_set_on_spark,
     )
+
+    usecase = settings.usecase
+    options: dict[str, Any] = {
+        "features": built.features,
+        "policy": TrainingSetPolicy(**usecase.model.training_set),
+        "gx_dir": settings.gx_dir,
+        "run_name": run_name,
+    }
+    if settings.compute == "spark":
+        from closedloop.core.spark import session
+
+        result = validate_training_set_on_spark(session(settings), built.uri, usecase, **options)
+    else:
+        result = validate_training_set(pd.read_parquet(built.uri), usecase, **options)
     if not result.success:
         raise DataValidationError(result)
     return result.to_dict()

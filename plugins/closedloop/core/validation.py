@@ -6,11 +6,13 @@ a :class:`~closedloop.core.validation_result.ValidationResult`.
 per column its dtype, nulls, range, categories and uniqueness, timestamps inside the
 data interval, the label 0 or the positive class); ``validate_training_set`` the
 training-set suite (row count, label and its positive rate within
-:class:`TrainingSetPolicy`, no null feature, declared ranges). A failed check is named
-with examples; one that cannot run (missing column, wrong dtype) is *not evaluated*,
-with the reason. ``gx_dir=None`` validates in an ephemeral context; ``gx_dir=<folder>``
-keeps the suite, checkpoint and Data Docs there. GX is imported inside functions only.
-How the gate stays within 3x plain pandas: docs/design.md.
+:class:`TrainingSetPolicy`, no null feature, declared ranges), on a pandas frame, or with
+``validate_training_set_on_spark`` on a Parquet snapshot by GX's Spark engine (the rows
+stay in Spark). A failed check is named with examples; one that cannot run (missing
+column, wrong dtype) is *not evaluated*, with the reason. ``gx_dir=None`` validates in an
+ephemeral context; ``gx_dir=<folder>`` keeps the suite, checkpoint and Data Docs there.
+GX is imported inside functions only. How the gate stays within 3x plain pandas:
+docs/design.md.
 
 One module of this size: running GX and reading its result share the check bookkeeping.
 """
@@ -55,6 +57,7 @@ __all__ = [
     "unreadable_result",
     "validate_batch",
     "validate_training_set",
+    "validate_training_set_on_spark",
 ]
 
 if TYPE_CHECKING:
@@ -80,12 +83,32 @@ RESULT_FORMAT: dict[str, Any] = {
 SKIP_DATA_FINGERPRINT = True
 
 DATASOURCE = "closedloop"
+#: the Spark data source of the same assets, beside the pandas one in a shared GX folder
+SPARK_DATASOURCE = "closedloop_spark"
 ASSET = "landed_batch"
 TRAINING_ASSET = "training_set"
 BATCH_DEFINITION = "whole_batch"
 DOCS_SITE = "local_site"
 
 _NUMERIC_DTYPES = {"int8", "int16", "int32", "int64", "Int64", "float32", "float64", "Float64"}
+#: Spark reads Parquet's nanosecond timestamps (pandas writes them) only as longs, and
+#: only while this session property is set
+_NANOS_AS_LONG = "spark.sql.legacy.parquet.nanosAsLong"
+
+
+@dataclass(frozen=True)
+class _Frame:
+    """What a suite runs on: a pandas frame, or a Spark DataFrame that GX's Spark engine
+    reads where it lies; its columns and number of rows."""
+
+    data: Any
+    columns: tuple[str, ...]
+    rows: int
+    engine: str = "pandas"  # "pandas" | "spark"
+
+    @classmethod
+    def of(cls, df: pd.DataFrame) -> _Frame:
+        return cls(df, tuple(map(str, df.columns)), len(df))
 
 
 # -- running it -----------------------------------------------------------------------
@@ -131,7 +154,7 @@ def validate_batch(
     """Run the use case's suite on a batch (as read by ``read_batch``)."""
     suite = build_suite(usecase, interval_start, interval_end, f"{usecase.name}_batch")
     target = _Target("batch", ASSET, usecase, to_utc(interval_start), to_utc(interval_end))
-    return _validate(df, suite, target, gx_dir, run_name)
+    return _validate(_Frame.of(df), suite, target, gx_dir, run_name)
 
 
 def validate_training_set(
@@ -148,12 +171,79 @@ def validate_training_set(
     Columns of ``df`` that are neither the label nor in ``features`` (entity keys, event
     timestamps) are not checked.
     """
+    return _validate_training(_Frame.of(df), usecase, features, policy, gx_dir, run_name)
+
+
+def validate_training_set_on_spark(
+    spark: Any,
+    uri: str,
+    usecase: UseCase,
+    *,
+    features: Sequence[str],
+    policy: TrainingSetPolicy | None = None,
+    gx_dir: Path | None = None,
+    run_name: str = "adhoc",
+) -> ValidationResult:
+    """:func:`validate_training_set` on the Parquet snapshot at ``uri``, run by GX's Spark
+    execution engine in the SparkSession ``spark``: the same suite and result, and no row
+    of the set in this process."""
+    with _spark_snapshot(spark, uri) as sdf:
+        frame = _Frame(sdf, tuple(sdf.columns), sdf.count(), "spark")
+        return _validate_training(frame, usecase, features, policy, gx_dir, run_name)
+
+
+def _validate_training(
+    frame: _Frame,
+    usecase: UseCase,
+    features: Sequence[str],
+    policy: TrainingSetPolicy | None,
+    gx_dir: Path | None,
+    run_name: str,
+) -> ValidationResult:
     if isinstance(features, str):
         raise TypeError("features must be a sequence of column names, not a string")
     policy = policy or TrainingSetPolicy()
     suite = build_training_suite(usecase, features, policy, f"{usecase.name}_training_set")
     target = _Target("training set", TRAINING_ASSET, usecase)
-    return _validate(df, suite, target, gx_dir, run_name)
+    return _validate(frame, suite, target, gx_dir, run_name)
+
+
+@contextlib.contextmanager
+def _spark_snapshot(spark: Any, uri: str) -> Iterator[Any]:
+    """The snapshot as Spark reads it while GX runs, with pandas' values: nanosecond
+    timestamps (read as longs, see ``_NANOS_AS_LONG``) as timestamps, NaN as null (pandas
+    reads both as NaN, and GX's pandas checks take NaN for null)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import DoubleType, FloatType
+
+    nanos = {
+        field.name
+        for field in pq.read_schema(uri)
+        if pa.types.is_timestamp(field.type) and field.type.unit == "ns"
+    }
+    with _RUN_LOCK:  # the property is the session's: one validation at a time sets it
+        before = spark.conf.get(_NANOS_AS_LONG, None)
+        spark.conf.set(_NANOS_AS_LONG, "true")
+        try:
+            sdf = spark.read.parquet(uri)
+            columns = []
+            for field in sdf.schema.fields:
+                name = field.name
+                quoted = "`" + name.replace("`", "``") + "`"
+                column = F.col(quoted)
+                if name in nanos:
+                    column = F.expr(f"timestamp_micros({quoted} div 1000)")
+                elif isinstance(field.dataType, (DoubleType, FloatType)):
+                    column = F.nanvl(column, F.lit(None).cast(field.dataType))
+                columns.append(column.alias(name))
+            yield sdf.select(*columns)
+        finally:
+            if before is None:
+                spark.conf.unset(_NANOS_AS_LONG)
+            else:
+                spark.conf.set(_NANOS_AS_LONG, before)
 
 
 @dataclass(frozen=True)
@@ -168,7 +258,7 @@ class _Target:
 
 
 def _validate(
-    df: pd.DataFrame, suite: Any, target: _Target, gx_dir: Path | None, run_name: str
+    frame: _Frame, suite: Any, target: _Target, gx_dir: Path | None, run_name: str
 ) -> ValidationResult:
     ns = gx_namespace()
     # Our view of each check, by the seq GX carries along in each result's meta.
@@ -177,25 +267,25 @@ def _validate(
         for i, e in enumerate(suite.expectations)
     }
     docs: str | None = None
-    with _fast_pandas():
+    with _fast_pandas() if frame.engine == "pandas" else contextlib.nullcontext():
         if gx_dir is None:
-            success, results = _run_ephemeral(ns, df, suite, target.asset)
+            success, results = _run_ephemeral(ns, frame, suite, target.asset)
         else:
             success, results, docs = _run_checkpoint(
-                ns, df, suite, target.asset, Path(gx_dir), run_name
+                ns, frame, suite, target.asset, Path(gx_dir), run_name
             )
-    failed = _failed_checks(results, checks, df, target)
+    failed = _failed_checks(results, checks, frame, target)
     return ValidationResult(
         success=success and not failed,
         checks_total=len(checks),
         failed=failed,
-        row_count=len(df),
+        row_count=frame.rows,
         data_docs=docs,
         subject=target.noun,
     )
 
 
-def _run_ephemeral(ns: Any, df: pd.DataFrame, suite: Any, asset: str) -> tuple[bool, list[Any]]:
+def _run_ephemeral(ns: Any, frame: _Frame, suite: Any, asset: str) -> tuple[bool, list[Any]]:
     """Verdict first (``BOOLEAN_ONLY``), details (counts, examples) for failures only.
 
     GX computes a ``BASIC`` result's unexpected values by filtering the column again,
@@ -206,11 +296,11 @@ def _run_ephemeral(ns: Any, df: pd.DataFrame, suite: Any, asset: str) -> tuple[b
     originals = {_seq(e): e for e in suite.expectations}
     suite = context.suites.add(suite)
     batch_definition = (
-        context.data_sources.add_pandas(DATASOURCE)
+        _add_source(context, frame.engine)
         .add_dataframe_asset(asset)
         .add_batch_definition_whole_dataframe(BATCH_DEFINITION)
     )
-    batch = batch_definition.get_batch(batch_parameters={"dataframe": df})
+    batch = batch_definition.get_batch(batch_parameters={"dataframe": frame.data})
     verdict = batch.validate(suite, result_format=VERDICT_FORMAT)
     results = {_seq(r.expectation_config): r for r in verdict.results}
     redo = [seq for seq, r in results.items() if not r.success and _exception_message(r) is None]
@@ -247,12 +337,21 @@ def _locked(gx_dir: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _batch_definition(context: Any, asset_name: str) -> Any:
-    """The data source / asset / batch definition of in-memory frames, created if absent."""
+def _add_source(context: Any, engine: str) -> Any:
+    if engine == "spark":
+        # persist=False: GX would cache the whole frame in Spark and never release it;
+        # each of its passes reads the snapshot's columns again instead
+        return context.data_sources.add_spark(SPARK_DATASOURCE, persist=False)
+    return context.data_sources.add_pandas(DATASOURCE)
+
+
+def _batch_definition(context: Any, asset_name: str, engine: str) -> Any:
+    """The data source / asset / batch definition of ``engine``'s frames, created if
+    absent (pandas and Spark have a data source each)."""
     try:
-        source = context.data_sources.get(DATASOURCE)
+        source = context.data_sources.get(SPARK_DATASOURCE if engine == "spark" else DATASOURCE)
     except LookupError:  # GX raises KeyError / LookupError for all three
-        source = context.data_sources.add_pandas(DATASOURCE)
+        source = _add_source(context, engine)
     try:
         asset = source.get_asset(asset_name)
     except LookupError:
@@ -264,17 +363,20 @@ def _batch_definition(context: Any, asset_name: str) -> Any:
 
 
 def _run_checkpoint(
-    ns: Any, df: pd.DataFrame, suite: Any, asset: str, gx_dir: Path, run_name: str
+    ns: Any, frame: _Frame, suite: Any, asset: str, gx_dir: Path, run_name: str
 ) -> tuple[bool, list[Any], str | None]:
-    """One checkpoint run, ``BASIC`` details for every check (they go into Data Docs)."""
+    """One checkpoint run, ``BASIC`` details for every check (they go into Data Docs).
+
+    The checkpoint and its validation definition are the suite's name, with ``_spark``
+    on Spark: each names its engine's batch definition."""
     gx = ns.gx
     from great_expectations.checkpoint import UpdateDataDocsAction
 
     with _locked(gx_dir):
         context = gx.get_context(mode="file", project_root_dir=str(gx_dir))
         _quiet(context)
-        batch_definition = _batch_definition(context, asset)
-        name = suite.name
+        batch_definition = _batch_definition(context, asset, frame.engine)
+        name = suite.name + ("_spark" if frame.engine == "spark" else "")
         definition = gx.ValidationDefinition(name=name, data=batch_definition, suite=suite)
         checkpoint = context.checkpoints.add_or_update(
             gx.Checkpoint(
@@ -285,7 +387,7 @@ def _run_checkpoint(
             )
         )
         run_id = gx.RunIdentifier(run_name=run_name, run_time=datetime.now(UTC))
-        result = checkpoint.run(batch_parameters={"dataframe": df}, run_id=run_id)
+        result = checkpoint.run(batch_parameters={"dataframe": frame.data}, run_id=run_id)
         ((key, suite_result),) = result.run_results.items()
         return bool(suite_result.success), list(suite_result.results), _docs_page(context, key)
 
@@ -312,10 +414,10 @@ def _docs_page(context: Any, key: Any) -> str | None:
 def _failed_checks(
     results: list[Any],
     checks: dict[int, Check],
-    df: pd.DataFrame,
+    frame: _Frame,
     target: _Target,
 ) -> list[FailedCheck]:
-    present = set(map(str, df.columns))
+    present = set(frame.columns)
     by_seq = {_seq(r.expectation_config): r for r in results}
     # dtype verdicts first: value checks on a wrong-dtype column are explained by them
     wrong_dtype: dict[str, str] = {}
@@ -350,7 +452,7 @@ def _failed_checks(
             failed.append(FailedCheck(expectation, column, reason, None, [], False))
             continue
         kwargs = dict(r.expectation_config.kwargs or {})
-        failed.append(_describe(check, expectation, kwargs, result, df, target))
+        failed.append(_describe(check, expectation, kwargs, result, frame, target))
     return failed
 
 
@@ -375,11 +477,11 @@ def _describe(
     expectation: str,
     kwargs: dict[str, Any],
     result: dict,
-    df: pd.DataFrame,
+    frame: _Frame,
     target: _Target,
 ) -> FailedCheck:
     column = check.column
-    rows = len(df)
+    rows = frame.rows
     usecase = target.usecase
     spec = usecase.columns.get(column) if column else None
     count = _count(result)
@@ -402,13 +504,14 @@ def _describe(
         if least is not None and least > 1:
             text = f"the {target.noun} has {rows} rows, fewer than the required {least}"
             return FailedCheck(expectation, None, text, None, [rows])
-        what = "no columns and no rows (empty file)" if len(df.columns) == 0 else "no rows"
+        what = "no columns and no rows (empty file)" if not frame.columns else "no rows"
         return FailedCheck(expectation, None, f"the {target.noun} has {what}", 0, [])
     if kind == "dtype":
         observed = result.get("observed_value")
         expected = ", ".join(ACCEPTED_DTYPES[spec.type])
         text = f"{column}: dtype is {observed}, expected one of {expected} ({spec.type})"
-        examples, note = _dtype_examples(df[column], spec.type)
+        # dtype checks are the batch suite's, run on pandas frames only
+        examples, note = _dtype_examples(frame.data[column], spec.type)
         return FailedCheck(expectation, column, text + note, None, examples)
     if kind == "not_null":
         return FailedCheck(expectation, column, f"{column}: {of} are null", count, [])
