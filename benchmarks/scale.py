@@ -182,6 +182,7 @@ def features(args: argparse.Namespace) -> dict:
         "rows": out["rows"],
         "steps": steps.seconds,
         "peak_set_by": steps.peak_set_by(),
+        "peaks": steps.peaks,
         "engineer_calls": steps.calls.get("engineer", []),
         "offline_mib": _du_mib(settings.offline_dir),
         "spark_peak_mib": _spark_hwm_mib(),
@@ -232,6 +233,7 @@ def training(args: argparse.Namespace) -> dict:
         "roc_auc": out["trained"].metrics.get("roc_auc"),
         "steps": steps.seconds,
         "peak_set_by": steps.peak_set_by(),
+        "peaks": steps.peaks,
         # what a training run leaves: the MLflow artifacts (model, trials, dataset
         # metadata; on the server's store in production) and closedloop's snapshot of
         # the training set

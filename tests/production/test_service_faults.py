@@ -402,7 +402,7 @@ def test_mlflow_down_during_training_leaves_one_finished_run_and_one_version(
     )
 
     # Attempt 1: the server dies after the first trial's nested run was logged.
-    search = modeling.train_and_evaluate
+    search = modeling.train_on_parts
 
     def server_dies_after_first_trial(*args, on_trial, **kwargs):
         def logged(trial):
@@ -412,10 +412,10 @@ def test_mlflow_down_during_training_leaves_one_finished_run_and_one_version(
 
         return search(*args, on_trial=logged, **kwargs)
 
-    monkeypatch.setattr(modeling, "train_and_evaluate", server_dies_after_first_trial)
+    monkeypatch.setattr(modeling, "train_on_parts", server_dies_after_first_trial)
     with pytest.raises(MlflowException):
         tp.train(settings, built, lineage, config)
-    monkeypatch.setattr(modeling, "train_and_evaluate", search)
+    monkeypatch.setattr(modeling, "train_on_parts", search)
 
     # The server is back; Airflow's retry runs the task again for the same DAG run.
     mlflow_server.start()
