@@ -3,10 +3,11 @@ point-in-time join of a training set and the materialization into the online sto
 the same offline tables, with Spark as the baseline (what ``compute: spark`` runs).
 
 For each size: ``--days`` landed batches of the hotel generator (``size / days``
-bookings a day), the feature pipeline's steps (``feature_pipeline.backfill`` with
-``compute: local``, its materialization left out) writing the offline Parquet tables
-once; then four children, each in a process of its own, a Feast registry and a fresh
-SQLite online store of its own over those tables:
+bookings a day, the last one dated the day before the run: Feast's Ray engine drops the
+rows older than its views' TTLs when it materializes), the feature pipeline's steps
+(``feature_pipeline.backfill`` with ``compute: local``, its materialization left out)
+writing the offline Parquet tables once; then four children, each in a process of its
+own, a Feast registry and a fresh SQLite online store of its own over those tables:
 
 * **retrieve**: closedloop's ``feature_store.historical_features`` for the training
   window's labelled events (``training_pipeline.labelled_entities``, read before the
@@ -69,8 +70,11 @@ from _common import print_stage, print_table
 if TYPE_CHECKING:
     from closedloop.core.settings import Settings
 
-FIRST = date(2026, 1, 1)
-#: the baseline first
+#: the shortest TTL of the hotel views (hotel_aggregates: its 30-day window and a day).
+#: Feast 0.67's Ray engine drops, when it materializes, every row older than the wall
+#: clock less its view's TTL (the Spark and local engines keep the range's rows), so the
+#: batches are dated back from the run and ``--days`` must stay below this.
+SHORTEST_TTL_DAYS = 31
 ENGINES = ("spark", "ray")
 OPERATIONS = ("retrieve", "materialize")
 #: the local Ray cluster: the machine's two cores, as Spark's local[2]
@@ -140,17 +144,28 @@ def _du_mib(path: Path) -> float:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20
 
 
-def _interval(settings: Settings, days: int) -> tuple[datetime, datetime]:
+def first_day(days: int, today: date | None = None) -> date:
+    """The first landed day: ``days`` days ending the day before ``today`` (the run's
+    date), so that every row is younger than the views' TTLs when materialized."""
+    if days + 1 >= SHORTEST_TTL_DAYS:
+        raise SystemExit(
+            f"--days {days}: at most {SHORTEST_TTL_DAYS - 2} (Ray's engine would drop the"
+            f" rows older than the {SHORTEST_TTL_DAYS}-day TTL of hotel_aggregates)"
+        )
+    return (today or datetime.now(UTC).date()) - timedelta(days=days + 1)
+
+
+def _interval(settings: Settings, first: date, days: int) -> tuple[datetime, datetime]:
     """From the first day's start to the last day's end."""
-    intervals = settings.usecase.intervals(FIRST, FIRST + timedelta(days=days - 1))
+    intervals = settings.usecase.intervals(first, first + timedelta(days=days - 1))
     return intervals[0][0], intervals[-1][1]
 
 
-def _window(settings: Settings, days: int) -> tuple[datetime, datetime]:
+def _window(settings: Settings, first: date, days: int) -> tuple[datetime, datetime]:
     """The training window of a model trained at the end of the last day."""
     from closedloop.core.training_pipeline import training_window
 
-    end = datetime.combine(FIRST + timedelta(days=days), datetime.min.time(), UTC)
+    end = datetime.combine(first + timedelta(days=days), datetime.min.time(), UTC)
     return training_window(settings, end)
 
 
@@ -162,7 +177,7 @@ def generate(args: argparse.Namespace) -> dict:
     settings = load_settings()
     per_day = args.size // args.days
     t0 = time.perf_counter()
-    write_batches(settings.landing_dir, FIRST, args.days, rows_per_day=per_day)
+    write_batches(settings.landing_dir, args.first, args.days, rows_per_day=per_day)
     return {"wall": time.perf_counter() - t0, "per_day": per_day}
 
 
@@ -174,7 +189,7 @@ def offline(args: argparse.Namespace) -> dict:
     settings = load_settings()
     feature_store.materialize_interval = lambda store, start, end: []
     t0 = time.perf_counter()
-    out = feature_pipeline.backfill(settings, FIRST, args.days)
+    out = feature_pipeline.backfill(settings, args.first, args.days)
     wall = time.perf_counter() - t0
     tables = {p.name: len(list(p.glob("*.parquet"))) for p in settings.offline_dir.iterdir()}
     return {
@@ -339,8 +354,8 @@ def measure(args: argparse.Namespace) -> dict:
     settings = load_settings()
     config = _repo_config(args.engine, settings)
     if args.stage == "retrieve":
-        entities = labelled_entities(settings, *_window(settings, args.days))
-    start, end = _interval(settings, args.days)
+        entities = labelled_entities(settings, *_window(settings, args.first, args.days))
+    start, end = _interval(settings, args.first, args.days)
     views: list[dict[str, Any]] = []
     before = _hwm_mib()
     result: dict[str, Any] = {"imports": imports, "rss_before_mib": before}
@@ -404,6 +419,7 @@ def _child(stage: str, env: dict[str, str], args: argparse.Namespace, size: int)
     result, or what failed (and, stopped, the views it had finished)."""
     argv = [sys.executable, __file__, "--stage", stage, "--size", str(size)]
     argv += ["--days", str(args.days), "--engine", env.get("BENCH_ENGINE", "-")]
+    argv += ["--first", args.first.isoformat()]
     load = _load()
     t0 = time.perf_counter()
     # files, not pipes: a process Ray or Spark left behind cannot hold them open
@@ -646,7 +662,11 @@ def main() -> None:
     parser.add_argument("--stage", choices=sorted(STAGES), help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--engine", help=argparse.SUPPRESS)
+    # one date for every stage of a run, even across midnight
+    parser.add_argument("--first", type=date.fromisoformat, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.first is None:
+        args.first = first_day(args.days)
 
     if args.stage:
         print_stage(STAGES, args)
