@@ -33,6 +33,12 @@ started per size with random credentials. Airflow is not involved: its per-task 
     .venv/bin/python benchmarks/scale.py --sizes 1000000,10000000 --profiles spark \
         --search-rows 200000 --refit-rows 1000000
 
+With ``--day-tasks``, after the features stage the last day's feature tasks (extract,
+validate, clean, engineer, load_offline, materialize) run once more, each in a process
+of its own given the previous one's return value, as the DAG's tasks do: the peak RSS a
+task process needs for one day, which the backfill's single process (all days, one
+heap) does not tell.
+
 A stage that fails (a process killed for memory, say) ends that profile's size and the
 run goes on; the summary names the largest size each profile finished.
 
@@ -243,15 +249,73 @@ def training(args: argparse.Namespace) -> dict:
     }
 
 
-STAGES = {"generate": generate, "features": features, "training": training}
+#: the feature DAG's tasks of one day, in its order (feast_apply left out: it reads no rows)
+DAY_TASKS = ("extract", "validate", "clean", "engineer", "load_offline", "materialize")
 
 
-def _child(stage: str, env: dict[str, str], args: argparse.Namespace, size: int) -> dict:
+def day_task(args: argparse.Namespace) -> dict:
+    """One task of the feature DAG for the last day, in a process of its own as Airflow
+    runs a task: the call its operator makes (a rerun: the backfill loaded the day, and
+    every step is idempotent), given the previous task's XCom (``BENCH_TASK_INPUT``)."""
+    imports = _preload()
+    from closedloop.core import feature_pipeline, feature_store
+    from closedloop.core.settings import load_settings
+
+    os.environ.setdefault("CLOSEDLOOP_USECASE_NAME", "hotel_bookings")  # its generator
+    settings = load_settings()
+    last = FIRST + timedelta(days=args.days - 1)
+    start, end = settings.usecase.intervals(last, last)[0]
+    given = json.loads(os.environ.get("BENCH_TASK_INPUT", "null"))
+    before = _hwm_mib()
+    t0 = time.perf_counter()
+    if args.task == "extract":
+        out: object = feature_pipeline.extract(settings, start, end)
+    elif args.task == "validate":
+        out = feature_pipeline.validate(settings, start, end, run_name="scale-day")
+    elif args.task == "clean":
+        out = feature_pipeline.clean(settings, start)
+    elif args.task == "engineer":
+        out = feature_pipeline.engineer(settings, start, end, given)
+    elif args.task == "load_offline":
+        out = feature_pipeline.load_offline(settings, start, given)
+    else:
+        store = feature_store.open_store(settings)
+        out = feature_store.materialize_interval(store, start, end)
+    return {
+        "task": args.task,
+        "wall": time.perf_counter() - t0,
+        "imports": imports,
+        "rss_after_imports_mib": before,
+        "peak_mib": _hwm_mib(),
+        "spark_peak_mib": _spark_hwm_mib(),
+        "output": out,
+    }
+
+
+STAGES = {
+    "generate": generate,
+    "features": features,
+    "training": training,
+    "day_task": day_task,
+}
+
+
+def _child(
+    stage: str,
+    env: dict[str, str],
+    args: argparse.Namespace,
+    size: int,
+    task: str | None = None,
+    given: object = None,
+) -> dict:
     argv = [sys.executable, __file__, "--stage", stage, "--size", str(size)]
     argv += ["--days", str(args.days), "--trials", str(args.trials or 0)]
     argv += ["--search-rows", str(args.search_rows), "--refit-rows", str(args.refit_rows)]
+    if task is not None:
+        argv += ["--task", task]
+        env = {**env, "BENCH_TASK_INPUT": json.dumps(given)}
     profile = "spark" if env.get("CLOSEDLOOP_COMPUTE") == "spark" else env["CLOSEDLOOP_PROFILE"]
-    failure = f"stage {stage} failed ({profile}, {size:,})"
+    failure = f"stage {stage}{f' {task}' if task else ''} failed ({profile}, {size:,})"
     result, result["process_wall"] = run_json(argv, env, failure)
     return result
 
@@ -412,13 +476,42 @@ def run_one(profile: str, size: int, args: argparse.Namespace) -> dict:
             result["features"] = _child("features", env, args, size)
             if profile in ("production", "spark"):
                 result["features"]["redis"] = _redis_usage(db)
-            result["training"] = _child("training", env, args, size)
+            if args.day_tasks:
+                result["day_tasks"] = _day_tasks(env, args, size)
+            if not args.skip_training:
+                result["training"] = _child("training", env, args, size)
             if server_peak is not None:
                 result["mlflow_server_peak_mib"] = server_peak()
     finally:
         shutil.rmtree(home, ignore_errors=True)
     result["load_after"] = _load()
     return result
+
+
+def _day_tasks(env: dict[str, str], args: argparse.Namespace, size: int) -> list[dict]:
+    """The last day's feature tasks again, each in a process of its own, each given what
+    the one before returned (clean's file to engineer, engineer's tables to the load)."""
+    done: list[dict] = []
+    given: object = None
+    for task in DAY_TASKS:
+        done.append(_child("day_task", env, args, size, task=task, given=given))
+        given = done[-1]["output"]
+    return done
+
+
+def _print_day_tasks(r: dict) -> None:
+    tasks = r.get("day_tasks")
+    if not tasks:
+        return
+    rows = tasks[0]["output"]["rows"]
+    parts = []
+    for t in tasks:
+        spark = f" + Spark {_jvm(t)}" if t.get("spark_peak_mib") else ""
+        parts.append(
+            f"{t['task']} {t['wall']:.1f} s {t['peak_mib']:,} MiB "
+            f"(+{t['peak_mib'] - t['rss_after_imports_mib']:,}){spark}"
+        )
+    print(f"    the last day's tasks ({rows:,} rows), each its own process: " + "; ".join(parts))
 
 
 def _jvm(stage: dict) -> str:
@@ -430,24 +523,29 @@ def _print_row(r: dict) -> None:
     if "failed" in r:
         print(f"{r['profile']:<10} {r['size']:>9,} | did not finish: {r['failed']}", flush=True)
         return
-    f, t = r["features"], r["training"]
+    f, t = r["features"], r.get("training")
+    trained = (
+        f"{t['training_rows']:>8,} {t['wall']:>8.1f} {t['peak_mib']:>7,} {_jvm(t):>11}"
+        if t
+        else f"{'(not run)':>38}"
+    )
     print(
         f"{r['profile']:<10} {f['rows']:>9,} | {f['wall']:>8.1f} {f['peak_mib']:>7,} "
-        f"{_jvm(f):>11} | {t['training_rows']:>8,} {t['wall']:>8.1f} {t['peak_mib']:>7,} "
-        f"{_jvm(t):>11} | {r['load_before']:>15} {r['load_after']:>15}",
+        f"{_jvm(f):>11} | {trained} | {r['load_before']:>15} {r['load_after']:>15}",
         flush=True,
     )
 
 
 def _print_steps(r: dict) -> None:
-    f, t = r["features"], r["training"]
+    f, t = r["features"], r.get("training")
     fs = ", ".join(f"{k} {v:.1f}" for k, v in sorted(f["steps"].items(), key=lambda kv: -kv[1]))
-    ts = ", ".join(f"{k} {v:.1f}" for k, v in sorted(t["steps"].items(), key=lambda kv: -kv[1]))
-    fp, tp = f["peak_set_by"], t["peak_set_by"]
     calls = f["engineer_calls"]
     print(f"  {r['profile']} {f['rows']:,} bookings")
     print(f"    features s: {fs}")
-    print(f"      peak set by {fp}; engineer first/last day {calls[0]:.2f}/{calls[-1]:.2f} s")
+    print(
+        f"      peak set by {f['peak_set_by']}; engineer first/last day "
+        f"{calls[0]:.2f}/{calls[-1]:.2f} s"
+    )
     store = (
         f"Redis {f['redis']['keys']:,} keys ~{f['redis']['mib']:.0f} MiB "
         f"({f['redis']['bytes_per_key']:.0f} B/key)"
@@ -455,23 +553,32 @@ def _print_steps(r: dict) -> None:
         else f"SQLite online store {f['sqlite_online_mib']:.0f} MiB"
     )
     print(f"      offline Parquet {f['offline_mib']:.0f} MiB; {store}")
-    print(f"    training s (nested: feast_join inside build_training_set): {ts}")
-    server = r.get("mlflow_server_peak_mib")
-    print(
-        f"      peak set by {tp}; chose {t['family']} (holdout ROC AUC {t['roc_auc']:.3f}, "
-        f"{t['action']})" + (f"; MLflow server peak RSS {server:,} MiB" if server else "")
-    )
-    print(
-        f"      MLflow artifacts {t['artifacts_mib']:.1f} MiB, training-set snapshot "
-        f"{t['snapshot_mib']:.1f} MiB"
-    )
-    print(
-        f"    set-up: generate {r['generate']['wall']:.1f} s; imports per child "
-        f"{f['imports']:.1f}/{t['imports']:.1f} s, RSS after imports "
-        f"{f['rss_after_imports_mib']:,}/{t['rss_after_imports_mib']:,} MiB; "
-        f"MLflow store's first request {t['mlflow_warm_up']:.1f} s",
-        flush=True,
-    )
+    if t:
+        ts = ", ".join(f"{k} {v:.1f}" for k, v in sorted(t["steps"].items(), key=lambda kv: -kv[1]))
+        print(f"    training s (nested: feast_join inside build_training_set): {ts}")
+        server = r.get("mlflow_server_peak_mib")
+        print(
+            f"      peak set by {t['peak_set_by']}; chose {t['family']} (holdout ROC AUC "
+            f"{t['roc_auc']:.3f}, {t['action']})"
+            + (f"; MLflow server peak RSS {server:,} MiB" if server else "")
+        )
+        print(
+            f"      MLflow artifacts {t['artifacts_mib']:.1f} MiB, training-set snapshot "
+            f"{t['snapshot_mib']:.1f} MiB"
+        )
+        print(
+            f"    set-up: generate {r['generate']['wall']:.1f} s; imports per child "
+            f"{f['imports']:.1f}/{t['imports']:.1f} s, RSS after imports "
+            f"{f['rss_after_imports_mib']:,}/{t['rss_after_imports_mib']:,} MiB; "
+            f"MLflow store's first request {t['mlflow_warm_up']:.1f} s",
+            flush=True,
+        )
+    else:
+        print(
+            f"    set-up: generate {r['generate']['wall']:.1f} s; imports "
+            f"{f['imports']:.1f} s, RSS after imports {f['rss_after_imports_mib']:,} MiB",
+            flush=True,
+        )
 
 
 HEADER = (
@@ -491,9 +598,17 @@ def main() -> None:
         "--search-rows", type=int, default=0, help="cap the model search's rows (0: all)"
     )
     parser.add_argument("--refit-rows", type=int, default=0, help="cap the refit's rows (0: all)")
+    parser.add_argument(
+        "--day-tasks",
+        action="store_true",
+        help="after the features, run the last day's feature tasks again, each in a "
+        "process of its own as Airflow runs them, with each one's peak RSS",
+    )
+    parser.add_argument("--skip-training", action="store_true", help="the feature pipeline only")
     parser.add_argument("--json", type=Path, help="also write every figure here")
     parser.add_argument("--stage", choices=sorted(STAGES), help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--task", choices=DAY_TASKS, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.stage:
@@ -520,6 +635,7 @@ def main() -> None:
             _print_row(results[-1])
             if "failed" not in results[-1]:
                 _print_steps(results[-1])
+                _print_day_tasks(results[-1])
             if args.json:
                 args.json.write_text(json.dumps(results, indent=1, default=str))
     print()
