@@ -153,15 +153,18 @@ def _plan(key: str, aggregates: dict[str, AggregateSpec]) -> _Plan:
 class AggregationEngine:
     """Computes a use case's aggregate tables interval by interval (module docstring)."""
 
-    def __init__(self, usecase: UseCase) -> None:
+    def __init__(self, usecase: UseCase, entities: Iterable[str] | None = None) -> None:
+        """``entities`` limits the engine to those entities' aggregates (one shard of a
+        sharded state holds one entity's: :mod:`closedloop.core.engineer_spark`)."""
         self.usecase = usecase
+        only = None if entities is None else set(entities)
         self.width = bucket_width(usecase)
         self.ts = usecase.batch.timestamp_column
         self.known_at = usecase.known_at_column
         self.plans = {
             entity: _plan(usecase.entities[entity].join_key, aggregates)
             for entity, aggregates in usecase.features.aggregations.items()
-            if aggregates
+            if aggregates and (only is None or entity in only)
         }
 
     def advance(
@@ -368,9 +371,11 @@ def _partials(
     them; ``lp`` sums ``values[""]`` (the positives)."""
     if not len(codes):
         return {}
-    # one bucket is the common case (a day's facts in a daily bucket): one sort key
+    # one bucket is the common case (a day's facts in a daily bucket): one sort key.
+    # Stable, so a code's values are summed in the events' order whatever other codes
+    # there are: a shard of the entities sums them bit for bit as the whole does.
     one = bool((buckets == buckets[0]).all())
-    order = np.argsort(codes) if one else np.lexsort((codes, buckets))
+    order = np.argsort(codes, kind="stable") if one else np.lexsort((codes, buckets))
     c, b = codes[order], buckets[order]
     starts = np.flatnonzero(np.r_[True, (c[1:] != c[:-1]) | (b[1:] != b[:-1])])
     stats: Stats = {}
