@@ -8,6 +8,7 @@ Each compute has its own home; the DAG file and the landed batches are the same.
 
 from __future__ import annotations
 
+import shutil
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from closedloop.core import offline
 from closedloop.core.feature_store import open_store
 from closedloop.core.settings import load_settings
 from closedloop.core.training_pipeline import build_training_set
+from closedloop.core.usecase import AGGREGATE_TS
 from closedloop.platform.airflow_runs import run_day
 from closedloop.usecases.hotel.generator import write_batches
 
@@ -63,6 +65,40 @@ def test_the_spark_home_ran_on_feasts_spark_store_and_engine(homes):
     assert open_store(homes["local"]).config.offline_store.type == "file"
 
 
+def test_the_spark_home_engineered_on_a_sharded_state(homes):
+    """The engineer step ran on Spark: each interval's snapshot is the shards' states."""
+    from closedloop.core.engineer_spark import SHARDED, sharded_state
+
+    settings = homes["spark"]
+    snapshots = sorted(settings.aggregation_state_dir.iterdir())
+    assert len(snapshots) == DAYS
+    entities = list(settings.usecase.aggregate_tables)
+    shards = settings.spark.aggregation_shards
+    assert all(sharded_state(s, shards, entities) for s in snapshots)
+    assert not any((s / SHARDED).exists() for s in homes["local"].aggregation_state_dir.iterdir())
+
+
+def test_a_rerun_without_snapshots_replays_the_event_table(homes, features_dag):
+    """A rerun of the last day on Spark with no snapshot kept rebuilds the shards' states
+    from the earlier days' event table: the same offline rows."""
+    settings = homes["spark"]
+    last = D1 + timedelta(days=DAYS - 1)
+    key = settings.usecase.interval_key(datetime.combine(last, time.min, UTC))
+    tables = {t: settings.offline_table_dir(t) for t in settings.usecase.offline_tables}
+    before = {t: offline.read_partitions(d, keys=[key]) for t, d in tables.items()}
+    shutil.rmtree(settings.aggregation_state_dir)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CLOSEDLOOP_HOME", str(settings.home))
+        mp.setenv("CLOSEDLOOP_COMPUTE", "spark")
+        outcome = run_day(features_dag, last)
+    assert outcome.state == "success", outcome.task_states
+    for table, directory in tables.items():
+        after = offline.read_partitions(directory, keys=[key])
+        pd.testing.assert_frame_equal(after, before[table], check_exact=True)
+    snapshots = sorted(p.name for p in settings.aggregation_state_dir.iterdir())
+    assert snapshots == [key]  # the replay's states are not kept as snapshots
+
+
 def test_the_session_feast_ran_on_has_closedloops_properties(homes):
     """The DAG's tasks ran in this process (``dag.test``): its Spark session is the one
     built from ``closedloop.core.spark.spark_conf``, not Spark's defaults."""
@@ -77,11 +113,19 @@ def test_the_session_feast_ran_on_has_closedloops_properties(homes):
 
 
 def test_the_offline_rows_are_the_same(homes):
+    """The same rows, values and dtypes; the event table in the same order, an
+    aggregate table's interval in shard order on Spark (each shard's rows by key),
+    compared by key."""
+    usecase = homes["local"].usecase
+    keys = {usecase.aggregate_tables[e]: usecase.entities[e].join_key for e in usecase.entities}
     tables = sorted(p.name for p in homes["local"].offline_dir.iterdir())
     assert len(tables) == 3
     for table in tables:
         local, spark = (offline.read_partitions(homes[c].offline_dir / table) for c in COMPUTES)
         assert len(local) > 0
+        if table in keys:
+            by = [AGGREGATE_TS, keys[table]]
+            local, spark = (t.sort_values(by, ignore_index=True) for t in (local, spark))
         pd.testing.assert_frame_equal(local, spark, check_exact=True)
 
 

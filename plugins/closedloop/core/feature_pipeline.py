@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+import pyarrow.parquet as pq
 
 from closedloop.core import offline
 from closedloop.core.batches import find_batch, landing_path, read_batch
+from closedloop.core.engineer_spark import SHARDED, STATE
 from closedloop.core.errors import (
     BatchNotFoundError,
     BatchUnreadableError,
@@ -117,12 +119,20 @@ def engineer(
 
     ``state`` is the state as of ``start``; without it, the snapshot the previous
     interval saved is read (rebuilt from the event table if there is none). A backfill
-    passes its state along in memory, advanced in place.
+    passes its state along in memory, advanced in place. With ``compute: spark`` Spark
+    does the work on a sharded state (:mod:`closedloop.core.engineer_spark`) and
+    ``state`` is not used.
     """
     from closedloop.core.aggregates import AggregationEngine
     from closedloop.core.derive import event_table
 
     usecase = settings.usecase
+    staged = _staging(settings, start) / "features"
+    if settings.compute == "spark":
+        from closedloop.core.engineer_spark import engineer_on_spark
+
+        staged.mkdir(exist_ok=True)
+        return engineer_on_spark(settings, start, end, clean_uri, staged)
     events = event_table(pd.read_parquet(clean_uri), usecase)
     if state is None:
         state = aggregation_state(settings, start)
@@ -130,7 +140,6 @@ def engineer(
     # bounds in the column's zone, where a local hour may not exist)
     start, end = start.astimezone(UTC), end.astimezone(UTC)
     tables = AggregationEngine(usecase).advance(state, events, start, end)
-    staged = _staging(settings, start) / "features"
     staged.mkdir(exist_ok=True)
     uris = {usecase.event_table: str(staged / f"{usecase.event_table}.parquet")}
     events.to_parquet(uris[usecase.event_table], index=False)
@@ -140,10 +149,6 @@ def engineer(
         frame.to_parquet(uris[table], index=False)
     state.save(staged / STATE)
     return uris
-
-
-#: the staged aggregation state, beside the staged tables (not a table itself)
-STATE = "aggregation_state"
 
 
 def aggregation_state(settings: Settings, start: datetime) -> AggregationState:
@@ -199,6 +204,10 @@ def load_offline(settings: Settings, start: datetime, staged: dict[str, str]) ->
     key = settings.usecase.interval_key(start)
     rows = {}
     for name, uri in sorted(staged.items()):
+        if settings.compute == "spark":  # the staged file is the partition: copied
+            offline.copy_partition(Path(uri), settings.offline_table_dir(name), key)
+            rows[name] = pq.ParquetFile(uri).metadata.num_rows
+            continue
         frame = pd.read_parquet(uri)
         offline.write_partition(frame, settings.offline_table_dir(name), key)
         rows[name] = len(frame)
@@ -208,10 +217,27 @@ def load_offline(settings: Settings, start: datetime, staged: dict[str, str]) ->
 
         snapshots = settings.aggregation_state_dir
         snapshots.mkdir(parents=True, exist_ok=True)
-        AggregationState.load(staged_state).save(snapshots / key)
+        if (staged_state / SHARDED).exists():  # Spark's shards: linked, file by file
+            _link_snapshot(staged_state, snapshots / key)
+        else:
+            AggregationState.load(staged_state).save(snapshots / key)
         for old in sorted(p for p in snapshots.iterdir() if p.is_dir())[:-KEEP_SNAPSHOTS]:
             shutil.rmtree(old, ignore_errors=True)
     return rows
+
+
+def _link_snapshot(staged: Path, target: Path) -> None:
+    """Keep a staged sharded state as the snapshot ``target`` (replaced whole): its
+    files never change once written, so they are hard-linked, not copied."""
+    import os
+    import shutil
+
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(staged, tmp, copy_function=os.link)
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
 
 
 def backfill(
@@ -229,7 +255,8 @@ def backfill(
 
     usecase = settings.usecase
     intervals = usecase.intervals(first_day, first_day + timedelta(days=days - 1))
-    state = aggregation_state(settings, intervals[0][0])
+    # Spark's shards keep their states in the snapshots (engineer_spark)
+    state = None if settings.compute == "spark" else aggregation_state(settings, intervals[0][0])
     rows = 0
     for start, end in intervals:
         key = usecase.interval_key(start)

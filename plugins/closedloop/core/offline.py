@@ -67,6 +67,19 @@ def write_partition(
     return target
 
 
+def copy_partition(source: Path, table_dir: Path, key: str) -> Path:
+    """Atomically replace the partition ``key`` of a table with a copy of the Parquet
+    file ``source`` (staged whole: its rows are not read)."""
+    import shutil
+
+    table_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(table_dir, key)
+    target = partition_path(table_dir, key)
+    with replacing(target, prefix=f".{key}.") as tmp:
+        shutil.copyfile(source, tmp)
+    return target
+
+
 def dictionary_columns(table: pa.Table, min_rows: int = 1000) -> list[str] | bool:
     """The columns worth Parquet's dictionary encoding, judged on ``table`` (a file's
     first chunk): all but those whose values are mostly distinct (ids, timestamps,

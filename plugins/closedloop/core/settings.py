@@ -176,6 +176,14 @@ class SparkSettings(BaseModel):
         description="the shared secret of a cluster run with spark.authenticate (the "
         "compose stack's Spark master and workers); from the environment only",
     )
+    aggregation_shards: int = Field(
+        default=16,
+        ge=1,
+        le=4096,
+        description="shards of the aggregation state, cut by the hash of the entity's key: "
+        "a Python worker advances one shard of an interval at a time (its events and "
+        "state); a new count rebuilds the state from the event table",
+    )
     online_write_partitions: int = Field(
         default=0,
         ge=0,

@@ -1,0 +1,345 @@
+"""The feature pipeline's engineer step on Spark (``compute: spark``): what
+:func:`~closedloop.core.feature_pipeline.engineer` runs instead of holding the interval's
+events in the task.
+
+Two Spark jobs over the cleaned batch:
+
+1. **The event table.** Spark orders the rows by time and id, as the local step does; a
+   Python worker (``mapInArrow``) computes each Arrow batch's derived features with the
+   local step's own :func:`~closedloop.core.derive.event_table` (a derived feature is
+   row-wise), and the task streams the batches, in order, into the staged file.
+2. **The aggregates, on a sharded state.** The aggregation state of each entity is split
+   into ``spark.aggregation_shards`` shards by the hash of the entity's key; a shard
+   holds whole entities. Spark groups the events by shard, beside one row per shard (a
+   shard without events still advances: its windows move on), and a Python worker
+   (``applyInArrow``) advances the shard's state with the local
+   :class:`~closedloop.core.aggregates.AggregationEngine`, saves it and returns the
+   shard's emitted rows, which the task streams into the staged table one shard at a
+   time.
+
+The engine sums an entity's values in the order of its events whatever other entities
+there are, so a shard's rows are the whole engine's rows bit for bit
+(``tests/unit/test_sharded_aggregates.py``); the staged tables hold the local step's
+rows, the aggregate tables in shard order (each shard's rows by key). The task holds one
+Arrow batch or one shard's emitted rows at a time; a Python worker holds one shard's
+events of the interval and its state.
+
+The shards' snapshots live in the use case's aggregation-state folder, which the
+executors read and write: on a cluster, a path every executor mounts (docs/scaling.md).
+A snapshot of another layout (the local compute's, another shard count) is rebuilt by
+replaying the event table's earlier partitions through the same job.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from closedloop.core import offline
+from closedloop.core.aggregation_state import STATE_FORMAT
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from closedloop.core.settings import Settings
+    from closedloop.core.usecase import UseCase
+
+log = logging.getLogger(__name__)
+
+#: the staged aggregation state, beside the staged tables (not a table itself)
+STATE = "aggregation_state"
+#: the file that marks a folder as a sharded aggregation state, and says how it is cut
+SHARDED = "sharded.json"
+# Spark columns of the plan (never a use case's)
+_SHARD, _SEQ, _DATA, _ROWS = "__cl_shard", "__cl_seq", "__cl_data", "__cl_rows"
+_BLOBS_DDL = f"{_SEQ} long, {_ROWS} long, {_DATA} binary"
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """What a Python worker needs to advance one entity's shards (pickled to it)."""
+
+    usecase: UseCase
+    entity: str
+    previous: str | None  # the sharded state as of the interval's start; None: fresh
+    target: str  # where the shards' states after the interval are saved
+    start: datetime
+    end: datetime
+
+
+def shard_folder(root: Path, entity: str, shard: int) -> Path:
+    return root / entity / f"shard-{shard:04d}"
+
+
+def advance_shard(
+    usecase: UseCase,
+    entity: str,
+    events: pd.DataFrame,
+    start: datetime,
+    end: datetime,
+    previous: Path | None,
+    target: Path,
+) -> pd.DataFrame:
+    """Advance one shard of ``entity``'s aggregation state by the interval's ``events``
+    (the event-table rows of the shard's keys, in any order): the state saved in
+    ``previous`` (a fresh one if ``None``) is saved, advanced, in ``target``; returns
+    the rows the shard emits, stamped ``end``, by key."""
+    from closedloop.core.aggregates import AggregationEngine
+    from closedloop.core.aggregation_state import AggregationState
+
+    state = AggregationState() if previous is None else AggregationState.load(previous)
+    order = [usecase.batch.timestamp_column, usecase.batch.id_column]
+    events = events.sort_values(order, kind="stable", ignore_index=True)
+    rows = AggregationEngine(usecase, entities=[entity]).advance(state, events, start, end)
+    state.save(target)
+    return rows[entity]
+
+
+def sharded_state(folder: Path, shards: int, entities: list[str]) -> bool:
+    """Whether ``folder`` holds a sharded state of ``entities`` cut in ``shards``."""
+    marker = folder / SHARDED
+    if not marker.exists():
+        return False
+    meta = json.loads(marker.read_text())
+    return (
+        meta.get("format") == STATE_FORMAT
+        and meta.get("shards") == shards
+        and sorted(meta.get("entities", [])) == sorted(entities)
+    )
+
+
+def engineer_on_spark(
+    settings: Settings, start: datetime, end: datetime, clean_uri: str, staged: Path
+) -> dict[str, str]:
+    """The interval's staged tables and sharded state in ``staged`` (see the module):
+    the same files :func:`~closedloop.core.feature_pipeline.engineer` stages."""
+    from closedloop.core import spark as engine
+
+    usecase = settings.usecase
+    session = engine.session(settings)
+    uris = {usecase.event_table: str(staged / f"{usecase.event_table}.parquet")}
+    events_path = Path(uris[usecase.event_table])
+    _stage_events(session, usecase, clean_uri, events_path)
+    start, end = start.astimezone(UTC), end.astimezone(UTC)
+    previous = previous_state(settings, session, start)
+    target = staged / STATE
+    shutil.rmtree(target, ignore_errors=True)
+    for entity in _entities(usecase):
+        table = usecase.aggregate_tables[entity]
+        uris[table] = str(staged / f"{table}.parquet")
+        events = session.read.parquet(str(events_path))
+        job = ShardJob(usecase, entity, previous, str(target), start, end)
+        _stage_blobs(_advanced(session, settings, events, job), staged, table)
+    _mark(target, settings, end)
+    shutil.rmtree(_replay_folder(settings, start), ignore_errors=True)
+    return uris
+
+
+def _replay_folder(settings: Settings, start: datetime) -> Path:
+    return settings.staging_dir / settings.usecase.interval_key(start) / "replay"
+
+
+def _entities(usecase: UseCase) -> list[str]:
+    return [e for e, aggregates in usecase.features.aggregations.items() if aggregates]
+
+
+def _mark(folder: Path, settings: Settings, end: datetime) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "format": STATE_FORMAT,
+        "shards": settings.spark.aggregation_shards,
+        "entities": _entities(settings.usecase),
+        "as_of": end.isoformat(),
+    }
+    (folder / SHARDED).write_text(json.dumps(meta, sort_keys=True))
+
+
+def previous_state(settings: Settings, session: Any, start: datetime) -> str | None:
+    """The sharded state as of ``start``: the snapshot the previous interval saved;
+    ``None`` (fresh) when no interval before ``start`` was loaded; else one rebuilt by
+    replaying the event table's earlier partitions through the shard job (a snapshot
+    of another layout or shard count, or none kept)."""
+    usecase = settings.usecase
+    shards, entities = settings.spark.aggregation_shards, _entities(usecase)
+    snapshot = settings.aggregation_state_dir / usecase.interval_key(start - usecase.interval)
+    if sharded_state(snapshot, shards, entities):
+        return str(snapshot)
+    table_dir = settings.offline_table_dir(usecase.event_table)
+    earlier = [k for k in offline.partition_keys(table_dir) if k < usecase.interval_key(start)]
+    if not earlier:
+        return None
+    log.warning(
+        "No sharded aggregation state before %s: replaying %d intervals", start, len(earlier)
+    )
+    replay = _replay_folder(settings, start)
+    shutil.rmtree(replay, ignore_errors=True)
+    at, previous, step = usecase.key_start(earlier[0]), None, 0
+    empty = _empty_events(settings, session)
+    while at < start:
+        key = usecase.interval_key(at)
+        following = usecase.next_start(at)
+        path = offline.partition_path(table_dir, key)
+        events = session.read.parquet(str(path)) if key in earlier else empty
+        target = replay / f"{step:06d}"
+        for entity in entities:
+            job = ShardJob(usecase, entity, previous, str(target), at.astimezone(UTC),
+                           following.astimezone(UTC))  # fmt: skip
+            for _ in _advanced(session, settings, events, job).toLocalIterator():
+                pass  # the rows were loaded already; only the states are kept
+        _mark(target, settings, following)
+        if previous is not None:
+            shutil.rmtree(previous, ignore_errors=True)
+        previous, at, step = str(target), following, step + 1
+    return previous
+
+
+def _empty_events(settings: Settings, session: Any) -> Any:
+    """An empty event table with the declared columns, as Spark reads the files."""
+    from closedloop.core.feature_pipeline import _no_events
+
+    table = pa.Table.from_pandas(_no_events(settings), preserve_index=False)
+    return session.createDataFrame([], schema=_spark_schema(table.schema))
+
+
+def _spark_schema(schema: pa.Schema) -> Any:
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    return from_arrow_schema(
+        pa.schema([f.with_type(pa.string()) if pa.types.is_null(f.type) else f for f in schema])
+    )
+
+
+# -- the event table -----------------------------------------------------------------------
+
+
+def _stage_events(session: Any, usecase: UseCase, clean_uri: str, target: Path) -> None:
+    """The event table of the cleaned batch at ``clean_uri``, written to ``target``."""
+    from pyspark.sql import functions as F
+
+    if pq.ParquetFile(clean_uri).metadata.num_rows == 0:  # nothing for Spark to read
+        from closedloop.core.derive import event_table
+
+        event_table(pd.read_parquet(clean_uri), usecase).to_parquet(target, index=False)
+        return
+    order = [usecase.batch.timestamp_column, usecase.batch.id_column]
+    clean = session.read.parquet(clean_uri)
+    blobs = clean.orderBy(*[F.col(c).asc_nulls_last() for c in order]).mapInArrow(
+        functools.partial(_derive_partition, usecase), _BLOBS_DDL
+    )
+    _write_blobs(blobs.toLocalIterator(), target)
+
+
+def _derive_partition(
+    usecase: UseCase, batches: Iterator[pa.RecordBatch]
+) -> Iterator[pa.RecordBatch]:
+    """``mapInArrow``'s function: each batch's event-table rows as Arrow IPC, in order."""
+    from closedloop.core.derive import event_table
+
+    for seq, batch in enumerate(batches):
+        frame = _utc(pa.Table.from_batches([batch]).to_pandas())
+        table = pa.Table.from_pandas(event_table(frame, usecase), preserve_index=False)
+        yield _blob_batch(seq, table)
+
+
+# -- the aggregates ------------------------------------------------------------------------
+
+
+def _advanced(session: Any, settings: Settings, events: Any, job: ShardJob) -> Any:
+    """Spark's plan of one entity's shards advanced by ``events``: one row per shard
+    with its emitted rows (IPC), ordered by shard."""
+    from pyspark.sql import functions as F
+
+    key = job.usecase.entities[job.entity].join_key
+    ts = job.usecase.batch.timestamp_column
+    shards = settings.spark.aggregation_shards
+    mine = events.where(F.col(key).isNotNull() & F.col(ts).isNotNull()).withColumn(
+        _SHARD, F.pmod(F.hash(F.col(key)), F.lit(shards)).cast("int")
+    )
+    every = session.range(shards).select(F.col("id").cast("int").alias(_SHARD))
+    return (
+        mine.groupBy(_SHARD)
+        .cogroup(every.groupBy(_SHARD))
+        .applyInArrow(functools.partial(_advance_group, job), _BLOBS_DDL)
+        .orderBy(_SEQ)
+    )
+
+
+def _advance_group(job: ShardJob, key: tuple[Any, ...], events: pa.Table, _: pa.Table) -> pa.Table:
+    """``applyInArrow``'s function: advance the shard ``key`` (see :func:`advance_shard`)."""
+    shard = key[0].as_py()
+    frame = _utc(events.drop_columns([_SHARD]).to_pandas())
+    previous = None if job.previous is None else shard_folder(Path(job.previous), job.entity, shard)
+    rows = advance_shard(
+        job.usecase, job.entity, frame, job.start, job.end, previous,
+        shard_folder(Path(job.target), job.entity, shard),
+    )  # fmt: skip
+    table = pa.Table.from_pandas(rows, preserve_index=False)
+    return pa.Table.from_batches([_blob_batch(shard, table)])
+
+
+# -- moving Arrow tables through Spark -----------------------------------------------------
+
+
+def _utc(frame: pd.DataFrame) -> pd.DataFrame:
+    """Spark hands timestamps in the session's zone (UTC): stated as UTC, as the local
+    step reads them from Parquet."""
+    for name, dtype in frame.dtypes.items():
+        if isinstance(dtype, pd.DatetimeTZDtype) and str(dtype.tz) != "UTC":
+            frame[name] = frame[name].dt.tz_convert("UTC")
+    return frame
+
+
+def _blob_batch(seq: int, table: pa.Table) -> pa.RecordBatch:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return pa.RecordBatch.from_pydict(
+        {_SEQ: [seq], _ROWS: [table.num_rows], _DATA: [sink.getvalue().to_pybytes()]},
+        schema=pa.schema([(_SEQ, pa.int64()), (_ROWS, pa.int64()), (_DATA, pa.binary())]),
+    )
+
+
+def _tables(rows: Iterator[Any]) -> Iterator[pa.Table]:
+    for row in rows:
+        yield pa.ipc.open_stream(row[_DATA]).read_all()
+
+
+def _write_blobs(rows: Iterator[Any], target: Path) -> None:
+    """Stream the tables of ``rows`` (in order) into the Parquet file ``target``; the
+    first non-empty table fixes the schema (with its pandas metadata: the local step's
+    file reads back alike)."""
+    writer, tmp, first = None, target.with_name(f".{target.name}.tmp"), None
+    try:
+        for table in _tables(rows):
+            first = first or table
+            if table.num_rows == 0:
+                continue
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, table.schema)
+            writer.write_table(table.cast(writer.schema))
+        if writer is None:  # no row: the (empty) first table, or nothing at all
+            if first is None:
+                raise RuntimeError(f"Spark returned no table for {target.name}")
+            pq.write_table(first, tmp)
+        else:
+            writer.close()
+            writer = None
+        tmp.replace(target)
+    finally:
+        if writer is not None:
+            writer.close()
+        tmp.unlink(missing_ok=True)
+
+
+def _stage_blobs(plan: Any, staged: Path, table: str) -> None:
+    _write_blobs(plan.toLocalIterator(), staged / f"{table}.parquet")
