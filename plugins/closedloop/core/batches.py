@@ -7,13 +7,17 @@ strict about *form*: a file that cannot be parsed at all raises ``BatchUnreadabl
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from closedloop.core.errors import BatchNotFoundError, BatchUnreadableError
+from closedloop.core.offline import writable_schema
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from datetime import datetime
     from pathlib import Path
 
@@ -52,3 +56,75 @@ def read_batch(path: Path, usecase: UseCase) -> pd.DataFrame:
         if spec.type in ("timestamp", "date") and name in df.columns:
             df[name] = pd.to_datetime(df[name], utc=True, errors="coerce", format="ISO8601")
     return df
+
+
+#: rows per chunk of a landed file read in chunks (:func:`stage_batch`)
+CHUNK_ROWS = 65_536
+
+
+def stage_batch(path: Path, usecase: UseCase, target: Path) -> tuple[int, list[str]]:
+    """Write the frame :func:`read_batch` would return for ``path`` to the Parquet file
+    ``target`` without holding it: its rows and columns (``compute: spark``).
+
+    Read in chunks, twice. The first pass finds each column's dtype as a whole read
+    infers it (integers; floats if any chunk has a float or a missing value; text if any
+    chunk has text); the second reads every chunk with those dtypes, so each value is
+    parsed as the whole read parses it, and converts the timestamps alike.
+    """
+    if path.stat().st_size == 0:
+        table = pa.table({})
+        pq.write_table(table, target)
+        return 0, []
+    try:
+        dtypes: dict[str, set[str]] = {}
+        for chunk in _chunks(path, usecase, None):
+            for name, dtype in chunk.dtypes.items():
+                dtypes.setdefault(str(name), set()).add(str(dtype))
+        settled = {name: _settled(found) for name, found in dtypes.items()}
+        rows, writer, tmp = 0, None, target.with_name(f".{target.name}.tmp")
+        try:
+            for chunk in _chunks(path, usecase, settled):
+                for name, spec in usecase.columns.items():
+                    if spec.type in ("timestamp", "date") and name in chunk.columns:
+                        chunk[name] = pd.to_datetime(
+                            chunk[name], utc=True, errors="coerce", format="ISO8601"
+                        )
+                table = pa.Table.from_pandas(chunk, preserve_index=False)
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, writable_schema(table.schema))
+                writer.write_table(table.cast(writer.schema))
+                rows += len(chunk)
+        finally:
+            if writer is not None:
+                writer.close()
+        if writer is None:  # a header and no row: read whole, it is nothing
+            pq.write_table(pa.Table.from_pandas(read_batch(path, usecase)), tmp)
+        tmp.replace(target)
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OSError) as exc:
+        raise BatchUnreadableError(path, f"{type(exc).__name__}: {exc}") from exc
+    return rows, list(dtypes)
+
+
+def _chunks(path: Path, usecase: UseCase, dtypes: dict[str, str] | None) -> Iterator[pd.DataFrame]:
+    if usecase.batch.format == "csv":
+        with pd.read_csv(path, chunksize=CHUNK_ROWS, dtype=_csv_dtypes(dtypes)) as reader:
+            yield from reader
+        return
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=CHUNK_ROWS):
+        chunk = batch.to_pandas()
+        yield chunk if dtypes is None else chunk.astype(dtypes)
+
+
+def _csv_dtypes(dtypes: dict[str, str] | None) -> dict[str, Any] | None:
+    if dtypes is None:
+        return None
+    return {name: str if dtype == "object" else dtype for name, dtype in dtypes.items()}
+
+
+def _settled(found: set[str]) -> str:
+    """The dtype a whole read gives a column whose chunks read as ``found``."""
+    if len(found) == 1:
+        return next(iter(found))
+    if found <= {"int64", "float64"}:
+        return "float64"
+    return "object"

@@ -67,6 +67,13 @@ def write_partition(
     return target
 
 
+def writable_schema(schema: pa.Schema) -> pa.Schema:
+    """``schema`` with a column of nulls only (a chunk's text column without a value)
+    typed as text, so that later chunks with values can be written beside it."""
+    fields = [f.with_type(pa.string()) if pa.types.is_null(f.type) else f for f in schema]
+    return pa.schema(fields, metadata=schema.metadata)
+
+
 def copy_partition(source: Path, table_dir: Path, key: str) -> Path:
     """Atomically replace the partition ``key`` of a table with a copy of the Parquet
     file ``source`` (staged whole: its rows are not read)."""
