@@ -109,7 +109,7 @@ def _load_gx() -> Any:
             dtypes = {d["name"]: d["type"] for d in metrics.get("table.column_types") or []}
             if column not in dtypes:
                 return {"success": False, "result": {"observed_value": None}}
-            observed = str(dtypes[column])
+            observed = _pandas_dtype(dtypes[column])
             expected = list(self.type_list or [])
             success = observed in expected or not metrics.get("table.row_count")
             return {"success": success, "result": {"observed_value": observed}}
@@ -122,6 +122,25 @@ def _load_gx() -> Any:
     ns.gxe = gxe
     ns.ExpectColumnDtypeToBeInTypeList = ExpectColumnDtypeToBeInTypeList
     return ns
+
+
+#: the pandas dtype of a batch column that Spark reads as each type, the batch staged by
+#: ``batches.stage_batch`` (the dtypes a whole read with pandas infers)
+SPARK_AS_PANDAS = {
+    "LongType()": "int64",
+    "DoubleType()": "float64",
+    "BooleanType()": "bool",
+    "StringType()": "object",
+    "TimestampType()": "datetime64[ns, UTC]",
+}
+
+
+def _pandas_dtype(observed: Any) -> str:
+    """The pandas dtype's name of a column type GX reports (Spark's types by
+    :data:`SPARK_AS_PANDAS`; another Spark type by its own name, which no declared
+    type accepts)."""
+    name = str(observed)
+    return SPARK_AS_PANDAS.get(name, name)
 
 
 def build_suite(

@@ -157,6 +157,26 @@ def validate_batch(
     return _validate(_Frame.of(df), suite, target, gx_dir, run_name)
 
 
+def validate_batch_on_spark(
+    spark: Any,
+    uri: str,
+    usecase: UseCase,
+    *,
+    interval_start: datetime,
+    interval_end: datetime,
+    gx_dir: Path | None = None,
+    run_name: str = "adhoc",
+) -> ValidationResult:
+    """:func:`validate_batch` on the batch staged as Parquet at ``uri``
+    (:func:`~closedloop.core.batches.stage_batch`), run by GX's Spark execution engine in
+    the SparkSession ``spark``: the same suite and checks, no row in this process."""
+    suite = build_suite(usecase, interval_start, interval_end, f"{usecase.name}_batch")
+    target = _Target("batch", ASSET, usecase, to_utc(interval_start), to_utc(interval_end))
+    with _spark_snapshot(spark, uri) as sdf:
+        frame = _Frame(sdf, tuple(sdf.columns), sdf.count(), "spark")
+        return _validate(frame, suite, target, gx_dir, run_name)
+
+
 def validate_training_set(
     df: pd.DataFrame,
     usecase: UseCase,
@@ -485,7 +505,10 @@ def _describe(
     usecase = target.usecase
     spec = usecase.columns.get(column) if column else None
     count = _count(result)
-    examples = distinct_examples(result.get("partial_unexpected_list"))
+    unexpected = result.get("partial_unexpected_list")
+    if frame.engine == "spark" and spec is not None and spec.type in ("timestamp", "date"):
+        unexpected = [_utc_instant(v) for v in unexpected or []]
+    examples = distinct_examples(unexpected)
     of = f"{count} of {rows} values" if count is not None else "some values"
     kind = check.kind
     if kind == "columns":
@@ -510,8 +533,10 @@ def _describe(
         observed = result.get("observed_value")
         expected = ", ".join(ACCEPTED_DTYPES[spec.type])
         text = f"{column}: dtype is {observed}, expected one of {expected} ({spec.type})"
-        # dtype checks are the batch suite's, run on pandas frames only
-        examples, note = _dtype_examples(frame.data[column], spec.type)
+        if frame.engine == "spark":
+            examples, note = _dtype_examples_spark(frame.data, column, spec.type)
+        else:
+            examples, note = _dtype_examples(frame.data[column], spec.type)
         return FailedCheck(expectation, column, text + note, None, examples)
     if kind == "not_null":
         return FailedCheck(expectation, column, f"{column}: {of} are null", count, [])
@@ -565,8 +590,45 @@ def _describe(
     return FailedCheck(expectation, column, f"{column}: {of} fail", count, examples)
 
 
+def _utc_instant(value: Any) -> Any:
+    """A time GX's Spark engine reports without its zone (Spark's session time, UTC) as
+    the UTC instant pandas reports."""
+    if isinstance(value, datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
 def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def _dtype_examples_spark(sdf: Any, column: str, declared: str) -> tuple[list[Any], str]:
+    """:func:`_dtype_examples` of a column of a Spark DataFrame: Spark finds the offending
+    values (up to 1,000, in the file's order), which are collected and named alike."""
+    from pyspark.sql import functions as F
+
+    c = F.col("`" + column.replace("`", "``") + "`")
+    values = sdf.select(c.alias("v")).where(F.col("v").isNotNull())
+
+    def first(rows: Any) -> list[Any]:
+        return [r.v for r in rows.limit(1000).collect()]
+
+    if set(ACCEPTED_DTYPES[declared]) <= _NUMERIC_DTYPES | {"Int64", "Float64"}:
+        number = F.col("v").try_cast("double")
+        bad = first(values.where(number.isNull()))
+        if bad:
+            examples = distinct_examples(bad)
+            return examples, "; values that are not numbers: " + ", ".join(map(repr, examples))
+        if declared == "int":
+            fractional = first(values.where(number % 1 != 0))
+            if fractional:
+                examples = distinct_examples(fractional)
+                return examples, "; values that are not whole numbers: " + ", ".join(
+                    map(str, examples)
+                )
+            if sdf.where(c.isNull()).limit(1).count():
+                return [], "; missing values turn an integer column into floats"
+    return distinct_examples(first(values)), ""
 
 
 def _dtype_examples(series: pd.Series, declared: str) -> tuple[list[Any], str]:
