@@ -214,9 +214,7 @@ def _empty_events(settings: Settings, session: Any) -> Any:
 def _spark_schema(schema: pa.Schema) -> Any:
     from pyspark.sql.pandas.types import from_arrow_schema
 
-    return from_arrow_schema(
-        pa.schema([f.with_type(pa.string()) if pa.types.is_null(f.type) else f for f in schema])
-    )
+    return from_arrow_schema(offline.writable_schema(schema))
 
 
 # -- the event table -----------------------------------------------------------------------
@@ -325,7 +323,7 @@ def _write_blobs(rows: Iterator[Any], target: Path) -> None:
             if table.num_rows == 0:
                 continue
             if writer is None:
-                writer = pq.ParquetWriter(tmp, table.schema)
+                writer = pq.ParquetWriter(tmp, offline.writable_schema(table.schema))
             writer.write_table(table.cast(writer.schema))
         if writer is None:  # no row: the (empty) first table, or nothing at all
             if first is None:

@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from closedloop.core import offline
-from closedloop.core.batches import find_batch, landing_path, read_batch
+from closedloop.core.batches import CHUNK_ROWS, find_batch, landing_path, read_batch, stage_batch
 from closedloop.core.engineer_spark import SHARDED, STATE
 from closedloop.core.errors import (
     BatchNotFoundError,
@@ -26,6 +27,7 @@ from closedloop.core.errors import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from datetime import date
 
     from closedloop.core.aggregation_state import AggregationState
@@ -60,12 +62,32 @@ def extract(settings: Settings, start: datetime, end: datetime) -> dict[str, Any
             raise DataValidationError(stored, settings.quarantine_dir / key) from None
         raise
     try:
-        df = read_batch(path, usecase)
+        if settings.compute == "spark":  # staged for Spark, in chunks (stage_batch)
+            rows, columns = stage_batch(path, usecase, _read_uri(settings, start))
+        else:
+            df = read_batch(path, usecase)
+            rows, columns = len(df), list(df.columns)
     except BatchUnreadableError as exc:
         result = unreadable_result(path, exc.reason)
         where = quarantine_batch(path, result, settings.quarantine_dir, key)
         raise DataValidationError(result, where) from exc
-    return {"key": key, "batch_path": str(path), "rows": len(df), "columns": list(df.columns)}
+    return {"key": key, "batch_path": str(path), "rows": rows, "columns": columns}
+
+
+def _read_uri(settings: Settings, start: datetime) -> Path:
+    """Where ``compute: spark`` stages the landed batch as read (Parquet)."""
+    return _staging(settings, start) / "read.parquet"
+
+
+def _staged_batch(settings: Settings, start: datetime) -> Path:
+    """The batch as read, staged by ``extract``; staged again if it is gone or a newer
+    file has landed since (a task rerun without its ``extract``)."""
+    usecase = settings.usecase
+    path = _read_uri(settings, start)
+    landed = landing_path(settings.landing_dir, start, usecase)
+    if not path.exists() or (landed.exists() and landed.stat().st_mtime > path.stat().st_mtime):
+        stage_batch(landed, usecase, path)
+    return path
 
 
 def validate(
@@ -79,15 +101,21 @@ def validate(
     usecase = settings.usecase
     key = usecase.interval_key(start)
     path = landing_path(settings.landing_dir, start, usecase)
-    df = read_batch(path, usecase)
-    result = validate_batch(
-        df,
-        usecase,
-        interval_start=start,
-        interval_end=end,
-        gx_dir=settings.gx_dir if docs else None,
-        run_name=run_name,
-    )
+    where_to = {
+        "interval_start": start,
+        "interval_end": end,
+        "gx_dir": settings.gx_dir if docs else None,
+        "run_name": run_name,
+    }
+    staged = _staged_batch(settings, start) if settings.compute == "spark" else None
+    if staged is not None and pq.ParquetFile(staged).metadata.num_rows:
+        from closedloop.core import spark
+        from closedloop.core.validation import validate_batch_on_spark
+
+        session = spark.session(settings)
+        result = validate_batch_on_spark(session, str(staged), usecase, **where_to)
+    else:  # without a row (or a column) the batch is nothing to hold: pandas
+        result = validate_batch(read_batch(path, usecase), usecase, **where_to)
     if not result.success:
         where = quarantine_batch(path, result, settings.quarantine_dir, key)
         raise DataValidationError(result, where)
@@ -99,11 +127,33 @@ def clean(settings: Settings, start: datetime) -> str:
     from closedloop.core.transform import clean_batch
 
     usecase = settings.usecase
+    target = _staging(settings, start) / "clean.parquet"
+    if settings.compute == "spark":  # chunk by chunk; the engineer step on Spark sorts
+        staged = pq.ParquetFile(_staged_batch(settings, start))
+        if staged.metadata.num_rows:
+            chunks = staged.iter_batches(batch_size=CHUNK_ROWS)
+            _write_chunks((clean_batch(c.to_pandas(), usecase) for c in chunks), target)
+            return str(target)
     path = landing_path(settings.landing_dir, start, usecase)
     cleaned = clean_batch(read_batch(path, usecase), usecase)
-    target = _staging(settings, start) / "clean.parquet"
     cleaned.to_parquet(target, index=False)
     return str(target)
+
+
+def _write_chunks(frames: Iterator[pd.DataFrame], target: Path) -> None:
+    """Write ``frames`` to the Parquet file ``target`` (replaced), one row group each."""
+    from closedloop.core.files import replacing
+
+    with replacing(target) as tmp:
+        writer = None
+        try:
+            for frame in frames:
+                table = pa.Table.from_pandas(frame, preserve_index=False)
+                writer = writer or pq.ParquetWriter(tmp, offline.writable_schema(table.schema))
+                writer.write_table(table.cast(writer.schema))
+        finally:
+            if writer is not None:
+                writer.close()
 
 
 def engineer(
