@@ -4,7 +4,7 @@ label known after a delay, at a declared column or at once), random readings ove
 intervals, and the engine run interval by interval as the feature pipeline runs it.
 
 Shared by ``tests/unit/test_aggregates.py`` (the engine against a brute force) and
-``tests/integration/test_aggregates_on_spark.py`` (the engine against its Spark twin).
+``tests/unit/test_sharded_aggregates.py`` (the engine against its state cut in shards).
 """
 
 from __future__ import annotations
