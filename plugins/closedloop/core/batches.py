@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from closedloop.core.errors import BatchNotFoundError, BatchUnreadableError
-from closedloop.core.offline import writable_schema
+from closedloop.core.offline import release_arrow_memory, writable_schema
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -59,7 +59,7 @@ def read_batch(path: Path, usecase: UseCase) -> pd.DataFrame:
 
 
 #: rows per chunk of a landed file read in chunks (:func:`stage_batch`)
-CHUNK_ROWS = 65_536
+CHUNK_ROWS = 16_384
 
 
 def stage_batch(path: Path, usecase: UseCase, target: Path) -> tuple[int, list[str]]:
@@ -94,6 +94,8 @@ def stage_batch(path: Path, usecase: UseCase, target: Path) -> tuple[int, list[s
                     writer = pq.ParquetWriter(tmp, writable_schema(table.schema))
                 writer.write_table(table.cast(writer.schema))
                 rows += len(chunk)
+                del table
+                release_arrow_memory()
         finally:
             if writer is not None:
                 writer.close()

@@ -325,6 +325,7 @@ def _write_blobs(rows: Iterator[Any], target: Path) -> None:
             if writer is None:
                 writer = pq.ParquetWriter(tmp, offline.writable_schema(table.schema))
             writer.write_table(table.cast(writer.schema))
+            offline.release_arrow_memory()
         if writer is None:  # no row: the (empty) first table, or nothing at all
             if first is None:
                 raise RuntimeError(f"Spark returned no table for {target.name}")

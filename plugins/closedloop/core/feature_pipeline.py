@@ -151,6 +151,8 @@ def _write_chunks(frames: Iterator[pd.DataFrame], target: Path) -> None:
                 table = pa.Table.from_pandas(frame, preserve_index=False)
                 writer = writer or pq.ParquetWriter(tmp, offline.writable_schema(table.schema))
                 writer.write_table(table.cast(writer.schema))
+                del table
+                offline.release_arrow_memory()
         finally:
             if writer is not None:
                 writer.close()

@@ -74,6 +74,13 @@ def writable_schema(schema: pa.Schema) -> pa.Schema:
     return pa.schema(fields, metadata=schema.metadata)
 
 
+def release_arrow_memory() -> None:
+    """Hand Arrow's freed memory back after a chunk: its default allocator (mimalloc)
+    otherwise keeps what a chunk freed, and a loop over chunks grows with the rows
+    (docs/scaling.md)."""
+    pa.default_memory_pool().release_unused()
+
+
 def copy_partition(source: Path, table_dir: Path, key: str) -> Path:
     """Atomically replace the partition ``key`` of a table with a copy of the Parquet
     file ``source`` (staged whole: its rows are not read)."""
