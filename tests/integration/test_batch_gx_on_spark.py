@@ -15,7 +15,6 @@ import pytest
 
 from closedloop.core import batches
 from closedloop.core.batches import read_batch, stage_batch
-from closedloop.core.settings import load_settings
 from closedloop.core.validation import validate_batch, validate_batch_on_spark
 from closedloop.usecases.hotel.generator import generate_day
 
@@ -38,20 +37,8 @@ UNIQUE = "expect_column_values_to_be_unique"
 
 
 @pytest.fixture(scope="module")
-def settings(tmp_path_factory):
-    from pyspark.sql import SparkSession
-
-    from closedloop.core.spark import session
-
-    running = SparkSession.getActiveSession() is not None
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CLOSEDLOOP_HOME", str(tmp_path_factory.mktemp("batch-gx-spark") / "home"))
-        mp.setenv("CLOSEDLOOP_COMPUTE", "spark")
-        settings = load_settings()
-    spark = session(settings)
-    yield settings
-    if not running:
-        spark.stop()
+def settings(spark_home):
+    return spark_home
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,6 @@ from closedloop.core.derive import event_table
 from closedloop.core.errors import DataValidationError
 from closedloop.core.gate import TrainingSetPolicy
 from closedloop.core.payloads import TrainingSetRef
-from closedloop.core.settings import load_settings
 from closedloop.core.training_pipeline import validate_training
 from closedloop.core.validation import (
     DATASOURCE,
@@ -58,22 +57,8 @@ MEAN = "expect_column_mean_to_be_between"
 
 
 @pytest.fixture(scope="module")
-def settings(tmp_path_factory):
-    """``compute: spark`` settings of a fresh home, and the process's Spark session
-    started from them (stopped after the module unless it was running before)."""
-    from pyspark.sql import SparkSession
-
-    from closedloop.core.spark import session
-
-    running = SparkSession.getActiveSession() is not None
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CLOSEDLOOP_HOME", str(tmp_path_factory.mktemp("gx-on-spark") / "home"))
-        mp.setenv("CLOSEDLOOP_COMPUTE", "spark")
-        settings = load_settings()
-    spark = session(settings)
-    yield settings
-    if not running:
-        spark.stop()
+def settings(spark_home):
+    return spark_home
 
 
 @pytest.fixture(scope="module")

@@ -152,9 +152,13 @@ def validate_batch(
     run_name: str = "adhoc",
 ) -> ValidationResult:
     """Run the use case's suite on a batch (as read by ``read_batch``)."""
-    suite = build_suite(usecase, interval_start, interval_end, f"{usecase.name}_batch")
-    target = _Target("batch", ASSET, usecase, to_utc(interval_start), to_utc(interval_end))
+    suite, target = _batch_suite(usecase, interval_start, interval_end)
     return _validate(_Frame.of(df), suite, target, gx_dir, run_name)
+
+
+def _batch_suite(usecase: UseCase, start: datetime, end: datetime) -> tuple[Any, _Target]:
+    suite = build_suite(usecase, start, end, f"{usecase.name}_batch")
+    return suite, _Target("batch", ASSET, usecase, to_utc(start), to_utc(end))
 
 
 def validate_batch_on_spark(
@@ -170,8 +174,7 @@ def validate_batch_on_spark(
     """:func:`validate_batch` on the batch staged as Parquet at ``uri``
     (:func:`~closedloop.core.batches.stage_batch`), run by GX's Spark execution engine in
     the SparkSession ``spark``: the same suite and checks, no row in this process."""
-    suite = build_suite(usecase, interval_start, interval_end, f"{usecase.name}_batch")
-    target = _Target("batch", ASSET, usecase, to_utc(interval_start), to_utc(interval_end))
+    suite, target = _batch_suite(usecase, interval_start, interval_end)
     with _spark_snapshot(spark, uri) as sdf:
         frame = _Frame(sdf, tuple(sdf.columns), sdf.count(), "spark")
         return _validate(frame, suite, target, gx_dir, run_name)
