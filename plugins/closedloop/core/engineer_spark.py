@@ -4,30 +4,32 @@ events in the task.
 
 Two Spark jobs over the cleaned batch:
 
-1. **The event table.** Spark orders the rows by time and id, as the local step does; a
+1. **The event table.** Spark cuts the rows into ranges by time and id, in order; a
    Python worker (``mapInArrow``) computes each Arrow batch's derived features with the
    local step's own :func:`~closedloop.core.derive.event_table` (a derived feature is
-   row-wise), and the task streams the batches, in order, into the staged file.
+   row-wise) and writes the batch as a part named by its range and place.
 2. **The aggregates, on a sharded state.** The aggregation state of each entity is split
    into ``spark.aggregation_shards`` shards by the hash of the entity's key; a shard
    holds whole entities. Spark groups the events by shard, beside one row per shard (a
    shard without events still advances: its windows move on), and a Python worker
    (``applyInArrow``) advances the shard's state with the local
-   :class:`~closedloop.core.aggregates.AggregationEngine`, saves it and returns the
-   shard's emitted rows, which the task streams into the staged table one shard at a
-   time.
+   :class:`~closedloop.core.aggregates.AggregationEngine`, saves it and writes the
+   shard's emitted rows as a part.
+
+The task then merges each table's parts, in the order of their names, into the staged
+file, one part at a time: rows go from worker to file without passing through Spark's
+driver (a day's rows collected through it were lost at 500k: ``TaskResultLost``).
 
 The engine sums an entity's values in the order of its events whatever other entities
 there are, so a shard's rows are the whole engine's rows bit for bit
 (``tests/unit/test_sharded_aggregates.py``); the staged tables hold the local step's
-rows, the aggregate tables in shard order (each shard's rows by key). The task holds one
-Arrow batch or one shard's emitted rows at a time; a Python worker holds one shard's
-events of the interval and its state.
+rows, the aggregate tables in shard order (each shard's rows by key). A Python worker
+holds one shard's events of the interval and its state, or one range's batch.
 
-The shards' snapshots live in the use case's aggregation-state folder, which the
-executors read and write: on a cluster, a path every executor mounts (docs/scaling.md).
-A snapshot of another layout (the local compute's, another shard count) is rebuilt by
-replaying the event table's earlier partitions through the same job.
+The shards' snapshots and the parts live in the use case's folders, which the executors
+read and write: on a cluster, paths every executor mounts (docs/scaling.md). A snapshot
+of another layout (the local compute's, another shard count) is rebuilt by replaying the
+event table's earlier partitions through the same job.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import functools
 import json
 import logging
 import math
+import os
 import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -62,12 +65,11 @@ STATE = "aggregation_state"
 #: the file that marks a folder as a sharded aggregation state, and says how it is cut
 SHARDED = "sharded.json"
 # Spark columns of the plan (never a use case's)
-_SHARD, _SEQ, _DATA, _ROWS = "__cl_shard", "__cl_seq", "__cl_data", "__cl_rows"
-_BLOBS_DDL = f"{_SEQ} long, {_ROWS} long, {_DATA} binary"
-#: event-table rows per range of a day's rows that the task fetches at once
+_SHARD, _ROWS = "__cl_shard", "__cl_rows"
+#: what a worker reports of a part it wrote
+_WRITTEN_DDL = f"{_ROWS} long"
+#: event-table rows per range of a day's rows (a Spark task's)
 RANGE_ROWS = 65_536
-#: shards per range of emitted rows that the task fetches at once
-SHARDS_PER_RANGE = 4
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,7 @@ class ShardJob:
     target: str  # where the shards' states after the interval are saved
     start: datetime
     end: datetime
+    parts: str | None = None  # where each shard writes the rows it emits (None: nowhere)
 
 
 def shard_folder(root: Path, entity: str, shard: int) -> Path:
@@ -142,9 +145,11 @@ def engineer_on_spark(
     for entity in _entities(usecase):
         table = usecase.aggregate_tables[entity]
         uris[table] = str(staged / f"{table}.parquet")
+        parts = _parts(Path(uris[table]))
         events = session.read.parquet(str(events_path))
-        job = ShardJob(usecase, entity, previous, str(target), start, end)
-        _stage_blobs(_advanced(session, settings, events, job), staged, table)
+        job = ShardJob(usecase, entity, previous, str(target), start, end, str(parts))
+        _advanced(session, settings, events, job).collect()
+        _merge_parts(parts, Path(uris[table]))
     _mark(target, settings, end)
     shutil.rmtree(_replay_folder(settings, start), ignore_errors=True)
     return uris
@@ -199,8 +204,7 @@ def previous_state(settings: Settings, session: Any, start: datetime) -> str | N
         for entity in entities:
             job = ShardJob(usecase, entity, previous, str(target), at.astimezone(UTC),
                            following.astimezone(UTC))  # fmt: skip
-            for _ in _advanced(session, settings, events, job).toLocalIterator():
-                pass  # the rows were loaded already; only the states are kept
+            _advanced(session, settings, events, job).collect()  # the states only
         _mark(target, settings, following)
         if previous is not None:
             shutil.rmtree(previous, ignore_errors=True)
@@ -237,28 +241,33 @@ def _stage_events(session: Any, usecase: UseCase, clean_uri: str, target: Path) 
         return
     order = [F.col(c).asc_nulls_last() for c in (usecase.batch.timestamp_column,
                                                   usecase.batch.id_column)]  # fmt: skip
-    # ranges of RANGE_ROWS, in order: the task fetches one range's batches at a time (a
-    # day of 500k rows in four ranges was lost on the way: TaskResultLost)
+    # ranges of RANGE_ROWS in order, each Arrow batch of a range written as a part
     ranges = max(1, math.ceil(rows / RANGE_ROWS))
-    blobs = (
+    parts = _parts(target)
+    (
         session.read.parquet(clean_uri)
         .repartitionByRange(ranges, *order)
         .sortWithinPartitions(*order)
-        .mapInArrow(functools.partial(_derive_partition, usecase), _BLOBS_DDL)
+        .mapInArrow(functools.partial(_derive_partition, usecase, str(parts)), _WRITTEN_DDL)
+        .collect()
     )
-    _write_blobs(blobs.toLocalIterator(), target)
+    _merge_parts(parts, target)
 
 
 def _derive_partition(
-    usecase: UseCase, batches: Iterator[pa.RecordBatch]
+    usecase: UseCase, parts: str, batches: Iterator[pa.RecordBatch]
 ) -> Iterator[pa.RecordBatch]:
-    """``mapInArrow``'s function: each batch's event-table rows as Arrow IPC, in order."""
+    """``mapInArrow``'s function: each batch's event-table rows written to ``parts`` as
+    ``<range>-<batch>.parquet`` (their order), reporting how many."""
+    from pyspark import TaskContext
+
     from closedloop.core.derive import event_table
 
+    at = TaskContext.get().partitionId()
     for seq, batch in enumerate(batches):
         frame = _utc(pa.Table.from_batches([batch]).to_pandas())
         table = pa.Table.from_pandas(event_table(frame, usecase), preserve_index=False)
-        yield _blob_batch(seq, table)
+        yield _written(Path(parts) / f"{at:06d}-{seq:06d}.parquet", table)
 
 
 # -- the aggregates ------------------------------------------------------------------------
@@ -279,10 +288,7 @@ def _advanced(session: Any, settings: Settings, events: Any, job: ShardJob) -> A
     return (
         mine.groupBy(_SHARD)
         .cogroup(every.groupBy(_SHARD))
-        .applyInArrow(functools.partial(_advance_group, job), _BLOBS_DDL)
-        # a few shards' rows a range, fetched one range at a time
-        .repartitionByRange(math.ceil(shards / SHARDS_PER_RANGE), _SEQ)
-        .sortWithinPartitions(_SEQ)
+        .applyInArrow(functools.partial(_advance_group, job), _WRITTEN_DDL)
     )
 
 
@@ -296,7 +302,9 @@ def _advance_group(job: ShardJob, key: tuple[Any, ...], events: pa.Table, _: pa.
         shard_folder(Path(job.target), job.entity, shard),
     )  # fmt: skip
     table = pa.Table.from_pandas(rows, preserve_index=False)
-    return pa.Table.from_batches([_blob_batch(shard, table)])
+    if job.parts is None:
+        return pa.Table.from_batches([_written(None, table)])
+    return pa.Table.from_batches([_written(Path(job.parts) / f"{shard:06d}.parquet", table)])
 
 
 # -- moving Arrow tables through Spark -----------------------------------------------------
@@ -311,39 +319,48 @@ def _utc(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def _blob_batch(seq: int, table: pa.Table) -> pa.RecordBatch:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
+def _written(path: Path | None, table: pa.Table) -> pa.RecordBatch:
+    """Write ``table`` to ``path`` (atomically: a retried Spark task writes it again);
+    the row a worker reports for it."""
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
     return pa.RecordBatch.from_pydict(
-        {_SEQ: [seq], _ROWS: [table.num_rows], _DATA: [sink.getvalue().to_pybytes()]},
-        schema=pa.schema([(_SEQ, pa.int64()), (_ROWS, pa.int64()), (_DATA, pa.binary())]),
+        {_ROWS: [table.num_rows]}, schema=pa.schema([(_ROWS, pa.int64())])
     )
 
 
-def _tables(rows: Iterator[Any]) -> Iterator[pa.Table]:
-    for row in rows:
-        yield pa.ipc.open_stream(row[_DATA]).read_all()
+def _parts(target: Path) -> Path:
+    """The folder the workers write ``target``'s parts to (emptied first)."""
+    parts = target.with_name(f"{target.stem}.parts")
+    shutil.rmtree(parts, ignore_errors=True)
+    parts.mkdir(parents=True)
+    return parts
 
 
-def _write_blobs(rows: Iterator[Any], target: Path) -> None:
-    """Stream the tables of ``rows`` (in order) into the Parquet file ``target``; the
-    first non-empty table fixes the schema (with its pandas metadata: the local step's
-    file reads back alike)."""
+def _merge_parts(parts: Path, target: Path) -> None:
+    """The parts in ``parts``, in the order of their names, as the Parquet file
+    ``target`` (replaced), one part at a time; then the parts are removed. The first
+    part with rows fixes the schema (with its pandas metadata: the local step's file
+    reads back alike); without any row, the first part is the file."""
     writer, tmp, first = None, target.with_name(f".{target.name}.tmp"), None
     try:
-        for table in _tables(rows):
-            first = first or table
+        for path in sorted(parts.glob("*.parquet")):
+            table = pq.read_table(path)
+            first = first or path
             if table.num_rows == 0:
                 continue
             if writer is None:
                 writer = pq.ParquetWriter(tmp, offline.writable_schema(table.schema))
             writer.write_table(table.cast(writer.schema))
+            del table
             offline.release_arrow_memory()
-        if writer is None:  # no row: the (empty) first table, or nothing at all
+        if writer is None:
             if first is None:
-                raise RuntimeError(f"Spark returned no table for {target.name}")
-            pq.write_table(first, tmp)
+                raise RuntimeError(f"Spark's workers wrote no part of {target.name}")
+            shutil.copyfile(first, tmp)
         else:
             writer.close()
             writer = None
@@ -352,7 +369,4 @@ def _write_blobs(rows: Iterator[Any], target: Path) -> None:
         if writer is not None:
             writer.close()
         tmp.unlink(missing_ok=True)
-
-
-def _stage_blobs(plan: Any, staged: Path, table: str) -> None:
-    _write_blobs(plan.toLocalIterator(), staged / f"{table}.parquet")
+    shutil.rmtree(parts, ignore_errors=True)
