@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from closedloop.core.errors import BatchNotFoundError, BatchUnreadableError
-from closedloop.core.offline import release_arrow_memory, writable_schema
+from closedloop.core.offline import write_chunks
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -81,30 +81,24 @@ def stage_batch(path: Path, usecase: UseCase, target: Path) -> tuple[int, list[s
             for name, dtype in chunk.dtypes.items():
                 dtypes.setdefault(str(name), set()).add(str(dtype))
         settled = {name: _settled(found) for name, found in dtypes.items()}
-        rows, writer, tmp = 0, None, target.with_name(f".{target.name}.tmp")
-        try:
-            for chunk in _chunks(path, usecase, settled):
-                for name, spec in usecase.columns.items():
-                    if spec.type in ("timestamp", "date") and name in chunk.columns:
-                        chunk[name] = pd.to_datetime(
-                            chunk[name], utc=True, errors="coerce", format="ISO8601"
-                        )
-                table = pa.Table.from_pandas(chunk, preserve_index=False)
-                if writer is None:
-                    writer = pq.ParquetWriter(tmp, writable_schema(table.schema))
-                writer.write_table(table.cast(writer.schema))
-                rows += len(chunk)
-                del table
-                release_arrow_memory()
-        finally:
-            if writer is not None:
-                writer.close()
-        if writer is None:  # a header and no row: read whole, it is nothing
-            pq.write_table(pa.Table.from_pandas(read_batch(path, usecase)), tmp)
-        tmp.replace(target)
+        rows = write_chunks(_timed(_chunks(path, usecase, settled), usecase), target)
+        if rows == 0:  # a header and no row: read whole, it is nothing
+            pq.write_table(pa.Table.from_pandas(read_batch(path, usecase)), target)
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OSError) as exc:
         raise BatchUnreadableError(path, f"{type(exc).__name__}: {exc}") from exc
     return rows, list(dtypes)
+
+
+def _timed(chunks: Iterator[pd.DataFrame], usecase: UseCase) -> Iterator[pd.DataFrame]:
+    """The chunks with their timestamp and date columns converted as :func:`read_batch`
+    converts them."""
+    for chunk in chunks:
+        for name, spec in usecase.columns.items():
+            if spec.type in ("timestamp", "date") and name in chunk.columns:
+                chunk[name] = pd.to_datetime(
+                    chunk[name], utc=True, errors="coerce", format="ISO8601"
+                )
+        yield chunk
 
 
 def _chunks(path: Path, usecase: UseCase, dtypes: dict[str, str] | None) -> Iterator[pd.DataFrame]:

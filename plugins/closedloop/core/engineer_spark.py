@@ -345,28 +345,9 @@ def _merge_parts(parts: Path, target: Path) -> None:
     ``target`` (replaced), one part at a time; then the parts are removed. The first
     part with rows fixes the schema (with its pandas metadata: the local step's file
     reads back alike); without any row, the first part is the file."""
-    writer, tmp, first = None, target.with_name(f".{target.name}.tmp"), None
-    try:
-        for path in sorted(parts.glob("*.parquet")):
-            table = pq.read_table(path)
-            first = first or path
-            if table.num_rows == 0:
-                continue
-            if writer is None:
-                writer = pq.ParquetWriter(tmp, offline.writable_schema(table.schema))
-            writer.write_table(table.cast(writer.schema))
-            del table
-            offline.release_arrow_memory()
-        if writer is None:
-            if first is None:
-                raise RuntimeError(f"Spark's workers wrote no part of {target.name}")
-            shutil.copyfile(first, tmp)
-        else:
-            writer.close()
-            writer = None
-        tmp.replace(target)
-    finally:
-        if writer is not None:
-            writer.close()
-        tmp.unlink(missing_ok=True)
+    paths = sorted(parts.glob("*.parquet"))
+    if not paths:
+        raise RuntimeError(f"Spark's workers wrote no part of {target.name}")
+    if offline.write_chunks((pq.read_table(p) for p in paths), target) == 0:
+        shutil.copyfile(paths[0], target)
     shutil.rmtree(parts, ignore_errors=True)

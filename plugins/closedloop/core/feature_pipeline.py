@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from closedloop.core import offline
@@ -27,7 +26,6 @@ from closedloop.core.errors import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from datetime import date
 
     from closedloop.core.aggregation_state import AggregationState
@@ -132,30 +130,12 @@ def clean(settings: Settings, start: datetime) -> str:
         staged = pq.ParquetFile(_staged_batch(settings, start))
         if staged.metadata.num_rows:
             chunks = staged.iter_batches(batch_size=CHUNK_ROWS)
-            _write_chunks((clean_batch(c.to_pandas(), usecase) for c in chunks), target)
+            offline.write_chunks((clean_batch(c.to_pandas(), usecase) for c in chunks), target)
             return str(target)
     path = landing_path(settings.landing_dir, start, usecase)
     cleaned = clean_batch(read_batch(path, usecase), usecase)
     cleaned.to_parquet(target, index=False)
     return str(target)
-
-
-def _write_chunks(frames: Iterator[pd.DataFrame], target: Path) -> None:
-    """Write ``frames`` to the Parquet file ``target`` (replaced), one row group each."""
-    from closedloop.core.files import replacing
-
-    with replacing(target) as tmp:
-        writer = None
-        try:
-            for frame in frames:
-                table = pa.Table.from_pandas(frame, preserve_index=False)
-                writer = writer or pq.ParquetWriter(tmp, offline.writable_schema(table.schema))
-                writer.write_table(table.cast(writer.schema))
-                del table
-                offline.release_arrow_memory()
-        finally:
-            if writer is not None:
-                writer.close()
 
 
 def engineer(
@@ -180,10 +160,10 @@ def engineer(
 
     usecase = settings.usecase
     staged = _staging(settings, start) / "features"
+    staged.mkdir(exist_ok=True)
     if settings.compute == "spark":
         from closedloop.core.engineer_spark import engineer_on_spark
 
-        staged.mkdir(exist_ok=True)
         return engineer_on_spark(settings, start, end, clean_uri, staged)
     events = event_table(pd.read_parquet(clean_uri), usecase)
     if state is None:
@@ -192,7 +172,6 @@ def engineer(
     # bounds in the column's zone, where a local hour may not exist)
     start, end = start.astimezone(UTC), end.astimezone(UTC)
     tables = AggregationEngine(usecase).advance(state, events, start, end)
-    staged.mkdir(exist_ok=True)
     uris = {usecase.event_table: str(staged / f"{usecase.event_table}.parquet")}
     events.to_parquet(uris[usecase.event_table], index=False)
     for entity, frame in tables.items():

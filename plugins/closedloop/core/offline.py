@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from closedloop.core.files import replacing
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
     from contextlib import AbstractContextManager
     from datetime import datetime
     from pathlib import Path
@@ -79,6 +80,42 @@ def release_arrow_memory() -> None:
     otherwise keeps what a chunk freed, and a loop over chunks grows with the rows
     (docs/scaling.md)."""
     pa.default_memory_pool().release_unused()
+
+
+def write_chunks(chunks: Iterable[pd.DataFrame | pa.Table], target: Path) -> int:
+    """Write ``chunks`` to the Parquet file ``target`` (replaced atomically), a row
+    group each, handing Arrow's memory back after each: the first chunk with rows fixes
+    the schema (its pandas metadata kept; a column of nulls only typed as text), chunks
+    without rows are skipped. Returns the rows written; with none, ``target`` is left as
+    it was."""
+    import os
+
+    writer, rows = None, 0
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        for chunk in chunks:
+            table = (
+                chunk
+                if isinstance(chunk, pa.Table)
+                else pa.Table.from_pandas(chunk, preserve_index=False)
+            )
+            if table.num_rows == 0:
+                continue
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, writable_schema(table.schema))
+            writer.write_table(table.cast(writer.schema))
+            rows += table.num_rows
+            del table
+            release_arrow_memory()
+        if writer is not None:
+            writer.close()
+            writer = None
+            os.replace(tmp, target)
+    finally:
+        if writer is not None:
+            writer.close()
+        tmp.unlink(missing_ok=True)
+    return rows
 
 
 def copy_partition(source: Path, table_dir: Path, key: str) -> Path:

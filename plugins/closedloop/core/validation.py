@@ -61,7 +61,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Callable, Iterator, Sequence
 
     from closedloop.core.usecase import UseCase
 
@@ -612,45 +612,59 @@ def _dtype_examples_spark(sdf: Any, column: str, declared: str) -> tuple[list[An
 
     c = F.col("`" + column.replace("`", "``") + "`")
     values = sdf.select(c.alias("v")).where(F.col("v").isNotNull())
+    number = F.col("v").try_cast("double")
 
     def first(rows: Any) -> list[Any]:
         return [r.v for r in rows.limit(1000).collect()]
 
-    if set(ACCEPTED_DTYPES[declared]) <= _NUMERIC_DTYPES | {"Int64", "Float64"}:
-        number = F.col("v").try_cast("double")
-        bad = first(values.where(number.isNull()))
-        if bad:
-            examples = distinct_examples(bad)
-            return examples, "; values that are not numbers: " + ", ".join(map(repr, examples))
-        if declared == "int":
-            fractional = first(values.where(number % 1 != 0))
-            if fractional:
-                examples = distinct_examples(fractional)
-                return examples, "; values that are not whole numbers: " + ", ".join(
-                    map(str, examples)
-                )
-            if sdf.where(c.isNull()).limit(1).count():
-                return [], "; missing values turn an integer column into floats"
-    return distinct_examples(first(values)), ""
+    return _dtype_finding(
+        declared,
+        not_numbers=lambda: first(values.where(number.isNull())),
+        fractions=lambda: first(values.where(number % 1 != 0)),
+        has_gaps=lambda: bool(sdf.where(c.isNull()).limit(1).count()),
+        some=lambda: first(values),
+    )
 
 
 def _dtype_examples(series: pd.Series, declared: str) -> tuple[list[Any], str]:
     """Offending values of a wrong-dtype column (only computed when the check failed)."""
     values = series.dropna()
-    accepted = set(ACCEPTED_DTYPES[declared])
-    if accepted <= _NUMERIC_DTYPES | {"Int64", "Float64"}:
-        numbers = pd.to_numeric(values, errors="coerce")
-        bad = values[numbers.isna()]
-        if len(bad):
-            examples = distinct_examples(bad.head(1000).tolist())
+
+    def numbers() -> pd.Series:
+        return pd.to_numeric(values, errors="coerce")
+
+    return _dtype_finding(
+        declared,
+        not_numbers=lambda: values[numbers().isna()].head(1000).tolist(),
+        fractions=lambda: values[numbers() % 1 != 0].head(1000).tolist(),
+        has_gaps=lambda: bool(series.isna().any()),
+        some=lambda: values.head(1000).tolist(),
+    )
+
+
+def _dtype_finding(
+    declared: str,
+    *,
+    not_numbers: Callable[[], list[Any]],
+    fractions: Callable[[], list[Any]],
+    has_gaps: Callable[[], bool],
+    some: Callable[[], list[Any]],
+) -> tuple[list[Any], str]:
+    """The examples and the note of a wrong-dtype column, its values asked for only as
+    needed: for a numeric declaration the values that are not numbers, else (integers)
+    the fractions, else the gaps; otherwise some values."""
+    if set(ACCEPTED_DTYPES[declared]) <= _NUMERIC_DTYPES | {"Int64", "Float64"}:
+        bad = not_numbers()
+        if bad:
+            examples = distinct_examples(bad)
             return examples, "; values that are not numbers: " + ", ".join(map(repr, examples))
         if declared == "int":
-            fractional = values[numbers % 1 != 0]
-            if len(fractional):
-                examples = distinct_examples(fractional.head(1000).tolist())
+            fractional = fractions()
+            if fractional:
+                examples = distinct_examples(fractional)
                 return examples, "; values that are not whole numbers: " + ", ".join(
                     map(str, examples)
                 )
-            if series.isna().any():
+            if has_gaps():
                 return [], "; missing values turn an integer column into floats"
-    return distinct_examples(values.head(1000).tolist()), ""
+    return distinct_examples(some()), ""
