@@ -318,6 +318,31 @@ def test_a_state_saved_and_loaded_every_interval_continues_like_the_one_in_memor
 
 
 @pytest.mark.parametrize("raw", STATE_CASES)
+def test_a_loaded_state_carried_in_memory_across_saves_continues_like_the_one_in_memory(
+    raw, tmp_path: Path
+):
+    """What a backfill resumed from a snapshot does: load the state once, then advance
+    it in memory and save it after every interval into a folder of its own. A save
+    points the loaded parts at the new snapshot's links; a part first needed after that
+    is still read (from the file it was loaded from), and every row is the one run's."""
+    usecase, readings, periods = small_run(raw)
+    engine = AggregationEngine(usecase)
+    memory, resumed_at = AggregationState(), 3
+    for i, (start, end) in enumerate(periods):
+        expected = engine.advance(memory, batch(readings, usecase, start, end), start, end)
+        if i < resumed_at:
+            memory.save(tmp_path / "snapshot")
+            continue
+        if i == resumed_at:
+            state = AggregationState.load(tmp_path / "snapshot")
+        got = engine.advance(state, batch(readings, usecase, start, end), start, end)
+        state.save(tmp_path / f"staged-{i}")
+        assert_same_rows(got, expected)
+    shutil.rmtree(tmp_path / "snapshot")
+    assert AggregationState.load(tmp_path / f"staged-{len(periods) - 1}").size() == memory.size()
+
+
+@pytest.mark.parametrize("raw", STATE_CASES)
 @pytest.mark.parametrize(
     "rerun",
     [

@@ -63,7 +63,8 @@ class Part:
     ``origin`` is the saved segment the part was read from or written to: a later
     snapshot links that file instead of writing the part again. A loaded part is read
     from its segment when first used: an interval reads only the buckets leaving a
-    window."""
+    window. It reads the file mapped when it was loaded (``source``), not ``origin``: a
+    save moves ``origin`` to the new snapshot's link of the same file."""
 
     __slots__ = ("_codes", "_source", "_stats", "origin")
 
@@ -72,7 +73,7 @@ class Part:
         codes: np.ndarray | None,
         stats: Stats | None,
         origin: Path | None = None,
-        source: tuple[_Segments, str, int] | None = None,
+        source: tuple[_Segments, Path, str, int] | None = None,
     ) -> None:
         self._codes, self._stats, self.origin, self._source = codes, stats, origin, source
 
@@ -89,10 +90,10 @@ class Part:
         return self._stats  # type: ignore[return-value]
 
     def _read(self) -> None:
-        if self._source is None or self.origin is None:
+        if self._source is None:
             raise RuntimeError("a bucket part without values or a segment to read them from")
-        segments, store, bucket = self._source
-        self._codes, self._stats = segments.part(self.origin, store, bucket)
+        segments, mapped, store, bucket = self._source
+        self._codes, self._stats = segments.part(mapped, store, bucket)
 
 
 class _Segments:
@@ -308,7 +309,7 @@ class AggregationState:
             for store, buckets in segment["held"].items():
                 held = stores[store][1]
                 for bucket in buckets:
-                    held[bucket] = Part(None, None, path, (segments, store, bucket))
+                    held[bucket] = Part(None, None, path, (segments, path, store, bucket))
         for entry in meta["frames"]:
             table, _ = _read(folder / entry["file"])
             columns = {name: _numpy(table.column(name)) for name in table.column_names}
