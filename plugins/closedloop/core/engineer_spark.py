@@ -29,7 +29,8 @@ holds one shard's events of the interval and its state, or one range's batch.
 The shards' snapshots and the parts live in the use case's folders, which the executors
 read and write: on a cluster, paths every executor mounts (docs/scaling.md). A snapshot
 of another layout (the local compute's, another shard count) is rebuilt by replaying the
-event table's earlier partitions through the same job.
+event table's earlier partitions through the same job: a job advances each shard through
+as many intervals as fit ``REPLAY_ROWS`` events a shard, one interval after the other.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ from closedloop.core import offline
 from closedloop.core.aggregation_state import STATE_FORMAT
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterable, Iterator
 
     from closedloop.core.settings import Settings
     from closedloop.core.usecase import UseCase
@@ -65,11 +66,13 @@ STATE = "aggregation_state"
 #: the file that marks a folder as a sharded aggregation state, and says how it is cut
 SHARDED = "sharded.json"
 # Spark columns of the plan (never a use case's)
-_SHARD, _ROWS = "__cl_shard", "__cl_rows"
+_SHARD, _ROWS, _STEP = "__cl_shard", "__cl_rows", "__cl_step"
 #: what a worker reports of a part it wrote
 _WRITTEN_DDL = f"{_ROWS} long"
 #: event-table rows per range of a day's rows (a Spark task's)
 RANGE_ROWS = 65_536
+#: a replay job's events a shard, on average: the intervals it replays at once
+REPLAY_ROWS = 262_144
 
 
 @dataclass(frozen=True)
@@ -78,10 +81,11 @@ class ShardJob:
 
     usecase: UseCase
     entity: str
-    previous: str | None  # the sharded state as of the interval's start; None: fresh
-    target: str  # where the shards' states after the interval are saved
-    start: datetime
-    end: datetime
+    previous: str | None  # the sharded state as of the first interval's start; None: fresh
+    target: str  # where the shards' states after the last interval are saved
+    #: the intervals (start, end) advanced, in order; with more than one, the events
+    #: carry their interval's place in the column ``_STEP``
+    intervals: tuple[tuple[datetime, datetime], ...]
     parts: str | None = None  # where each shard writes the rows it emits (None: nowhere)
 
 
@@ -102,15 +106,32 @@ def advance_shard(
     (the event-table rows of the shard's keys, in any order): the state saved in
     ``previous`` (a fresh one if ``None``) is saved, advanced, in ``target``; returns
     the rows the shard emits, stamped ``end``, by key."""
+    return _advance_through(usecase, entity, [(events, start, end)], previous, target)
+
+
+def _advance_through(
+    usecase: UseCase,
+    entity: str,
+    steps: Iterable[tuple[pd.DataFrame, datetime, datetime]],
+    previous: Path | None,
+    target: Path,
+) -> pd.DataFrame:
+    """:func:`advance_shard` through consecutive intervals (each one's events, start
+    and end), the state saved once, after the last; the last one's rows."""
     from closedloop.core.aggregates import AggregationEngine
     from closedloop.core.aggregation_state import AggregationState
 
     state = AggregationState() if previous is None else AggregationState.load(previous)
+    engine = AggregationEngine(usecase, entities=[entity])
     order = [usecase.batch.timestamp_column, usecase.batch.id_column]
-    events = events.sort_values(order, kind="stable", ignore_index=True)
-    rows = AggregationEngine(usecase, entities=[entity]).advance(state, events, start, end)
+    rows = None
+    for events, start, end in steps:
+        events = events.sort_values(order, kind="stable", ignore_index=True)
+        rows = engine.advance(state, events, start, end)[entity]
+    if rows is None:
+        raise ValueError("no interval to advance through")
     state.save(target)
-    return rows[entity]
+    return rows
 
 
 def sharded_state(folder: Path, shards: int, entities: list[str]) -> bool:
@@ -147,7 +168,7 @@ def engineer_on_spark(
         uris[table] = str(staged / f"{table}.parquet")
         parts = _parts(Path(uris[table]))
         events = session.read.parquet(str(events_path))
-        job = ShardJob(usecase, entity, previous, str(target), start, end, str(parts))
+        job = ShardJob(usecase, entity, previous, str(target), ((start, end),), str(parts))
         _advanced(session, settings, events, job).collect()
         _merge_parts(parts, Path(uris[table]))
     _mark(target, settings, end)
@@ -193,23 +214,63 @@ def previous_state(settings: Settings, session: Any, start: datetime) -> str | N
     )
     replay = _replay_folder(settings, start)
     shutil.rmtree(replay, ignore_errors=True)
-    at, previous, step = usecase.key_start(earlier[0]), None, 0
-    empty = _empty_events(settings, session)
-    while at < start:
-        key = usecase.interval_key(at)
-        following = usecase.next_start(at)
-        path = offline.partition_path(table_dir, key)
-        events = session.read.parquet(str(path)) if key in earlier else empty
+    previous = None
+    for step, job_intervals in enumerate(_replay_jobs(usecase, table_dir, earlier, start, shards)):
+        events = _replayed_events(settings, session, table_dir, job_intervals)
         target = replay / f"{step:06d}"
+        spans = tuple((at.astimezone(UTC), end.astimezone(UTC)) for at, end, _ in job_intervals)
         for entity in entities:
-            job = ShardJob(usecase, entity, previous, str(target), at.astimezone(UTC),
-                           following.astimezone(UTC))  # fmt: skip
+            job = ShardJob(usecase, entity, previous, str(target), spans)
             _advanced(session, settings, events, job).collect()  # the states only
-        _mark(target, settings, following)
+        _mark(target, settings, job_intervals[-1][1])
         if previous is not None:
             shutil.rmtree(previous, ignore_errors=True)
-        previous, at, step = str(target), following, step + 1
+        previous = str(target)
     return previous
+
+
+def _replay_jobs(
+    usecase: UseCase, table_dir: Path, keys: list[str], start: datetime, shards: int
+) -> list[list[tuple[datetime, datetime, str | None]]]:
+    """The intervals from the first of ``keys`` to ``start`` (start, end, its partition's
+    key or ``None`` where none was loaded), cut into consecutive runs of at most
+    ``REPLAY_ROWS`` events a shard (an interval alone may hold more)."""
+    loaded, budget = set(keys), REPLAY_ROWS * shards
+    jobs: list[list[tuple[datetime, datetime, str | None]]] = [[]]
+    rows, at = 0, usecase.key_start(keys[0])
+    while at < start:
+        key, following = usecase.interval_key(at), usecase.next_start(at)
+        size = 0
+        if key in loaded:
+            size = pq.ParquetFile(offline.partition_path(table_dir, key)).metadata.num_rows
+        if jobs[-1] and rows + size > budget:
+            jobs.append([])
+            rows = 0
+        jobs[-1].append((at, following, key if key in loaded else None))
+        rows, at = rows + size, following
+    return jobs
+
+
+def _replayed_events(
+    settings: Settings,
+    session: Any,
+    table_dir: Path,
+    intervals: list[tuple[datetime, datetime, str | None]],
+) -> Any:
+    """The event-table rows of a replay job's ``intervals``, each with its place among
+    them in the column ``_STEP``."""
+    from pyspark.sql import functions as F
+
+    frames = [
+        session.read.parquet(str(offline.partition_path(table_dir, key))).withColumn(
+            _STEP, F.lit(step)
+        )
+        for step, (_, _, key) in enumerate(intervals)
+        if key is not None
+    ]
+    if not frames:
+        return _empty_events(settings, session).withColumn(_STEP, F.lit(0))
+    return functools.reduce(lambda a, b: a.unionByName(b), frames)
 
 
 def _empty_events(settings: Settings, session: Any) -> Any:
@@ -295,16 +356,28 @@ def _advanced(session: Any, settings: Settings, events: Any, job: ShardJob) -> A
 def _advance_group(job: ShardJob, key: tuple[Any, ...], events: pa.Table, _: pa.Table) -> pa.Table:
     """``applyInArrow``'s function: advance the shard ``key`` (see :func:`advance_shard`)."""
     shard = key[0].as_py()
-    frame = _utc(events.drop_columns([_SHARD]).to_pandas())
     previous = None if job.previous is None else shard_folder(Path(job.previous), job.entity, shard)
-    rows = advance_shard(
-        job.usecase, job.entity, frame, job.start, job.end, previous,
+    rows = _advance_through(
+        job.usecase, job.entity, _steps(job, events.drop_columns([_SHARD])), previous,
         shard_folder(Path(job.target), job.entity, shard),
     )  # fmt: skip
     table = pa.Table.from_pandas(rows, preserve_index=False)
     if job.parts is None:
         return pa.Table.from_batches([_written(None, table)])
     return pa.Table.from_batches([_written(Path(job.parts) / f"{shard:06d}.parquet", table)])
+
+
+def _steps(job: ShardJob, events: pa.Table) -> Iterator[tuple[pd.DataFrame, datetime, datetime]]:
+    """Each of the job's intervals with its events, as pandas: one interval's rows
+    converted alone, as the single interval's are."""
+    if _STEP not in events.column_names:
+        ((start, end),) = job.intervals
+        yield _utc(events.to_pandas()), start, end
+        return
+    step = events.column(_STEP).to_numpy()
+    events = events.drop_columns([_STEP])
+    for at, (start, end) in enumerate(job.intervals):
+        yield _utc(events.filter(pa.array(step == at)).to_pandas()), start, end
 
 
 # -- moving Arrow tables through Spark -----------------------------------------------------
