@@ -88,34 +88,25 @@ def write_chunks(chunks: Iterable[pd.DataFrame | pa.Table], target: Path) -> int
     the schema (its pandas metadata kept; a column of nulls only typed as text), chunks
     without rows are skipped. Returns the rows written; with none, ``target`` is left as
     it was."""
-    import os
-
-    writer, rows = None, 0
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    try:
-        for chunk in chunks:
-            table = (
-                chunk
-                if isinstance(chunk, pa.Table)
-                else pa.Table.from_pandas(chunk, preserve_index=False)
-            )
-            if table.num_rows == 0:
-                continue
-            if writer is None:
-                writer = pq.ParquetWriter(tmp, writable_schema(table.schema))
+    tables = (t for t in map(_arrow, chunks) if t.num_rows)
+    table = next(tables, None)
+    if table is None:
+        return 0
+    rows = 0
+    with replacing(target) as tmp, pq.ParquetWriter(tmp, writable_schema(table.schema)) as writer:
+        while table is not None:
             writer.write_table(table.cast(writer.schema))
             rows += table.num_rows
-            del table
+            table = None
             release_arrow_memory()
-        if writer is not None:
-            writer.close()
-            writer = None
-            os.replace(tmp, target)
-    finally:
-        if writer is not None:
-            writer.close()
-        tmp.unlink(missing_ok=True)
+            table = next(tables, None)
     return rows
+
+
+def _arrow(chunk: pd.DataFrame | pa.Table) -> pa.Table:
+    if isinstance(chunk, pa.Table):
+        return chunk
+    return pa.Table.from_pandas(chunk, preserve_index=False)
 
 
 def copy_partition(source: Path, table_dir: Path, key: str) -> Path:
