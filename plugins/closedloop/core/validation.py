@@ -20,6 +20,7 @@ One module of this size: running GX and reading its result share the check bookk
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 from dataclasses import dataclass
@@ -630,7 +631,8 @@ def _dtype_examples(series: pd.Series, declared: str) -> tuple[list[Any], str]:
     """Offending values of a wrong-dtype column (only computed when the check failed)."""
     values = series.dropna()
 
-    def numbers() -> pd.Series:
+    @functools.cache
+    def numbers() -> pd.Series:  # asked for the non-numbers, then the fractions: once
         return pd.to_numeric(values, errors="coerce")
 
     return _dtype_finding(
