@@ -34,9 +34,10 @@ started per size with random credentials. Airflow is not involved: its per-task 
         --search-rows 200000 --refit-rows 1000000
 
 With ``--chunk-days K`` the days are generated and loaded K at a time (a backfill and a
-materialization per chunk), each chunk's landed CSV removed once it is loaded: a size
-whose landed files would not fit the disk at once (10M: 24 GB of CSV). The features
-stage's time leaves out the generation of the later chunks.
+materialization per chunk), each chunk's landed CSV removed once it is loaded: the
+landed files on disk and each materialization bounded to K days (the CSV is ~126 bytes a
+booking, 1.2 GB at 10M). The features stage's time leaves out the generation of the
+later chunks.
 
 With ``--day-tasks``, after the features stage the last day's feature tasks (extract,
 validate, clean, engineer, load_offline, materialize) run once more, each in a process
@@ -643,8 +644,8 @@ def main() -> None:
         "--chunk-days",
         type=int,
         default=0,
-        help="generate and load this many days at a time, removing each loaded chunk's "
-        "CSV (a size whose landed files do not fit the disk at once); 0: all at once",
+        help="generate and load this many days at a time (a materialization each), "
+        "removing each loaded chunk's CSV; 0: all at once",
     )
     parser.add_argument("--json", type=Path, help="also write every figure here")
     parser.add_argument("--stage", choices=sorted(STAGES), help=argparse.SUPPRESS)
